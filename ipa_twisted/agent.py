@@ -1,0 +1,434 @@
+"""The agent service: start-up sequence, lookup, API, heartbeats.
+
+Start-up, in order (each step logs what it did):
+
+1. load the hardware managers and the extensions;
+2. wait for a network interface with a MAC, collect the inventory;
+3. find the Ironic API version, look the node up (random exponential
+   backoff, up to ``lookup_timeout``);
+4. apply the lookup answer (node, token, heartbeat timeout, TLS policy...);
+5. find the advertise address; with Ironic >= 1.68, generate the TLS
+   certificate;
+6. serve the API, then heartbeat.
+
+``--standalone`` skips 2-5 and 6's heartbeats.  A fatal error (no lookup
+within ``lookup_timeout``, no advertise address, the API port taken) is
+logged in one line and ends the process with exit status 1, so that the
+ramdisk's service manager restarts it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import socket
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+)
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+from ipa_twisted import __version__, errors, tls
+from ipa_twisted.api.app import AgentAPI
+from ipa_twisted.api.site import AgentSite
+from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.config import Config, default_listen_host
+from ipa_twisted.context import AgentContext
+from ipa_twisted.extensions import load_extensions
+from ipa_twisted.hardware import netif
+from ipa_twisted.hardware.disks import DeviceGuard
+from ipa_twisted.hardware.manager import HardwareManagers
+from ipa_twisted.heartbeat import Heartbeater
+from ipa_twisted.ironic import (
+    AGENT_VERIFY_CA_VERSION,
+    IronicClient,
+    LookupResult,
+    version_text,
+)
+from ipa_twisted.process import ProcessRunner
+
+log = Logger()
+
+TOKEN_MIN_LENGTH = 32
+MASKED_TOKEN = "******"
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """A connection pool that does not log every connection it opens."""
+
+    _factory = _QuietClientFactory
+
+
+class FatalError(Exception):
+    """Start-up cannot go on; the text is the one line to log."""
+
+
+def format_callback_url(protocol: str, host: str, port: int) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    return f"{protocol}://{host}:{port}"
+
+
+def exit_process(reactor: Any, code: int) -> None:
+    """Stop the reactor, then end the process with ``code``."""
+
+    def bye() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    reactor.addSystemEventTrigger("after", "shutdown", bye)
+    if reactor.running:
+        reactor.stop()
+
+
+class AgentService(MultiService):
+    """The whole agent as one service (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        http: Any = None,
+        hardware: HardwareManagers | None = None,
+        rng: random.Random | None = None,
+        exit_on_fatal: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._rng = rng or random.SystemRandom()
+        self._exit_on_fatal = exit_on_fatal
+        if http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent
+
+            pool = QuietPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 4
+            policy = tls.client_policy(config.insecure, config.cafile,
+                                       config.certfile, config.keyfile,
+                                       config.tls_min_version)
+            http = HTTPClient(Agent(reactor, contextFactory=policy,
+                                         pool=pool))
+        self.http = http
+        self.context = AgentContext(
+            config=config,
+            reactor=reactor,
+            process=ProcessRunner(reactor, reactor),
+            guard=DeviceGuard(config.device_allowlist),
+            http=http,
+            force_heartbeat=self.force_heartbeat,
+        )
+        self._hardware = hardware
+        self.runner: CommandRunner | None = None
+        self.token: str | None = config.agent_token
+        self.started_at = time.time()
+        self.node_uuid: str | None = None
+        self.callback_url: str | None = None
+        self.certificate: tls.GeneratedCertificate | None = None
+        self.client: IronicClient | None = None
+        self.heartbeater: Heartbeater | None = None
+        self.port: IListeningPort | None = None
+        self.inventory: dict[str, Any] | None = None
+        self.macs: list[str] = []
+        self.ready: Deferred[None] = Deferred()
+        self._startup: Deferred[None] | None = None
+
+    # ------------------------------------------------------------ service
+
+    def startService(self) -> None:
+        super().startService()
+        self._startup = ensureDeferred(self._start())
+        self._startup.addCallbacks(self._started, self._start_failed)
+
+    def _started(self, _: Any) -> None:
+        if not self.ready.called:
+            self.ready.callback(None)
+
+    def _start_failed(self, failure: Failure) -> None:
+        if failure.check(FatalError, errors.AgentError):
+            log.critical("agent cannot start: {error}",
+                         error=str(failure.value))
+        elif failure.check(CancelledError):
+            return
+        else:
+            log.failure("agent cannot start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+            self.ready.addErrback(lambda _: None)
+        if self._exit_on_fatal and self.running:
+            exit_process(self.reactor, 1)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        waits: list[Deferred[Any]] = []
+        if self._startup is not None and not self._startup.called:
+            self._startup.cancel()
+        if self.heartbeater is not None:
+            waits.append(self.heartbeater.stop())
+        if self.port is not None:
+            stopping = self.port.stopListening()
+            if stopping is not None:
+                waits.append(stopping)
+        if self.runner is not None:
+            waits.append(self.runner.stop())
+        return DeferredList(waits, consumeErrors=True).addCallback(
+            lambda _: None)
+
+    # ------------------------------------------------------------- start
+
+    async def _start(self) -> None:
+        config = self.config
+        log.info("ipa-twisted {version} starting", version=__version__)
+        for line in config.describe():
+            log.info("config: {line}", line=line)
+        if config.unknown_file_keys:
+            log.info("config files name options this agent does not have "
+                     "(ignored): {keys}",
+                     keys=", ".join(config.unknown_file_keys))
+        if self.context.guard.restricted:
+            log.info("device allow-list in force: {devs}",
+                     devs=", ".join(config.device_allowlist))
+        hardware = self._hardware or HardwareManagers.from_entry_points()
+        self.context.hardware = hardware
+        self.context.extensions = load_extensions(self.context)
+        self.runner = CommandRunner(self.context.extensions,
+                                    on_async_done=self.force_heartbeat)
+        await hardware.initialize(self.context)
+        if config.hardware_initialization_delay:
+            await deferLater(self.reactor, config.hardware_initialization_delay)
+
+        if config.standalone:
+            log.info("standalone mode: no lookup, no heartbeat")
+            await self._serve(None)
+            return
+        if not config.api_url:
+            raise FatalError("no Ironic API URL (ipa-api-url / --api-url) "
+                             "and not --standalone: nothing to do")
+        if config.api_url == ["mdns"]:
+            raise FatalError("ipa-api-url=mdns is not supported yet")
+
+        await self._wait_for_interfaces()
+        self.inventory = await hardware.dispatch("list_hardware_info")
+        self.macs = [i["mac_address"] for i in self.inventory["interfaces"]
+                     if i.get("mac_address")]
+
+        self.client = IronicClient(
+            self.http, self.reactor, config.api_url,
+            request_timeout=config.http_request_timeout,
+            pinned_version=config.ironic_api_version,
+            request_id=config.global_request_id, rng=self._rng,
+        )
+        version = await self.client.api_version()
+        t0 = self.reactor.seconds()
+        lookup = await self.client.lookup(
+            self.macs, None, config.lookup_timeout, config.lookup_interval)
+        log.info("lookup took {t:.2f} s", t=self.reactor.seconds() - t0)
+        if not self._apply_lookup(lookup):
+            return
+        self.context.refresh_node = \
+            lambda: ensureDeferred(self._refresh_node())
+
+        host = await self._advertise_host()
+        protocol = config.advertise_protocol
+        if not config.listen_tls and config.enable_auto_tls \
+                and version >= AGENT_VERIFY_CA_VERSION:
+            self.certificate = await self._generate_certificate(host)
+            protocol = "https"
+        elif config.enable_auto_tls and not config.listen_tls:
+            log.info("Ironic API {v} is older than 1.68: no automatic TLS",
+                     v=version_text(version))
+        self.callback_url = format_callback_url(protocol, host,
+                                                config.advertise_port)
+        await self._serve(self.certificate)
+        log.info("callback URL {url}", url=self.callback_url)
+        self.heartbeater = Heartbeater(
+            self.reactor, self._send_heartbeat,
+            float(lookup.config["heartbeat_timeout"]), self._rng)
+        self.heartbeater.start()
+
+    async def _wait_for_interfaces(self) -> None:
+        deadline = self.reactor.seconds() + self.config.interface_wait_timeout
+        while True:
+            found = [i for i in netif.list_interfaces() if i.mac_address]
+            if found:
+                return
+            if self.reactor.seconds() >= deadline:
+                log.warn("no network interface with a MAC address after "
+                         "{t} s; looking up anyway",
+                         t=self.config.interface_wait_timeout)
+                return
+            await deferLater(self.reactor, 5.0)
+
+    def _apply_lookup(self, lookup: LookupResult) -> bool:
+        """Apply a lookup answer; False when the agent must not serve."""
+        self.node_uuid = lookup.node_uuid
+        self.context.cache_node(lookup.node)
+        cfg = lookup.config
+        self.context.lookup_config.update(
+            {k: v for k, v in cfg.items() if k != "agent_token"})
+        token = cfg.get("agent_token")
+        if isinstance(token, str) and len(token) >= TOKEN_MIN_LENGTH:
+            self.token = token
+            log.info("agent token received from Ironic")
+        elif token == MASKED_TOKEN:
+            if self.token is None:
+                log.critical(
+                    "Ironic has already handed out the agent token for "
+                    "node {uuid} and this agent does not have it: refusing "
+                    "to serve commands (power-cycle the node to get a new "
+                    "token)", uuid=self.node_uuid)
+                return False
+            log.info("Ironic's token was pre-shared; keeping ours")
+        elif token is not None:
+            log.warn("ignoring an invalid agent token from lookup")
+        if cfg.get("tls_min_version"):
+            log.info("Ironic asks for TLS >= {v}", v=cfg["tls_min_version"])
+        if self.heartbeater is not None:
+            self.heartbeater.heartbeat_timeout = float(cfg["heartbeat_timeout"])
+        return True
+
+    async def _refresh_node(self) -> None:
+        if self.client is None:
+            return
+        result = await self.client.lookup(
+            self.macs, self.node_uuid, self.config.lookup_timeout,
+            self.config.lookup_interval)
+        self.context.cache_node(result.node)
+
+    async def _advertise_host(self) -> str:
+        config = self.config
+        if config.advertise_host:
+            return str(config.advertise_host)
+        assert self.client is not None
+        for attempt in range(1, config.ip_lookup_attempts + 1):
+            if config.network_interface:
+                found = netif.ipv4_address(config.network_interface)
+            else:
+                found = await self._routable_address()
+            if found:
+                log.info("advertise address {ip}", ip=found)
+                return found
+            if attempt < config.ip_lookup_attempts:
+                await deferLater(self.reactor, config.ip_lookup_sleep)
+        raise errors.LookupAgentIPError(
+            "Could not find an address to advertise: set ipa-advertise-host "
+            "or ipa-network-interface")
+
+    async def _routable_address(self) -> str | None:
+        assert self.client is not None
+        for url in self.client.api_urls:
+            host = urlparse(url).hostname
+            if not host:
+                continue
+            try:
+                ipaddress.ip_address(host)
+                addresses = [host]
+            except ValueError:
+                try:
+                    infos = await self.context.in_thread(
+                        socket.getaddrinfo, host, None, 0, socket.SOCK_STREAM)
+                except OSError:
+                    continue
+                addresses = [str(info[4][0]) for info in infos]
+            for ip in addresses:
+                source = netif.route_source(ip)
+                if source:
+                    return source
+        return None
+
+    async def _generate_certificate(self, host: str
+                                    ) -> tls.GeneratedCertificate:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise FatalError(
+                f"automatic TLS needs an IP address to advertise, not "
+                f"{host!r}") from None
+        config = self.config
+        cert = await self.context.in_thread(
+            tls.generate_certificate, host, socket.gethostname(),
+            config.tls_certificate_curve, config.auto_tls_allowed_clock_skew,
+            config.auto_tls_validity_days)
+        try:
+            cert = tls.save_certificate(cert, config.run_dir)
+        except OSError as e:
+            log.warn("cannot save the TLS certificate in {d}: {e}",
+                     d=config.run_dir, e=e)
+        log.info("generated a TLS certificate for {ip}", ip=host)
+        return cert
+
+    async def _serve(self, cert: tls.GeneratedCertificate | None) -> None:
+        config = self.config
+        assert self.runner is not None
+        api = AgentAPI(self.runner, lambda: self.token, self.started_at)
+        site = AgentSite(api.app.resource(), self.reactor)
+        host = config.listen_host or default_listen_host()
+        min_version = self.context.lookup_config.get("tls_min_version") \
+            or config.tls_min_version
+        ciphers = self.context.lookup_config.get("tls_cipher_suites") \
+            or config.tls_cipher_suites
+        if config.listen_tls:
+            with open(config.tls_cert_file) as f1, \
+                    open(config.tls_key_file) as f2:
+                cert_pem, key_pem = f1.read(), f2.read()
+        elif cert is not None:
+            cert_pem, key_pem = cert.cert_pem, cert.key_pem
+        else:
+            cert_pem = key_pem = ""
+        if cert_pem:
+            options = tls.server_options(cert_pem, key_pem, min_version,
+                                         ciphers)
+            endpoint: Any = endpoints.SSL4ServerEndpoint(
+                self.reactor, config.listen_port, options, interface=host)
+            scheme = "https"
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(
+                self.reactor, config.listen_port, interface=host)
+            scheme = "http"
+        try:
+            self.port = await endpoint.listen(site)
+        except Exception as e:
+            raise FatalError(
+                f"cannot listen on {host} port {config.listen_port}: {e}"
+            ) from None
+        log.info("agent API listening on {url}",
+                 url=format_callback_url(scheme, host, config.listen_port))
+
+    # --------------------------------------------------------- heartbeat
+
+    def _send_heartbeat(self) -> Deferred[object]:
+        return ensureDeferred(self._heartbeat())
+
+    async def _heartbeat(self) -> object:
+        assert self.client is not None and self.node_uuid is not None
+        assert self.callback_url is not None
+        await self.client.heartbeat(
+            self.node_uuid, self.callback_url, self.token,
+            self.certificate.cert_pem if self.certificate else None)
+        return None
+
+    def force_heartbeat(self) -> None:
+        if self.heartbeater is not None:
+            self.heartbeater.force()

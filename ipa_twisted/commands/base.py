@@ -1,0 +1,327 @@
+"""Extensions, their commands, and the command runner.
+
+An extension is an object with a ``name`` (the command prefix) whose methods
+are marked with :func:`sync_command` or :func:`async_command`.  The runner
+executes ``<extension>.<command>`` requests one at a time, keeps every result
+in order (the conductor reads the *last* one), and turns every outcome into
+the wire's five-field result object.
+
+Sync commands answer with their final result (they may still return a
+Deferred or be coroutines: the answer waits for them).  Async commands answer
+``RUNNING`` at once and finish in the background; when they end, the agent
+is asked for a heartbeat so that the conductor notices quickly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import attrs
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from ipa_twisted import encoding, errors
+
+log = Logger()
+
+RUNNING = "RUNNING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+VERSION_MISMATCH = "CLEAN_VERSION_MISMATCH"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MARK = "_ipa_command"
+
+
+@attrs.frozen
+class CommandSpec:
+    name: str
+    is_async: bool
+    validator: Callable[..., None] | None
+
+
+def sync_command(name: str, validator: Callable[..., None] | None = None
+                 ) -> Callable[[F], F]:
+    """Mark a method as a synchronous command called ``name``."""
+
+    def mark(func: F) -> F:
+        setattr(func, _MARK, CommandSpec(name, False, validator))
+        return func
+
+    return mark
+
+
+def async_command(name: str, validator: Callable[..., None] | None = None
+                  ) -> Callable[[F], F]:
+    """Mark a method as an asynchronous command called ``name``.
+
+    ``validator(self, **params)`` runs before the command is accepted; an
+    :class:`~ipa_twisted.errors.InvalidContentError` from it is answered
+    with HTTP 400 and nothing is recorded.
+    """
+
+    def mark(func: F) -> F:
+        setattr(func, _MARK, CommandSpec(name, True, validator))
+        return func
+
+    return mark
+
+
+class IExtension(Interface):
+    name = Attribute("The command prefix, e.g. 'standby'.")
+
+    def commands() -> Mapping[str, "BoundCommand"]:
+        """The commands of this extension, by bare name."""
+
+
+@attrs.frozen
+class BoundCommand:
+    spec: CommandSpec
+    func: Callable[..., Any]
+    owner: Any
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        """Check ``params`` against the signature, then the validator."""
+        try:
+            inspect.signature(self.func).bind(**params)
+        except TypeError as e:
+            raise errors.InvalidCommandParamsError(
+                f"{self.spec.name}: {e}"
+            ) from None
+        if self.spec.validator is not None:
+            self.spec.validator(self.owner, **params)
+
+
+@implementer(IExtension)
+class Extension:
+    """Base class: collects the marked methods of subclasses."""
+
+    name: str = ""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def commands(self) -> Mapping[str, BoundCommand]:
+        found: dict[str, BoundCommand] = {}
+        for attr in dir(type(self)):
+            func = getattr(type(self), attr, None)
+            spec = getattr(func, _MARK, None)
+            if isinstance(spec, CommandSpec):
+                found[spec.name] = BoundCommand(spec, getattr(self, attr), self)
+        return found
+
+
+@attrs.define(eq=False)
+class CommandResult:
+    """One command, as stored and as sent (five fields, in wire order)."""
+
+    command_name: str
+    params: Mapping[str, Any] = attrs.field(repr=False)
+    is_async: bool = False
+    id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    status: str = RUNNING
+    error: dict[str, Any] | None = None
+    result: Any = None
+    #: Free-form progress of long work (bytes written, rate...), for logs
+    #: and operators; not part of the five wire fields.
+    progress: dict[str, Any] | None = None
+    _waiters: list[Deferred[CommandResult]] = attrs.field(factory=list,
+                                                          repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status != RUNNING
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "command_name": self.command_name,
+            "command_status": self.status,
+            "command_error": self.error,
+            "command_result": self.result,
+        }
+
+    def wait(self) -> Deferred[CommandResult]:
+        """A Deferred that fires with this result once it is done.
+
+        Each caller gets its own Deferred: cancelling it (a client that went
+        away) only forgets that waiter, never the command.
+        """
+        if self.done:
+            d: Deferred[CommandResult] = Deferred()
+            d.callback(self)
+            return d
+
+        def forget(d: Deferred[CommandResult]) -> None:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+        d = Deferred(forget)
+        self._waiters.append(d)
+        return d
+
+    def _finish(self, status: str, result: Any = None,
+                error: dict[str, Any] | None = None) -> None:
+        self.status = status
+        self.result = result
+        self.error = error
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self)
+
+
+def _normalize(result: Any, command_name: str, is_async: bool) -> Any:
+    if isinstance(result, bytes):
+        result = result.decode("utf-8", "replace")
+    if isinstance(result, str):
+        return {"result": f"{command_name}: {result}" if is_async else result}
+    return result
+
+
+class CommandRunner:
+    """Runs commands one at a time and keeps every result, in order."""
+
+    def __init__(
+        self,
+        extensions: Mapping[str, Any],
+        on_async_done: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._extensions = dict(extensions)
+        self._history: OrderedDict[str, CommandResult] = OrderedDict()
+        self._on_async_done = on_async_done
+        self._running: dict[str, Deferred[Any]] = {}
+
+    @property
+    def extensions(self) -> Mapping[str, Any]:
+        return self._extensions
+
+    def list(self) -> list[CommandResult]:
+        return list(self._history.values())
+
+    def __iter__(self) -> Iterator[CommandResult]:
+        return iter(self._history.values())
+
+    def get(self, command_id: str) -> CommandResult:
+        try:
+            return self._history[command_id]
+        except KeyError:
+            raise errors.RequestedObjectNotFoundError(
+                "Command Result", command_id
+            ) from None
+
+    def last(self) -> CommandResult | None:
+        if not self._history:
+            return None
+        return next(reversed(self._history.values()))
+
+    def find_command(self, name: str) -> BoundCommand:
+        """``<ext>.<cmd>`` -> the command, or the wire's 400/404 errors."""
+        if not isinstance(name, str) or name.count(".") != 1:
+            raise errors.InvalidCommandError(
+                "Command name must be of the form <extension>.<name>"
+            )
+        ext_name, cmd_name = name.split(".")
+        ext = self._extensions.get(ext_name)
+        if ext is None:
+            raise errors.RequestedObjectNotFoundError("Extension", ext_name)
+        command = ext.commands().get(cmd_name)
+        if command is None:
+            raise errors.InvalidCommandError(f"Unknown command: {cmd_name}")
+        return command
+
+    def execute(self, name: str, params: Mapping[str, Any]) -> CommandResult:
+        """Start a command; raise an AgentError for a request-level failure.
+
+        Order of checks, as the conductor expects: the agent is busy (409,
+        nothing stored); the name and params are valid (400/404, nothing
+        stored); then the command is recorded as RUNNING *before* it runs,
+        so that a conductor that lost our answer finds it at the end of the
+        list.
+        """
+        last = self.last()
+        if last is not None and not last.done:
+            raise errors.AgentIsBusy(last.command_name)
+        command = self.find_command(name)
+        command.validate(params)
+        result = CommandResult(
+            command_name=command.spec.name,
+            params=dict(params),
+            is_async=command.spec.is_async,
+        )
+        self._history[result.id] = result
+        log.info("running command {name} ({id})", name=name, id=result.id)
+        d = ensureDeferred(_call(command.func, params))
+        self._running[result.id] = d
+        d.addBoth(self._completed, result, name)
+        return result
+
+    def _completed(self, outcome: Any, result: CommandResult,
+                   name: str) -> None:
+        self._running.pop(result.id, None)
+        if isinstance(outcome, Failure):
+            exc: BaseException = outcome.value  # type: ignore[assignment]
+            if isinstance(exc, errors.VersionMismatch):
+                status, error = VERSION_MISMATCH, exc.serialize()
+            elif isinstance(exc, errors.AgentError):
+                status, error = FAILED, exc.serialize()
+            elif isinstance(exc, CancelledError):
+                status = FAILED
+                error = errors.CommandExecutionError(
+                    "the command was cancelled (the agent is stopping)"
+                ).serialize()
+            elif result.is_async:
+                status = FAILED
+                error = errors.CommandExecutionError(str(exc)).serialize()
+            else:
+                status, error = FAILED, errors.serialize_exception(exc)
+            if isinstance(exc, errors.AgentError):
+                log.error("command {name} failed: {error}", name=name,
+                          error=str(exc))
+            else:
+                log.failure("command {name} failed", outcome, name=name)
+            result._finish(status, None, error)
+        else:
+            value = _normalize(outcome, result.command_name, result.is_async)
+            try:
+                value = encoding.to_jsonable(value)
+            except (TypeError, ValueError) as e:
+                log.error("command {name} returned a result that cannot be "
+                          "sent: {error}", name=name, error=e)
+                result._finish(FAILED, None, errors.serialize_exception(
+                    errors.CommandExecutionError(
+                        f"result is not serializable: {e}")))
+            else:
+                log.info("command {name} succeeded", name=name)
+                result._finish(SUCCEEDED, value, None)
+        if result.is_async:
+            try:
+                self._on_async_done()
+            except Exception:
+                log.failure("could not request a heartbeat")
+
+    def stop(self) -> Deferred[None]:
+        """Cancel whatever still runs; fires when everything has ended."""
+        pending = list(self._running.values())
+        for d in pending:
+            d.cancel()
+        return DeferredList(pending, consumeErrors=True).addCallback(
+            lambda _: None
+        )
+
+
+async def _call(func: Callable[..., Any], params: Mapping[str, Any]) -> Any:
+    value = func(**params)
+    while inspect.isawaitable(value):
+        value = await value
+    return value

@@ -1,0 +1,105 @@
+"""The log extension: a gzipped tarball of the system's logs, base64.
+
+Every source is collected concurrently with a timeout; one that fails puts
+its error in the tarball instead, so the operator sees what was missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tarfile
+import time
+
+from twisted.internet.defer import DeferredList
+from twisted.logger import Logger
+
+from ipa_twisted.commands.base import Extension, sync_command
+from ipa_twisted.process import ProcessError
+
+log = Logger()
+
+#: Each file from /var/log is cut to its last this many bytes.
+MAX_FILE = 16 * 1024 * 1024
+
+COMMANDS: dict[str, list[str]] = {
+    "df": ["df", "-a"],
+    "dmesg": ["dmesg"],
+    "ip_addr": ["ip", "addr"],
+    "ip_route": ["ip", "route"],
+    "lsblk": ["lsblk", "--all", "-o", "+UUID,PARTUUID,MODEL,SERIAL,WWN"],
+    "lsblk-full": ["lsblk", "--all", "--bytes", "--json", "-O"],
+    "mount": ["mount"],
+    "parted": ["parted", "-l", "-s"],
+    "ps": ["ps", "auxf"],
+    "journal": ["journalctl", "--full", "--no-pager", "-b", "-n", "10000"],
+}
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(mtime)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _tail(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - MAX_FILE))
+        return f.read()
+
+
+def build_tarball(outputs: dict[str, bytes], log_dir: str | None) -> str:
+    buf = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in sorted(outputs.items()):
+            _add(tar, name, data, now)
+        if log_dir and os.path.isdir(log_dir):
+            for root, _, files in os.walk(log_dir):
+                for fname in sorted(files):
+                    path = os.path.join(root, fname)
+                    if not os.path.isfile(path) or os.path.islink(path):
+                        continue
+                    try:
+                        data = _tail(path)
+                    except OSError as e:
+                        data = f"cannot read: {e}\n".encode()
+                    _add(tar, "var/log/" + os.path.relpath(path, log_dir),
+                         data, now)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class LogExtension(Extension):
+    name = "log"
+
+    async def _collect(self) -> dict[str, bytes]:
+        names = list(COMMANDS)
+        runs = [self.agent.process.run(COMMANDS[n], timeout=60.0, check=False)
+                for n in names]
+        results = await DeferredList(runs, consumeErrors=True)
+        outputs: dict[str, bytes] = {}
+        for name, (ok, value) in zip(names, results):
+            if ok:
+                outputs[name] = value.stdout + (
+                    b"\n--- stderr ---\n" + value.stderr if value.stderr
+                    else b"")
+            else:
+                err = value.value
+                reason = err.reason if isinstance(err, ProcessError) \
+                    else str(err)
+                outputs[name] = f"not collected: {reason}\n".encode()
+        return outputs
+
+    @sync_command("collect_system_logs")
+    async def collect_system_logs(self) -> dict[str, str]:
+        outputs = await self._collect()
+        journal_ok = not outputs.get("journal", b"").startswith(
+            b"not collected")
+        log_dir = None if journal_ok else "/var/log"
+        logs = await self.agent.in_thread(build_tarball, outputs, log_dir)
+        log.info("collected system logs ({n} bytes base64)", n=len(logs))
+        return {"system_logs": logs}

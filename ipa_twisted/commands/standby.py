@@ -1,0 +1,314 @@
+"""The standby extension: write the image, sync, power off, reboot.
+
+``prepare_image`` streams a raw whole-disk image from HTTP(S) straight to
+the root device, hashing it on the way; nothing is staged in memory or on
+a temporary file.  A checksum mismatch or a failed write fails the command
+and wipes the start and end of the disk, so that a half-written image can
+never boot.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Mapping
+
+import treq
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from ipa_twisted import errors
+from ipa_twisted.commands.base import Extension, async_command, sync_command
+from ipa_twisted.hardware import blockio
+from ipa_twisted.image import checksum as checksums
+from ipa_twisted.image.progress import Progress
+from ipa_twisted.image.sink import DeviceSink, SinkError
+from ipa_twisted.image.stream import stream_body
+from ipa_twisted.process import ProcessError
+
+log = Logger()
+
+SUPPORTED_DISK_FORMATS = (None, "", "raw")
+
+
+def validate_image_info(image_info: Any, md5_enabled: bool) -> None:
+    """The synchronous checks of prepare_image (HTTP 400 when they fail)."""
+    if not isinstance(image_info, dict):
+        raise errors.InvalidCommandParamsError(
+            "image_info must be an object"
+        )
+    missing = [k for k in ("id", "urls") if k not in image_info]
+    if missing:
+        raise errors.InvalidCommandParamsError(
+            f"image_info is missing: {', '.join(missing)}"
+        )
+    urls = image_info["urls"]
+    if (not isinstance(urls, list) or not urls
+            or not all(isinstance(u, str) and u for u in urls)):
+        raise errors.InvalidCommandParamsError(
+            "image_info urls must be a non-empty list of URLs"
+        )
+    for url in urls:
+        if not checksums.is_url(url):
+            raise errors.InvalidCommandParamsError(
+                f"image URL {url!r} is not http:// or https://"
+            )
+    checksums.checksum_spec(image_info, md5_enabled)
+
+
+class StandbyExtension(Extension):
+    name = "standby"
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        self.cached_image_id: str | None = None
+        #: None until an image was written; then the uuids Ironic asks for.
+        self.partition_uuids: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ commands
+
+    def _validate(self, image_info: Any, configdrive: Any = None) -> None:
+        validate_image_info(image_info, self.agent.md5_enabled)
+
+    @async_command("prepare_image", _validate)
+    async def prepare_image(self, image_info: dict[str, Any],
+                            configdrive: Any = None) -> str:
+        return await self._prepare_image(image_info, configdrive)
+
+    async def write_image(self, image_info: Any, configdrive: Any = None
+                          ) -> dict[str, str]:
+        """What the ``write_image`` deploy step runs.
+
+        The conductor only sees ``execute_deploy_step``: this is not a
+        command of its own (no busy check, not listed), and its result is
+        shaped like ``prepare_image``'s.
+        """
+        validate_image_info(image_info, self.agent.md5_enabled)
+        message = await self._prepare_image(image_info, configdrive)
+        return {"result": f"prepare_image: {message}"}
+
+    @sync_command("get_partition_uuids")
+    def get_partition_uuids(self) -> dict[str, Any]:
+        if self.partition_uuids is None:
+            log.warn("no partition uuids yet: prepare_image has not run")
+        return dict(self.partition_uuids or {})
+
+    @sync_command("sync")
+    async def sync(self) -> None:
+        await self.agent.hardware.dispatch("full_sync")
+
+    @async_command("power_off")
+    async def power_off(self) -> None:
+        await self._shutdown(self.agent.config.power_off_command, "o")
+
+    @async_command("run_image")
+    async def run_image(self) -> None:
+        await self._shutdown(self.agent.config.reboot_command, "b")
+
+    # ----------------------------------------------------------- internals
+
+    async def _shutdown(self, command: str, sysrq: str) -> None:
+        try:
+            await self.agent.hardware.dispatch("full_sync")
+        except Exception as e:
+            log.warn("sync before power action failed: {e}", e=e)
+        argv = shlex.split(command)
+        log.info("running {argv}", argv=command)
+        try:
+            result = await self.agent.process.run(argv, timeout=120.0,
+                                                  check=False)
+        except ProcessError as e:
+            code, out, err = None, "", str(e)
+        else:
+            code, out, err = result.exit_code, result.out, result.err
+            if code == 0 and "ignoring request" not in err:
+                return
+        if not self.agent.config.sysrq_fallback:
+            raise errors.SystemRebootError(code, out, err)
+        log.warn("{argv} failed ({err}); using /proc/sysrq-trigger",
+                 argv=command, err=err.strip())
+        try:
+            with open("/proc/sysrq-trigger", "w") as f:
+                f.write(sysrq)
+        except OSError as e:
+            raise errors.SystemRebootError(code, out, f"{err}; sysrq: {e}")
+
+    async def _prepare_image(self, image_info: dict[str, Any],
+                             configdrive: Any) -> str:
+        image_id = str(image_info["id"])
+        if configdrive is None:
+            configdrive = image_info.get("configdrive")
+        disk_format = image_info.get("disk_format")
+        if disk_format not in SUPPORTED_DISK_FORMATS:
+            raise errors.InvalidImage(
+                f"disk_format {disk_format!r} is not supported yet "
+                f"(only raw images are)"
+            )
+        if image_info.get("image_type") == "partition":
+            raise errors.InvalidImage("partition images are not supported yet")
+        if configdrive:
+            raise errors.DeploymentError(
+                "config drives are not supported yet"
+            )
+        device = await self.agent.hardware.dispatch(
+            "get_os_install_device", permit_refresh=True)
+        self.agent.guard.check(device)
+        spec = checksums.checksum_spec(image_info, self.agent.md5_enabled)
+        expected_algo, expected = await self._resolve_checksum(
+            spec, image_info)
+        if self.cached_image_id != image_id:
+            await self._stream_to_device(image_info, device, expected_algo,
+                                         expected)
+            self.cached_image_id = image_id
+        else:
+            log.info("image {id} is already on {dev}", id=image_id,
+                     dev=device)
+        partitions = await self._after_write(device)
+        root_uuid = await self.agent.in_thread(blockio.disk_identifier,
+                                               device)
+        self.partition_uuids = {"root uuid": root_uuid}
+        log.info("{dev} holds {n} partition(s); disk identifier {uuid}",
+                 dev=device, n=len(partitions), uuid=root_uuid)
+        message = (f"image ({image_id}) written to device {device} "
+                   f"root_uuid={root_uuid}")
+        log.info(message)
+        return message
+
+    async def _resolve_checksum(self, spec: checksums.ChecksumSpec,
+                                image_info: Mapping[str, Any]
+                                ) -> tuple[str, str]:
+        if spec.value is not None:
+            return spec.algo, spec.value
+        assert spec.url is not None
+        url = spec.url
+        try:
+            d = self.agent.http.get(url)
+            d.addTimeout(self.agent.config.image_download_connection_timeout,
+                         self.agent.reactor)
+            response = await d
+            if response.code != 200:
+                raise errors.ImageDownloadError(
+                    str(image_info["id"]),
+                    f"checksum file {url} answered HTTP {response.code}")
+            text = (await treq.content(response)).decode("utf-8", "replace")
+        except errors.AgentError:
+            raise
+        except Exception as e:
+            raise errors.ImageDownloadError(
+                str(image_info["id"]),
+                f"cannot get the checksum file {url}: {e}") from None
+        digest = checksums.parse_checksum_file(text, image_info["urls"][0])
+        algo = spec.algo or checksums.algo_for_digest(
+            digest, self.agent.md5_enabled)
+        return algo, digest
+
+    async def _stream_to_device(self, image_info: Mapping[str, Any],
+                                device: str, algo: str, expected: str) -> None:
+        config = self.agent.config
+        image_id = str(image_info["id"])
+        url = image_info["urls"][0]
+        attempts = 1 + config.image_download_connection_retries
+        device_bytes = await self.agent.in_thread(blockio.device_size, device)
+        for attempt in range(1, attempts + 1):
+            progress = Progress(self.agent.reactor, image_id, device,
+                                total=None)
+            sink = DeviceSink(self.agent.reactor, device, algo,
+                              on_progress=progress.update)
+            self.agent.guard.check(device)
+            try:
+                sink.open()
+            except OSError as e:
+                raise errors.ImageWriteError(device, e.errno, "",
+                                             e.strerror or str(e)) from None
+            log.info("writing image {id} from {url} to {dev} (attempt "
+                     "{n}/{total}, direct I/O: {direct})", id=image_id,
+                     url=url, dev=device, n=attempt, total=attempts,
+                     direct=sink.direct_io)
+
+            def check_length(response: Any) -> None:
+                length = response.length
+                if isinstance(length, int):
+                    progress.total = length
+                    if length > device_bytes:
+                        raise errors.ImageWriteError(
+                            device, None, "",
+                            f"the image ({length} bytes) is larger than "
+                            f"the device ({device_bytes} bytes)")
+
+            try:
+                await stream_body(
+                    self.agent.http, self.agent.reactor, url, sink,
+                    image_id, config.image_download_connection_timeout,
+                    on_response=check_length,
+                )
+                written, digest = await sink.finish()
+            except (errors.ImageDownloadFatalError, errors.ImageWriteError):
+                await sink.abort()
+                await self._wipe(device)
+                raise
+            except SinkError as e:
+                await sink.abort()
+                await self._wipe(device)
+                raise errors.ImageWriteError(device, e.errno, "", str(e))
+            except errors.ImageDownloadError as e:
+                await sink.abort()
+                progress.stop()
+                if attempt == attempts:
+                    await self._wipe(device)
+                    raise
+                log.warn("{error}; retrying in {t} s", error=e.details,
+                         t=config.image_download_connection_retry_interval)
+                await deferLater(self.agent.reactor,
+                                 config.image_download_connection_retry_interval)
+                continue
+            except BaseException:
+                await sink.abort()
+                raise
+            finally:
+                progress.stop()
+            progress.finished(written)
+            if digest != expected.lower():
+                await self._wipe(device)
+                raise errors.ImageChecksumError(image_id, url, expected,
+                                                str(digest))
+            log.info("image {id}: {algo} checksum verified", id=image_id,
+                     algo=algo)
+            return
+
+    async def _wipe(self, device: str) -> None:
+        """Make a failed write unbootable: zero both ends of the disk."""
+        try:
+            await self.agent.in_thread(blockio.wipe_head_and_tail,
+                                       self.agent.guard, device)
+            log.warn("wiped the partition tables of {dev} after a failed "
+                     "write", dev=device)
+        except Exception as e:
+            log.error("could not wipe {dev} after a failed write: {e}",
+                      dev=device, e=e)
+
+    async def _after_write(self, device: str) -> list[str]:
+        """Fix the GPT backup header, re-read partitions, check there are
+        some."""
+        run = self.agent.process.run
+        if await self.agent.in_thread(blockio.has_gpt, device):
+            try:
+                await run(["sgdisk", "-e", device], timeout=120.0)
+            except ProcessError as e:
+                log.warn("could not move the GPT backup header of {dev}: "
+                         "{e}", dev=device, e=e.reason)
+        try:
+            await run(["partprobe", device], timeout=120.0)
+        except ProcessError as e:
+            log.warn("partprobe {dev}: {e}", dev=device, e=e.reason)
+        partitions: list[str] = []
+        for _ in range(10):
+            partitions = blockio.partitions_of(device)
+            if partitions:
+                break
+            await deferLater(self.agent.reactor, 0.5)
+        if not partitions:
+            raise errors.DeploymentError(
+                f"No partitions found on the device {device} after writing "
+                f"the image: a whole-disk image must carry a partition table"
+            )
+        return partitions
+

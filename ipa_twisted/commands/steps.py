@@ -1,0 +1,146 @@
+"""The clean, deploy and service extensions: list and run steps.
+
+All three share one shape (contract 5.1): ``get_<type>_steps(node, ports)``
+collects steps from every hardware manager and keeps, for each step name,
+the one from the best-supported manager (then the highest priority, then
+the first class name); ``execute_<type>_step(step, node, ports,
+<type>_version=None)`` checks the managers' versions against Ironic's and
+dispatches the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from twisted.logger import Logger
+
+from ipa_twisted import errors
+from ipa_twisted.commands.base import Extension, async_command, sync_command
+
+log = Logger()
+
+
+def deduplicate_steps(
+    steps_by_manager: Mapping[str, list[dict[str, Any]]],
+    support: Mapping[str, int],
+) -> dict[str, list[dict[str, Any]]]:
+    """Keep one step per name: best support, then priority, then name."""
+    best: dict[str, tuple[tuple[int, int, str], str, dict[str, Any]]] = {}
+    for manager, steps in steps_by_manager.items():
+        for step in steps or []:
+            name = step.get("step")
+            if not name:
+                continue
+            key = (-support.get(manager, 0), -int(step.get("priority") or 0),
+                   manager)
+            if name not in best or key < best[name][0]:
+                best[name] = (key, manager, step)
+    result: dict[str, list[dict[str, Any]]] = {m: [] for m in steps_by_manager}
+    for _, manager, step in best.values():
+        result[manager].append(step)
+    return result
+
+
+class StepsExtension(Extension):
+    step_type = ""
+    error_class: type[errors.AgentError] = errors.CleaningError
+
+    async def _get_steps(self, node: Any, ports: Any) -> dict[str, Any]:
+        self.agent.cache_node(node)
+        hardware = self.agent.hardware
+        found = await hardware.dispatch_all(f"get_{self.step_type}_steps",
+                                            node, ports)
+        return {
+            f"{self.step_type}_steps": deduplicate_steps(found,
+                                                         hardware.support),
+            "hardware_manager_version": hardware.versions(),
+        }
+
+    def _check_versions(self, given: Any) -> None:
+        if given is None:
+            return
+        current = self.agent.hardware.versions()
+        if given != current:
+            raise errors.VersionMismatch(current, given)
+
+    async def _execute_step(self, step: Any, node: Any, ports: Any,
+                            version: Any, extra: Mapping[str, Any]) -> Any:
+        self.agent.cache_node(node)
+        self._check_versions(version)
+        if not isinstance(step, dict) or not step.get("step"):
+            raise errors.InvalidCommandParamsError(
+                f"{self.step_type} step must be an object with a 'step' "
+                f"name, got {step!r}"
+            )
+        args = dict(step.get("args") or {})
+        kwargs = {**extra, **args}
+        name = step["step"]
+        log.info("executing {kind} step {name} (args: {args})",
+                 kind=self.step_type, name=name, args=sorted(kwargs))
+        try:
+            result = await self.agent.hardware.dispatch(name, node, ports,
+                                                        **kwargs)
+        except errors.AgentError:
+            raise
+        except Exception as e:
+            raise self.error_class(
+                f"Unexpected exception performing {self.step_type} step "
+                f"{name}. {type(e).__name__}: {e}"
+            ) from e
+        log.info("{kind} step {name} done", kind=self.step_type, name=name)
+        return {
+            f"{self.step_type}_result": result,
+            f"{self.step_type}_step": step,
+        }
+
+
+class CleanExtension(StepsExtension):
+    name = "clean"
+    step_type = "clean"
+    error_class = errors.CleaningError
+
+    @sync_command("get_clean_steps")
+    async def get_clean_steps(self, node: Any, ports: Any) -> dict[str, Any]:
+        return await self._get_steps(node, ports)
+
+    @async_command("execute_clean_step")
+    async def execute_clean_step(self, step: Any, node: Any, ports: Any,
+                                 clean_version: Any = None,
+                                 **kwargs: Any) -> Any:
+        return await self._execute_step(step, node, ports, clean_version,
+                                        kwargs)
+
+
+class DeployExtension(StepsExtension):
+    name = "deploy"
+    step_type = "deploy"
+    error_class = errors.DeploymentError
+
+    @sync_command("get_deploy_steps")
+    async def get_deploy_steps(self, node: Any, ports: Any) -> dict[str, Any]:
+        return await self._get_steps(node, ports)
+
+    @async_command("execute_deploy_step")
+    async def execute_deploy_step(self, step: Any, node: Any, ports: Any,
+                                  deploy_version: Any = None,
+                                  **kwargs: Any) -> Any:
+        return await self._execute_step(step, node, ports, deploy_version,
+                                        kwargs)
+
+
+class ServiceExtension(StepsExtension):
+    name = "service"
+    step_type = "service"
+    error_class = errors.ServicingError
+
+    @sync_command("get_service_steps")
+    async def get_service_steps(self, node: Any, ports: Any
+                                ) -> dict[str, Any]:
+        return await self._get_steps(node, ports)
+
+    @async_command("execute_service_step")
+    async def execute_service_step(self, step: Any, node: Any, ports: Any,
+                                   service_version: Any = None,
+                                   **kwargs: Any) -> Any:
+        return await self._execute_step(step, node, ports, service_version,
+                                        kwargs)

@@ -1,0 +1,60 @@
+"""What extensions and hardware managers may use of the running agent.
+
+One object, built by the agent service and handed to every extension and
+(through ``initialize``) to every hardware manager: the configuration, the
+reactor, the process runner, the HTTP client for images, the device guard,
+the loaded managers and extensions, and the node that Ironic told us about.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+from ipa_twisted.config import Config
+from ipa_twisted.hardware.disks import DeviceGuard
+from ipa_twisted.process import IProcessRunner
+
+
+@attrs.define
+class AgentContext:
+    config: Config
+    reactor: Any
+    process: IProcessRunner
+    guard: DeviceGuard
+    #: treq-like client for image and checksum downloads.
+    http: Any = None
+    hardware: Any = None  # HardwareManagers, once loaded
+    extensions: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The node as the last lookup (or command) gave it.
+    node: dict[str, Any] | None = None
+    #: Values from the lookup's ``config`` that change behaviour at run time
+    #: (md5 checksums allowed, permitted image formats, ...).
+    lookup_config: dict[str, Any] = attrs.field(factory=dict)
+    #: Ask for a heartbeat soon (no-op in standalone mode).
+    force_heartbeat: Callable[[], None] = lambda: None
+    #: Re-run lookup to refresh ``node`` (None when there is no Ironic).
+    refresh_node: Callable[[], "Deferred[Any]"] | None = None
+
+    def get_extension(self, name: str) -> Any:
+        return self.extensions[name]
+
+    def cache_node(self, node: Mapping[str, Any] | None) -> None:
+        if node:
+            self.node = dict(node)
+
+    @property
+    def md5_enabled(self) -> bool:
+        value = self.lookup_config.get("agent_md5_checksum_enable")
+        if value is None:
+            return bool(self.config.md5_enabled)
+        return bool(value)
+
+    def in_thread(self, func: Callable[..., Any], *args: Any,
+                  **kwargs: Any) -> "Deferred[Any]":
+        """Run blocking disk I/O in the reactor's thread pool."""
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                 func, *args, **kwargs)

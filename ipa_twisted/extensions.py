@@ -1,0 +1,50 @@
+"""Finding the command extensions (entry point group
+``ipa_twisted.extensions``; the entry point name is the command prefix)."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface.verify import verifyObject
+
+from ipa_twisted.commands.base import IExtension
+
+log = Logger()
+
+ENTRY_POINT_GROUP = "ipa_twisted.extensions"
+
+
+def builtin_extensions() -> dict[str, type]:
+    """Our own extensions, for when the package's entry points are not
+    installed (running from a source tree)."""
+    from ipa_twisted.commands.log import LogExtension
+    from ipa_twisted.commands.poll import PollExtension
+    from ipa_twisted.commands.standby import StandbyExtension
+    from ipa_twisted.commands.steps import (
+        CleanExtension,
+        DeployExtension,
+        ServiceExtension,
+    )
+
+    return {cls.name: cls for cls in (
+        CleanExtension, DeployExtension, ServiceExtension, StandbyExtension,
+        PollExtension, LogExtension,
+    )}
+
+
+def load_extensions(agent: Any) -> dict[str, Any]:
+    classes: dict[str, Any] = dict(builtin_extensions())
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            classes[ep.name] = ep.load()
+        except Exception:
+            log.failure("cannot load extension {name}", name=ep.name)
+    loaded = {}
+    for name, cls in sorted(classes.items()):
+        ext = cls(agent)
+        verifyObject(IExtension, ext)
+        loaded[name] = ext
+    log.info("extensions: {names}", names=", ".join(sorted(loaded)))
+    return loaded

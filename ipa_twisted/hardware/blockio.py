@@ -1,0 +1,107 @@
+"""Low-level block device helpers (blocking: call them from a thread).
+
+Every function that writes takes the :class:`DeviceGuard` and checks the
+path first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from ipa_twisted.hardware.disks import SYS_BLOCK, DeviceGuard, kname_of
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+MiB = 1024 * 1024
+
+
+def device_size(path: str) -> int:
+    """Size in bytes of a block device (or a regular file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+            return int(struct.unpack("Q", buf)[0])
+        except OSError:
+            return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def logical_sector_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            buf = fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4)
+            return int(struct.unpack("i", buf)[0])
+        except OSError:
+            return 512
+    finally:
+        os.close(fd)
+
+
+def read_at(path: str, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def disk_identifier(path: str) -> str:
+    """The MBR disk signature (bytes 440-443, little endian) as 0x%08x."""
+    data = read_at(path, 440, 4)
+    if len(data) < 4:
+        return "0x00000000"
+    return "0x%08x" % struct.unpack("<I", data)[0]
+
+
+def has_gpt(path: str) -> bool:
+    for sector in (512, 4096):
+        if read_at(path, sector, 8) == b"EFI PART":
+            return True
+    return False
+
+
+def partitions_of(path: str, sys_block: str = SYS_BLOCK) -> list[str]:
+    """``/dev/<name>`` of each partition the kernel knows on this disk."""
+    kname = kname_of(path)
+    base = os.path.join(sys_block, kname)
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    return [
+        f"/dev/{e}" for e in entries
+        if e.startswith(kname)
+        and os.path.exists(os.path.join(base, e, "partition"))
+    ]
+
+
+def zero_range(guard: DeviceGuard, path: str, offset: int, length: int
+               ) -> None:
+    guard.check(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        zeros = bytes(min(length, MiB))
+        done = 0
+        while done < length:
+            n = os.pwrite(fd, zeros[: length - done], offset + done)
+            done += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def wipe_head_and_tail(guard: DeviceGuard, path: str,
+                       amount: int = MiB) -> None:
+    """Zero the first and last ``amount`` bytes: MBR, both GPT headers and
+    tables, most filesystem superblocks."""
+    size = device_size(path)
+    head = min(amount, size)
+    zero_range(guard, path, 0, head)
+    if size > head:
+        tail = min(amount, size - head)
+        zero_range(guard, path, size - tail, tail)

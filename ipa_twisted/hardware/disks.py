@@ -1,0 +1,238 @@
+"""Block devices: listing them, and the guard that decides which we may touch.
+
+Listing follows ironic-python-agent: ``lsblk`` (bytes, all devices), keep
+types ``disk``, ``raid*`` and ``mpath``; drop floppies, RAM disks, zram,
+empty devices.  Loop devices are never disks, except those named in
+``device_allowlist``.
+
+**The guard.** When ``device_allowlist`` is set, the agent lists, chooses,
+writes and erases only those devices (and their partitions).  Every write
+and erase path calls :meth:`DeviceGuard.check` right before it opens the
+device, so that no code path can reach another disk by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+import attrs
+
+from ipa_twisted import errors
+
+LSBLK_COLUMNS = (
+    "KNAME,MODEL,SIZE,ROTA,TYPE,UUID,PARTUUID,SERIAL,WWN,LOG-SEC,PHY-SEC,"
+    "TRAN,PKNAME"
+)
+
+SYS_BLOCK = "/sys/class/block"
+
+
+@attrs.frozen
+class BlockDevice:
+    """A disk as the inventory reports it (14 fields, always present)."""
+
+    name: str
+    model: str | None
+    size: int
+    rotational: bool
+    wwn: str | None = None
+    serial: str | None = None
+    vendor: str | None = None
+    wwn_with_extension: str | None = None
+    wwn_vendor_extension: str | None = None
+    hctl: str | None = None
+    by_path: str | None = None
+    logical_sectors: int | None = None
+    physical_sectors: int | None = None
+    tran: str | None = None
+    # kept, not serialized (as IPA)
+    uuid: str | None = attrs.field(default=None, eq=False)
+    partuuid: str | None = attrs.field(default=None, eq=False)
+    kind: str = attrs.field(default="disk", eq=False)
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "size": self.size,
+            "rotational": self.rotational,
+            "wwn": self.wwn,
+            "serial": self.serial,
+            "vendor": self.vendor,
+            "wwn_with_extension": self.wwn_with_extension,
+            "wwn_vendor_extension": self.wwn_vendor_extension,
+            "hctl": self.hctl,
+            "by_path": self.by_path,
+            "logical_sectors": self.logical_sectors,
+            "physical_sectors": self.physical_sectors,
+            "tran": self.tran,
+        }
+
+
+def kname_of(path: str) -> str:
+    """``/dev/disk/by-id/x`` or ``/dev/sda`` -> ``sda`` (symlinks resolved)."""
+    return os.path.basename(os.path.realpath(path))
+
+
+def parent_kname(kname: str, sys_block: str = SYS_BLOCK) -> str | None:
+    """The whole-disk kname of a partition, or None for a whole disk."""
+    if not os.path.exists(os.path.join(sys_block, kname, "partition")):
+        return None
+    real = os.path.realpath(os.path.join(sys_block, kname))
+    return os.path.basename(os.path.dirname(real))
+
+
+class DeviceGuard:
+    """Which block devices the agent may list, choose, write and erase."""
+
+    def __init__(self, allowlist: Sequence[str] | None,
+                 sys_block: str = SYS_BLOCK) -> None:
+        self.allowlist = list(allowlist) if allowlist else None
+        self._sys_block = sys_block
+        self._allowed = (
+            {kname_of(p) for p in allowlist} if allowlist else None
+        )
+
+    @property
+    def restricted(self) -> bool:
+        return self._allowed is not None
+
+    def listed(self, kname: str) -> bool:
+        """May this whole device appear in lists (and be chosen)?"""
+        return self._allowed is None or kname in self._allowed
+
+    def allows(self, path: str) -> bool:
+        if self._allowed is None:
+            return True
+        kname = kname_of(path)
+        if kname in self._allowed:
+            return True
+        parent = parent_kname(kname, self._sys_block)
+        return parent is not None and parent in self._allowed
+
+    def check(self, path: str) -> None:
+        """Raise unless ``path`` (or its disk) is allow-listed."""
+        if not self.allows(path):
+            raise errors.DeviceNotAllowed(
+                f"{path} is not in device_allowlist "
+                f"({', '.join(self.allowlist or [])})"
+            )
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip() in ("1", "true", "True")
+
+
+def _read_sys(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _hctl(kname: str, sys_block: str) -> str | None:
+    try:
+        entries = os.listdir(os.path.join(sys_block, kname, "device",
+                                          "scsi_device"))
+    except OSError:
+        return None
+    return entries[0] if entries else None
+
+
+def by_path_links(directory: str = "/dev/disk/by-path") -> dict[str, str]:
+    """``{kname: /dev/disk/by-path/...}`` (first link per device)."""
+    found: dict[str, str] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return found
+    for name in names:
+        link = os.path.join(directory, name)
+        found.setdefault(kname_of(link), link)
+    return found
+
+
+_SKIP_NAMES = re.compile(r"^(fd\d|ram\d|zram\d)")
+
+
+def is_disk_type(kind: str) -> bool:
+    return kind == "disk" or kind.startswith("raid") or kind == "mpath"
+
+
+def parse_lsblk(
+    output: str,
+    guard: DeviceGuard,
+    include_partitions: bool = False,
+    sys_block: str = SYS_BLOCK,
+    by_path: dict[str, str] | None = None,
+) -> list[BlockDevice]:
+    """Block devices from ``lsblk -bia --json -l -o <LSBLK_COLUMNS>``."""
+    data = json.loads(output)
+    rows: Iterable[dict[str, Any]] = data.get("blockdevices", [])
+    by_path = by_path if by_path is not None else {}
+    devices: list[BlockDevice] = []
+    seen: set[str] = set()
+    for row in rows:
+        kname = _str(row.get("kname"))
+        kind = _str(row.get("type")) or ""
+        if not kname or kname in seen:
+            continue
+        if kind == "part":
+            if not include_partitions:
+                continue
+            parent = _str(row.get("pkname")) or parent_kname(kname, sys_block)
+            if parent is None or not guard.listed(parent):
+                continue
+        elif kind == "loop":
+            if not guard.restricted or not guard.listed(kname):
+                continue
+        else:
+            if not is_disk_type(kind) or _SKIP_NAMES.match(kname):
+                continue
+            if not guard.listed(kname):
+                continue
+        size = _int(row.get("size")) or 0
+        if size == 0:
+            continue
+        seen.add(kname)
+        devices.append(BlockDevice(
+            name=f"/dev/{kname}",
+            model=_str(row.get("model")),
+            size=size,
+            rotational=_bool(row.get("rota")),
+            wwn=_str(row.get("wwn")),
+            serial=_str(row.get("serial")),
+            vendor=_read_sys(os.path.join(sys_block, kname, "device",
+                                          "vendor")),
+            hctl=_hctl(kname, sys_block),
+            by_path=by_path.get(kname),
+            logical_sectors=_int(row.get("log-sec")),
+            physical_sectors=_int(row.get("phy-sec")),
+            tran=_str(row.get("tran")),
+            uuid=_str(row.get("uuid")),
+            partuuid=_str(row.get("partuuid")),
+            kind="part" if kind == "part" else "disk",
+        ))
+    return devices

@@ -1,0 +1,329 @@
+"""Write a byte stream to a block device, hashing it on the way.
+
+The network delivers chunks on the reactor thread.  They are copied once,
+into a ring of page-aligned buffers (``mmap``); each full buffer goes to two
+worker threads at the same time: one hashes it, one writes it to the device
+(``O_DIRECT`` when the device allows it).  A buffer is reused only when both
+are done with it.  When no buffer is free the producer (the HTTP transport)
+is paused, and resumed when one frees up: memory stays at ``depth x size``
+whatever the image size, and the download never outruns the disk.
+
+hashlib and os.write release the GIL, so hashing, writing and receiving run
+in parallel.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import mmap
+import os
+import queue
+import threading
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
+from twisted.logger import Logger
+
+log = Logger()
+
+BUFFER_SIZE = 8 * 1024 * 1024
+DEPTH = 4
+_STOP = object()
+_SYNC_AND_STOP = object()
+
+
+class SinkError(Exception):
+    def __init__(self, path: str, err: OSError) -> None:
+        self.path = path
+        self.errno = err.errno
+        super().__init__(f"writing {path}: {err.strerror or err}")
+
+
+def _open_device(path: str, offset: int, direct: bool) -> tuple[int, bool]:
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    if direct and hasattr(os, "O_DIRECT"):
+        try:
+            fd = os.open(path, flags | os.O_DIRECT)
+            if offset:
+                os.lseek(fd, offset, os.SEEK_SET)
+            return fd, True
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    fd = os.open(path, flags)
+    if offset:
+        os.lseek(fd, offset, os.SEEK_SET)
+    return fd, False
+
+
+class DeviceSink:
+    """An ``IConsumer`` that writes to ``path`` from ``offset``.
+
+    ``write()`` is called on the reactor thread; ``finish()`` flushes the
+    tail, syncs, and fires with ``(bytes written, hexdigest or None)``;
+    ``abort()`` stops early.  Errors from the worker threads fail the
+    ``finish()`` Deferred (and pause the producer at once).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        path: str,
+        hash_algo: str | None = None,
+        offset: int = 0,
+        buffer_size: int = BUFFER_SIZE,
+        depth: int = DEPTH,
+        direct: bool = True,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self.path = path
+        self._hasher = hashlib.new(hash_algo) if hash_algo else None
+        self._offset = offset
+        self._size = buffer_size
+        self._buffers = [mmap.mmap(-1, buffer_size) for _ in range(depth)]
+        self._free = list(range(depth))
+        self._pending = [0] * depth  # workers still using each buffer
+        self._current: int | None = None
+        self._fill = 0
+        self._producer: IPushProducer | None = None
+        self._paused = False
+        self._failed: BaseException | None = None
+        self._finishing: Deferred[tuple[int, str | None]] | None = None
+        self.received = 0
+        self.written = 0
+        self._on_progress = on_progress
+        self._direct = direct
+        self._fd: int | None = None
+        self._hash_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._write_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._backlog: list[bytes] = []
+        self._closed: Deferred[None] = Deferred()
+        self.direct_io = False
+
+    # ---------------------------------------------------- thread bodies
+
+    def open(self) -> None:
+        """Open the device and start the workers (may raise OSError)."""
+        direct = self._direct and self._offset % 4096 == 0
+        self._fd, self.direct_io = _open_device(self.path, self._offset,
+                                                direct)
+        hasher = threading.Thread(target=self._hash_loop, daemon=True,
+                                  name=f"hash {self.path}")
+        writer = threading.Thread(target=self._write_loop, daemon=True,
+                                  name=f"write {self.path}")
+        self._threads = [hasher, writer]
+        hasher.start()
+        writer.start()
+
+    def _hash_loop(self) -> None:
+        while True:
+            item = self._hash_q.get()
+            if item is _STOP:
+                return
+            index, length = item
+            if self._hasher is not None:
+                with memoryview(self._buffers[index]) as view:
+                    self._hasher.update(view[:length])
+            self._reactor.callFromThread(self._release, index, 0)
+
+    def _write_loop(self) -> None:
+        """Owns the file descriptor: writes, then syncs and closes it."""
+        assert self._fd is not None
+        fd = self._fd
+        error: BaseException | None = None
+        while True:
+            item = self._write_q.get()
+            if item is _STOP or item is _SYNC_AND_STOP:
+                break
+            index, length = item
+            if error is None:
+                try:
+                    self._write_all(fd, index, length)
+                except OSError as e:
+                    error = SinkError(self.path, e)
+                    self._reactor.callFromThread(self._fail, error)
+            self._reactor.callFromThread(self._release, index,
+                                         0 if error else length)
+        try:
+            if item is _SYNC_AND_STOP and error is None:
+                os.fsync(fd)
+        except OSError as e:
+            error = SinkError(self.path, e)
+        finally:
+            os.close(fd)
+        self._reactor.callFromThread(self._writer_exited, error)
+
+    def _write_all(self, fd: int, index: int, length: int) -> None:
+        if self.direct_io and length % 4096:
+            # The tail is not a whole number of sectors: finish it with
+            # buffered I/O.
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            self.direct_io = False
+        with memoryview(self._buffers[index]) as buf:
+            view = buf[:length]
+            done = 0
+            while done < length:
+                done += os.write(fd, view[done:])
+            view.release()
+
+    # ------------------------------------------------------ reactor side
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._producer = producer
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self._producer is not None:
+                self._producer.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused and self._failed is None:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def write(self, data: bytes) -> None:
+        if self._failed is not None:
+            return
+        self.received += len(data)
+        if self._backlog:
+            self._backlog.append(bytes(data))
+            return
+        self._copy_in(memoryview(data))
+
+    def _copy_in(self, view: memoryview) -> None:
+        while view:
+            if self._current is None:
+                if not self._free:
+                    # The producer may deliver a little more after being
+                    # paused (one socket read); keep it until a buffer frees.
+                    self._backlog.append(bytes(view))
+                    self._pause()
+                    return
+                self._current = self._free.pop()
+                self._fill = 0
+            room = self._size - self._fill
+            take = min(room, len(view))
+            self._buffers[self._current][self._fill:self._fill + take] = \
+                view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self._size:
+                self._submit()
+        if not self._free and self._current is None:
+            self._pause()
+
+    def _drain_backlog(self) -> None:
+        while self._backlog and (self._free or self._current is not None):
+            chunk = self._backlog.pop(0)
+            before = len(self._backlog)
+            self._copy_in(memoryview(chunk))
+            if len(self._backlog) > before:
+                # It did not all fit: the rest went to the end; put it first.
+                self._backlog.insert(0, self._backlog.pop())
+                break
+
+    def _submit(self) -> None:
+        assert self._current is not None
+        index, length = self._current, self._fill
+        self._current = None
+        self._fill = 0
+        self._pending[index] = 2
+        self._hash_q.put((index, length))
+        self._write_q.put((index, length))
+
+    def _release(self, index: int, written: int) -> None:
+        self.written += written
+        if written and self._on_progress is not None:
+            self._on_progress(self.written)
+        self._pending[index] -= 1
+        if self._pending[index] == 0:
+            self._free.append(index)
+            self._drain_backlog()
+            if not self._backlog:
+                self._resume()
+            self._flush_if_done()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failed is None:
+            self._failed = error
+            log.error("{error}", error=str(error))
+        self._pause()
+
+    def _busy(self) -> bool:
+        return any(self._pending)
+
+    def _maybe_stop(self) -> None:
+        """Once finishing and every buffer is back, stop the workers."""
+        if self._finishing is None or self._stopping or self._busy():
+            return
+        self._stopping = True
+        self._hash_q.put(_STOP)
+        self._write_q.put(_SYNC_AND_STOP)
+
+    def _writer_exited(self, error: BaseException | None) -> None:
+        self._fd = None
+        self._closed.callback(None)
+        d, self._finishing = self._finishing, None
+        if d is None:
+            return
+        error = self._failed or error
+        if error is not None:
+            d.errback(error)
+        else:
+            digest = self._hasher.hexdigest() if self._hasher else None
+            d.callback((self.written, digest))
+
+    def finish(self) -> "Deferred[tuple[int, str | None]]":
+        """Flush what is buffered, fsync; fire with (bytes, hexdigest)."""
+        d: Deferred[tuple[int, str | None]] = Deferred()
+        self._finishing = d
+        self._flush_if_done()
+        return d
+
+    def _flush_if_done(self) -> None:
+        if self._finishing is None or self._backlog:
+            return
+        if self._failed is None and self._current is not None and self._fill:
+            self._submit()
+        self._maybe_stop()
+
+    def abort(self) -> "Deferred[None]":
+        """Stop early (what was written stays); fires once the device is
+        closed."""
+        if self._failed is None:
+            self._failed = RuntimeError("aborted")
+        self._pause()
+        if not self._stopping and self._fd is not None:
+            self._stopping = True
+            self._hash_q.put(_STOP)
+            self._write_q.put(_STOP)
+        return self.closed()
+
+    def closed(self) -> "Deferred[None]":
+        """Fires once the device is closed (the writer thread is done)."""
+        d: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._closed.addBoth(fire)
+        return d

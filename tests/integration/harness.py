@@ -1,0 +1,472 @@
+"""Real parts for end-to-end tests and the demo.
+
+A private network namespace (only ``lo`` and a veth pair whose end
+``ipa0.10`` carries the fake node's MAC), a loop device as the node's only
+disk, a real Ironic (PyPI, sqlite, noauth, fake power) and an image server
+inside that namespace, and our agent run sandboxed: in the namespace, in a
+private PID and mount namespace where every block device node but the
+test's loop device is replaced by /dev/null, with ``--device-allowlist``.
+
+Everything is blocking code (subprocess, urllib): it drives real processes
+and is used from synchronous trial tests and from ``python -m
+tests.integration.demo``.  Every resource registers its cleanup; cleanups
+run in reverse order, even after failures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+IRONIC_VERSION = "39.0.0"
+NODE_MAC = "52:54:00:12:34:56"
+HERE = os.path.dirname(os.path.abspath(__file__))
+SANDBOX = os.path.join(HERE, "sandbox.sh")
+IRONIC_CONF = os.path.join(HERE, "ironic.conf.in")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Unavailable(Exception):
+    """A prerequisite is missing here; the text says which (skip reason)."""
+
+
+def say(text: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def run(argv: list[str], check: bool = True, **kw: Any
+        ) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): "
+                           f"{result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def require_prerequisites() -> None:
+    """Raise Unavailable unless this machine can run the e2e tests."""
+    if os.geteuid() != 0:
+        raise Unavailable("needs root (network namespaces, loop devices)")
+    for tool in ("ip", "losetup", "unshare", "mount", "parted", "sgdisk",
+                 "wipefs", "blockdev", "partprobe", "lsblk"):
+        if shutil.which(tool) is None:
+            raise Unavailable(f"needs the tool {tool!r} (run "
+                              f"tools/setup-host.sh)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cleanups:
+    def __init__(self) -> None:
+        self._stack: list[tuple[str, Callable[[], Any]]] = []
+
+    def add(self, what: str, func: Callable[[], Any]) -> None:
+        self._stack.append((what, func))
+
+    def run(self) -> None:
+        while self._stack:
+            what, func = self._stack.pop()
+            try:
+                func()
+            except Exception as e:  # keep cleaning
+                say(f"cleanup of {what} failed: {e}")
+
+
+# ------------------------------------------------------------ namespaces
+
+
+@contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the body with this thread inside network namespace ``name``
+    (sockets created there stay there)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back failed")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def make_netns(cleanups: Cleanups, mac: str = NODE_MAC) -> str:
+    name = f"ipa-e2e-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    run(["ip", "netns", "add", name])
+    cleanups.add(f"netns {name}", lambda: run(["ip", "netns", "del", name]))
+    ns = ["ip", "netns", "exec", name]
+    run(ns + ["ip", "link", "set", "lo", "up"])
+    run(ns + ["ip", "link", "add", "ipa0.10", "address", mac, "type", "veth",
+              "peer", "name", "ipapeer"])
+    run(ns + ["ip", "link", "set", "ipa0.10", "up"])
+    run(ns + ["ip", "link", "set", "ipapeer", "up"])
+    return name
+
+
+def make_loop_device(cleanups: Cleanups, directory: str, size: int) -> str:
+    backing = os.path.join(directory, "disk.img")
+    with open(backing, "wb") as f:
+        f.truncate(size)
+    dev = run(["losetup", "--find", "--show", "--partscan", backing]
+              ).stdout.strip()
+    if not dev.startswith("/dev/loop"):
+        raise RuntimeError(f"losetup gave {dev!r}")
+    cleanups.add(f"loop device {dev}", lambda: run(["losetup", "-d", dev]))
+    return dev
+
+
+def device_sha256(dev: str, length: int) -> str:
+    digest = hashlib.sha256()
+    with open(dev, "rb") as f:
+        left = length
+        while left:
+            chunk = f.read(min(left, 8 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def make_disk_image(path: str, size: int) -> str:
+    """A raw whole-disk image: an MBR partition table with one partition,
+    the rest incompressible data.  Returns its sha256."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    run(["parted", "-s", path, "mklabel", "msdos", "mkpart", "primary",
+         "ext4", "1MiB", "100%"])
+    digest = hashlib.sha256()
+    with open(path, "r+b") as f:
+        head = f.read(1 << 20)
+        digest.update(head)
+        f.seek(1 << 20)
+        left = size - (1 << 20)
+        block = os.urandom(4 << 20)
+        counter = 0
+        while left:
+            counter += 1
+            # vary every block so that nothing dedups or compresses
+            chunk = (counter.to_bytes(8, "little") + block[8:])[:min(left, len(block))]
+            f.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- Ironic
+
+
+def cache_dir() -> str:
+    path = os.environ.get("IPA_TWISTED_CACHE") or os.path.expanduser(
+        "~/.cache/ipa-twisted")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def ironic_venv() -> str:
+    """A virtualenv with ironic==39.0.0 (made once, then reused)."""
+    venv = os.environ.get("IPA_TWISTED_IRONIC_VENV") or os.path.join(
+        cache_dir(), f"ironic-{IRONIC_VERSION}")
+    marker = os.path.join(venv, ".complete")
+    if os.path.exists(marker):
+        return venv
+    os.makedirs(os.path.dirname(venv), exist_ok=True)
+    with open(venv + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(marker):
+            return venv
+        say(f"installing ironic=={IRONIC_VERSION} into {venv} (once)")
+        shutil.rmtree(venv, ignore_errors=True)
+        run([sys.executable, "-m", "venv", venv])
+        result = run([os.path.join(venv, "bin", "pip"), "install", "-q",
+                      f"ironic=={IRONIC_VERSION}"], check=False)
+        if result.returncode != 0:
+            raise Unavailable(f"cannot install ironic=={IRONIC_VERSION}: "
+                              f"{result.stderr.strip()[-500:]}")
+        open(marker, "w").close()
+    return venv
+
+
+class IronicAPI:
+    """A tiny REST client for the Ironic API, used from inside the netns."""
+
+    def __init__(self, netns: str, url: str) -> None:
+        self.netns = netns
+        self.url = url
+
+    def call(self, method: str, path: str, body: Any = None,
+             expect: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"X-OpenStack-Ironic-API-Version": "latest",
+                     "Content-Type": "application/json"})
+        with in_netns(self.netns):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    status, raw = response.status, response.read()
+            except urllib.error.HTTPError as e:
+                status, raw = e.code, e.read()
+        if status not in expect:
+            raise RuntimeError(f"{method} {path} -> {status}: {raw[:500]!r}")
+        return json.loads(raw) if raw else None
+
+    def node(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/v1/nodes/{name}")
+        return result
+
+    def provision(self, name: str, target: str, **extra: Any) -> None:
+        self.call("PUT", f"/v1/nodes/{name}/states/provision",
+                  {"target": target, **extra})
+
+    def wait_for_state(self, name: str, states: set[str], timeout: float,
+                       fail_states: set[str] = frozenset({"deploy failed",
+                                                          "clean failed",
+                                                          "inspect failed"}),
+                       on_tick: Callable[[], None] | None = None
+                       ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            node = self.node(name)
+            state = node["provision_state"]
+            if state != last:
+                say(f"node {name}: {state}"
+                    + (f" (target {node['target_provision_state']})"
+                       if node.get("target_provision_state") else ""))
+                last = state
+            if state in states:
+                return node
+            if state in fail_states:
+                raise RuntimeError(f"node {name} went to {state}: "
+                                   f"{node.get('last_error')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"node {name} still {state} after {timeout:.0f} s "
+                    f"(last_error: {node.get('last_error')})")
+            if on_tick is not None:
+                on_tick()
+            time.sleep(0.5)
+
+
+class Ironic:
+    """A real Ironic (API + conductor) inside the namespace."""
+
+    def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
+                 heartbeat_timeout: int = 30) -> None:
+        self.netns = netns
+        self.workdir = workdir
+        self.port = 6385
+        self.http_port = 8088
+        self.venv = ironic_venv()
+        self.log = os.path.join(workdir, "ironic.log")
+        with open(IRONIC_CONF) as f:
+            text = f.read()
+        for key, value in {
+            "@WORKDIR@": workdir, "@API_PORT@": str(self.port),
+            "@HTTP_PORT@": str(self.http_port),
+            "@HEARTBEAT_TIMEOUT@": str(heartbeat_timeout),
+            "@FAST_TRACK@": "false",
+        }.items():
+            text = text.replace(key, value)
+        for sub in ("state", "certs", "deploy-logs", "httpboot", "tftp",
+                    "tftp/master_images", "images", "master_images", "locks",
+                    "www"):
+            os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+        # Dummy deploy kernel and ramdisk: Ironic caches them for PXE.
+        for name in ("deploy.kernel", "deploy.initrd"):
+            with open(os.path.join(workdir, "www", name), "wb") as f:
+                f.write(b"not a real " + name.encode() + b"\n")
+        self.conf = os.path.join(workdir, "ironic.conf")
+        with open(self.conf, "w") as f:
+            f.write(text)
+        self.api = IronicAPI(netns, f"http://127.0.0.1:{self.port}")
+        self._cleanups = cleanups
+
+    def bin(self, name: str) -> str:
+        return os.path.join(self.venv, "bin", name)
+
+    def start(self) -> None:
+        run([self.bin("ironic-dbsync"), "--config-file", self.conf,
+             "create_schema"])
+        ns = ["ip", "netns", "exec", self.netns]
+        self.proc = subprocess.Popen(
+            ns + [self.bin("ironic"), "--config-file", self.conf],
+            stdout=subprocess.DEVNULL, stderr=open(
+                os.path.join(self.workdir, "ironic.stderr"), "w"),
+            start_new_session=True)
+        self._cleanups.add("ironic", lambda: stop_process(self.proc))
+        self.www = subprocess.Popen(
+            ns + [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                  str(self.http_port), "--directory",
+                  os.path.join(self.workdir, "www")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self._cleanups.add("image server", lambda: stop_process(self.www))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.api.call("GET", "/v1/nodes")
+                return
+            except (OSError, RuntimeError) as e:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"ironic exited: see {self.log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ironic not ready: {e}")
+                time.sleep(0.3)
+
+    def image_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/{name}"
+
+    def enroll(self, name: str, root_device: dict[str, Any],
+               mac: str = NODE_MAC) -> dict[str, Any]:
+        node: dict[str, Any] = self.api.call("POST", "/v1/nodes", {
+            "name": name, "driver": "manual-management",
+            "boot_interface": "pxe", "deploy_interface": "direct",
+            "management_interface": "noop", "power_interface": "fake",
+            "network_interface": "noop", "inspect_interface": "no-inspect",
+            "driver_info": {
+                "deploy_forces_oob_reboot": True,
+                "deploy_kernel": self.image_url("deploy.kernel"),
+                "deploy_ramdisk": self.image_url("deploy.initrd"),
+            },
+            "properties": {"root_device": root_device},
+        })
+        self.api.call("POST", "/v1/ports", {"node_uuid": node["uuid"],
+                                            "address": mac})
+        return node
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+# ----------------------------------------------------------------- agent
+
+
+def twistd() -> str:
+    path = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(path):
+        raise Unavailable(f"no twistd beside {sys.executable}: install "
+                          f"ipa-twisted into this environment")
+    return path
+
+
+class Agent:
+    """Our agent, sandboxed, inside the namespace."""
+
+    def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
+                 device: str, api_url: str | None,
+                 extra: list[str] | None = None,
+                 name: str = "agent") -> None:
+        self.workdir = workdir
+        self.log = os.path.join(workdir, f"{name}.log")
+        run_dir = os.path.join(workdir, f"{name}-run")
+        stubs = os.path.join(workdir, "stubs")
+        make_stubs(stubs)
+        cmdline = os.path.join(workdir, "cmdline")
+        with open(cmdline, "w") as f:
+            f.write("\n")
+        argv = ["ip", "netns", "exec", netns,
+                "unshare", "--pid", "--mount", "--fork", "--mount-proc",
+                "--kill-child=SIGTERM",
+                SANDBOX, device, stubs, "--",
+                twistd(), "--nodaemon", "--pidfile=", f"--logfile={self.log}",
+                "ipa", "--device-allowlist", device,
+                "--cmdline-file", cmdline, "--run-dir", run_dir,
+                "--power-off-command", "true", "--reboot-command", "true",
+                "--no-sysrq-fallback", "--lookup-timeout", "120",
+                "--disk-wait-attempts", "2", "--disk-wait-delay", "1"]
+        if api_url:
+            argv += ["--api-url", api_url]
+        argv += extra or []
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(workdir, f"{name}.stderr"), "w"),
+            start_new_session=True)
+        cleanups.add(name, self.stop)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def read_log(self) -> str:
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float) -> float:
+        """Seconds from start until ``text`` appears in the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if text in self.read_log():
+                return time.monotonic() - self.started
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited ({self.proc.returncode}) "
+                                   f"before logging {text!r}:\n"
+                                   + self.read_log()[-3000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agent did not log {text!r} in "
+                                   f"{timeout} s:\n" + self.read_log()[-3000:])
+            time.sleep(0.1)
+
+
+STUB = """#!/bin/sh
+echo "ipa-twisted test stub: refusing to run $(basename "$0") $*" >&2
+exit 0
+"""
+
+
+def make_stubs(directory: str) -> None:
+    """Harmless stand-ins for tools that could change the host."""
+    os.makedirs(directory, exist_ok=True)
+    for tool in ("poweroff", "reboot", "shutdown", "halt", "hwclock",
+                 "efibootmgr", "mdadm", "ntpdate", "chronyd", "docker",
+                 "podman"):
+        path = os.path.join(directory, tool)
+        with open(path, "w") as f:
+            f.write(STUB)
+        os.chmod(path, 0o755)
+
+
+def workdir(cleanups: Cleanups, keep: bool = False) -> str:
+    path = tempfile.mkdtemp(prefix="ipa-e2e-")
+    if not keep:
+        cleanups.add(f"workdir {path}",
+                     lambda: shutil.rmtree(path, ignore_errors=True))
+    return path

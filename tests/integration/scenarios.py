@@ -1,0 +1,172 @@
+"""End-to-end scenarios against a real Ironic, shared by tests and demo."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from tests.integration import harness as h
+
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+
+
+class Environment:
+    """Namespace + loop disk + real Ironic; ``close()`` undoes it all."""
+
+    def __init__(self, disk_size: int = 5 * GiB, heartbeat_timeout: int = 30,
+                 keep: bool = False) -> None:
+        h.require_prerequisites()
+        self.cleanups = h.Cleanups()
+        try:
+            self.workdir = h.workdir(self.cleanups, keep)
+            h.say(f"work directory {self.workdir}")
+            self.netns = h.make_netns(self.cleanups)
+            h.say(f"network namespace {self.netns} (lo + veth ipa0.10 "
+                  f"{h.NODE_MAC})")
+            self.device = h.make_loop_device(self.cleanups, self.workdir,
+                                             disk_size)
+            h.say(f"node disk: {self.device} ({disk_size // GiB} GiB, sparse)")
+            self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
+                                   heartbeat_timeout)
+            t0 = time.monotonic()
+            self.ironic.start()
+            h.say(f"Ironic {h.IRONIC_VERSION} up on 127.0.0.1:"
+                  f"{self.ironic.port} in {time.monotonic() - t0:.1f} s")
+            self.api = self.ironic.api
+        except BaseException:
+            self.cleanups.run()
+            raise
+
+    def agent(self, name: str = "agent", extra: list[str] | None = None
+              ) -> h.Agent:
+        return h.Agent(self.cleanups, self.netns, self.workdir, self.device,
+                       self.api.url, extra, name)
+
+    def close(self) -> None:
+        self.cleanups.run()
+
+    def logs_tail(self, agent: h.Agent | None = None) -> str:
+        parts = []
+        if agent is not None:
+            parts.append("--- agent log ---\n" + agent.read_log()[-4000:])
+        try:
+            with open(self.ironic.log, errors="replace") as f:
+                lines = [ln for ln in f.read().splitlines()
+                         if " ERROR " in ln or " WARNING " in ln]
+            parts.append("--- ironic errors/warnings ---\n"
+                         + "\n".join(lines[-40:]))
+        except OSError:
+            pass
+        return "\n".join(parts)
+
+
+class AgentInfoWatcher:
+    """Remembers what Ironic recorded of the agent (callback URL, CA)."""
+
+    def __init__(self, env: Environment, name: str) -> None:
+        self.env = env
+        self.name = name
+        self.seen: dict[str, Any] = {}
+
+    def __call__(self) -> None:
+        info = self.env.api.node(self.name).get("driver_internal_info") or {}
+        for key in ("agent_url", "agent_verify_ca", "agent_version",
+                    "agent_last_heartbeat"):
+            if info.get(key) and key not in self.seen:
+                self.seen[key] = info[key]
+
+
+def deploy(env: Environment, image_size: int = 256 * MiB) -> dict[str, Any]:
+    """Deploy a raw whole-disk image to the loop device; measurements."""
+    api = env.api
+    image = os.path.join(env.workdir, "www", "disk.img")
+    digest = h.make_disk_image(image, image_size)
+    h.say(f"image: {image_size // MiB} MiB raw, MBR + 1 partition, "
+          f"sha256 {digest[:16]}...")
+    node = env.ironic.enroll("e2e-node", {"name": env.device})
+    h.say(f"enrolled node {node['uuid']} (root device hint name="
+          f"{env.device}, port {h.NODE_MAC})")
+    api.provision("e2e-node", "manage")
+    api.wait_for_state("e2e-node", {"manageable"}, 60)
+    api.provision("e2e-node", "provide")
+    api.wait_for_state("e2e-node", {"available"}, 60)
+    api.call("PATCH", "/v1/nodes/e2e-node", [
+        {"op": "add", "path": "/instance_info", "value": {
+            "image_source": env.ironic.image_url("disk.img"),
+            "image_os_hash_algo": "sha256", "image_os_hash_value": digest,
+            "image_disk_format": "raw"}}])
+    t_deploy = time.monotonic()
+    api.provision("e2e-node", "active")
+    api.wait_for_state("e2e-node", {"wait call-back"}, 60)
+    h.say("Ironic waits for the agent: starting it (sandboxed)")
+    agent = env.agent()
+    try:
+        t_lookup = agent.wait_for_log("lookup found node", 120)
+        h.say(f"agent looked the node up {t_lookup:.2f} s after start")
+        watcher = AgentInfoWatcher(env, "e2e-node")
+        env.api.wait_for_state("e2e-node", {"active"}, 300, on_tick=watcher)
+    except Exception:
+        h.say(env.logs_tail(agent))
+        raise
+    t_active = time.monotonic() - t_deploy
+    h.say(f"node active {t_active:.1f} s after the deploy request")
+    node = api.node("e2e-node")
+    on_disk = h.device_sha256(env.device, image_size)
+    h.say(f"bytes on {env.device}: sha256 {on_disk[:16]}... "
+          f"({'match' if on_disk == digest else 'MISMATCH'})")
+    log = agent.read_log()
+    agent.stop()
+    return {"node": node, "image_sha256": digest, "disk_sha256": on_disk,
+            "lookup_s": t_lookup, "deploy_to_active_s": t_active,
+            "agent_log": log, "ironic_saw": watcher.seen}
+
+
+def clean_metadata(env: Environment, name: str = "e2e-clean"
+                   ) -> dict[str, Any]:
+    """Manual clean with erase_devices_metadata; measurements.
+
+    Enrolls node ``name``, or takes the existing one back to manageable
+    (undeploying it if it is active)."""
+    api = env.api
+    existing = api.call("GET", f"/v1/nodes/{name}", expect=(200, 404))
+    if existing is None or "error_message" in existing:
+        env.ironic.enroll(name, {"name": env.device})
+    elif existing["provision_state"] == "active":
+        api.provision(name, "deleted")
+        api.wait_for_state(name, {"available"}, 120)
+    if api.node(name)["provision_state"] != "manageable":
+        api.provision(name, "manage")
+        api.wait_for_state(name, {"manageable"}, 60)
+    h.run(["parted", "-s", env.device, "mklabel", "gpt", "mkpart", "p1",
+           "1MiB", "100MiB"])
+    before = partition_table_type(env.device)
+    h.say(f"{env.device} has a partition table ({before}) before cleaning")
+    t0 = time.monotonic()
+    api.provision(name, "clean", clean_steps=[
+        {"interface": "deploy", "step": "erase_devices_metadata"}])
+    api.wait_for_state(name, {"clean wait"}, 60)
+    agent = env.agent("clean-agent")
+    watcher = AgentInfoWatcher(env, name)
+    try:
+        api.wait_for_state(name, {"manageable"}, 300, on_tick=watcher)
+    except Exception:
+        h.say(env.logs_tail(agent))
+        raise
+    took = time.monotonic() - t0
+    h.say(f"manual clean done in {took:.1f} s")
+    after = partition_table_type(env.device)
+    signatures = h.run(["wipefs", "--no-act", env.device]).stdout.strip()
+    log = agent.read_log()
+    agent.stop()
+    return {"before": before, "after": after, "signatures": signatures,
+            "clean_s": took, "node": api.node(name),
+            "agent_log": log, "ironic_saw": watcher.seen}
+
+
+def partition_table_type(device: str) -> str:
+    """"gpt", "dos" or "" (none), as blkid probes the device itself."""
+    result = h.run(["blkid", "--probe", "--match-tag", "PTTYPE",
+                    "--output", "value", device], check=False)
+    return result.stdout.strip()

@@ -1,0 +1,52 @@
+"""End to end: a real Ironic 39.0.0 drives our agent (sandboxed) through a
+direct deploy and a manual clean.  Needs root; see harness.py."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.integration import harness as h
+from tests.integration import scenarios
+from tests.integration.base import unavailable
+
+MiB = 1024 ** 2
+
+
+class RealIronicTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        try:
+            self.env = scenarios.Environment(heartbeat_timeout=30)
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def test_direct_deploy_of_raw_image(self) -> None:
+        result = scenarios.deploy(self.env, 192 * MiB)
+        self.assertEqual(result["node"]["provision_state"], "active")
+        self.assertEqual(result["disk_sha256"], result["image_sha256"])
+        log = result["agent_log"]
+        # lookup answered 200, with a token; heartbeats answered 202
+        self.assertIn("lookup found node", log)
+        self.assertIn("agent token received from Ironic", log)
+        self.assertIn("first heartbeat accepted", log)
+        self.assertNotIn("heartbeat failed", log)
+        # Ironic recorded an https callback and our certificate
+        saw = result["ironic_saw"]
+        self.assertEqual(saw.get("agent_url"), "https://127.0.0.1:9999")
+        self.assertTrue(saw.get("agent_verify_ca"))
+        # The conductor only saw execute_deploy_step (prepare_image nested)
+        self.assertIn("running command deploy.execute_deploy_step", log)
+        self.assertNotIn("running command standby.prepare_image", log)
+        self.assertIn("checksum verified", log)
+        # The token never reaches the log
+        self.assertNotIn("agent_token=" + "x", log.replace("***", ""))
+
+    def test_manual_clean_erases_metadata(self) -> None:
+        result = scenarios.clean_metadata(self.env)
+        self.assertEqual(result["before"], "gpt")
+        self.assertEqual(result["after"], "")
+        self.assertEqual(result["signatures"], "")
+        self.assertEqual(result["node"]["provision_state"], "manageable")
+        self.assertIn("erasing metadata of /dev/loop", result["agent_log"])
+        self.assertIn("running command clean.execute_clean_step",
+                      result["agent_log"])

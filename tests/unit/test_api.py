@@ -1,0 +1,264 @@
+"""The agent API in memory: routes, tokens, errors, waiting (StubTreq)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipa_twisted.api.app import AgentAPI
+from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.testing import FakeExtension
+
+TOKEN = "t" * 43
+BASE = "http://agent.example:9999"
+
+
+class APITests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.ext = FakeExtension()
+        self.heartbeats: list[bool] = []
+        self.runner = CommandRunner(
+            {"fake": self.ext}, on_async_done=lambda: self.heartbeats.append(True)
+        )
+        self.token: str | None = TOKEN
+        api = AgentAPI(self.runner, lambda: self.token, started_at=123.5,
+                       version="9.9")
+        self.stub = StubTreq(api.app.resource())
+
+    def request(self, method: str, path: str, body: Any = None,
+                token: str | None = TOKEN, raw: bytes | None = None,
+                **params: str) -> tuple[int, Any, Any]:
+        if token is not None:
+            params["agent_token"] = token
+        data = raw if raw is not None else (
+            json.dumps(body).encode() if body is not None else None)
+        response = self.successResultOf(self.stub.request(
+            method, BASE + path, params=params, data=data))
+        content = self.successResultOf(self.stub.content(response))
+        return response.code, response.headers, json.loads(content)
+
+    def post(self, name: str, params: Any = None, **kw: Any
+             ) -> tuple[int, Any]:
+        code, _, body = self.request(
+            "POST", "/v1/commands/", {"name": name, "params": params or {}},
+            **kw)
+        return code, body
+
+    # ------------------------------------------------------- documents
+
+    def test_root_document(self) -> None:
+        code, headers, body = self.request("GET", "/", token=None)
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("content-type"),
+                         ["application/json"])
+        self.assertEqual(body["name"], "OpenStack Ironic Python Agent API")
+        self.assertEqual(body["default_version"]["id"], "v1")
+        self.assertEqual(body["versions"][0]["links"][0],
+                         {"href": BASE + "/v1", "rel": "self"})
+
+    def test_v1_document(self) -> None:
+        code, _, body = self.request("GET", "/v1/", token=None)
+        self.assertEqual(code, 200)
+        self.assertEqual(body["commands"], [
+            {"href": BASE + "/v1/commands", "rel": "self"},
+            {"href": BASE + "/commands", "rel": "bookmark"},
+        ])
+        self.assertEqual(body["media_types"][0]["type"],
+                         "application/vnd.openstack.ironic-python-agent.v1+json")
+
+    def test_status_without_token_both_prefixes(self) -> None:
+        for path in ("/v1/status", "/status"):
+            code, _, body = self.request("GET", path, token=None)
+            self.assertEqual((code, body),
+                             (200, {"started_at": 123.5, "version": "9.9"}))
+
+    def test_unknown_route_and_method_are_json(self) -> None:
+        code, _, body = self.request("GET", "/v1/nothing", token=None)
+        self.assertEqual(code, 404)
+        self.assertEqual(body["faultcode"], "Client")
+        self.assertTrue(body["faultstring"].startswith("404 Not Found"))
+        code, _, body = self.request("DELETE", "/v1/commands/")
+        self.assertEqual(code, 405)
+        self.assertTrue(body["faultstring"].startswith("405 Method Not Allowed"))
+
+    # ----------------------------------------------------------- tokens
+
+    def test_commands_need_the_exact_token(self) -> None:
+        for token in (None, "wrong", TOKEN + "x", TOKEN[:-1]):
+            for method, path in (("GET", "/v1/commands/"),
+                                 ("POST", "/v1/commands/"),
+                                 ("GET", "/v1/commands/abc"),
+                                 ("GET", "/commands/")):
+                code, _, body = self.request(method, path, token=token,
+                                             raw=b"not json")
+                self.assertEqual(code, 401, (token, method, path))
+                self.assertEqual(body, {"faultcode": "Client",
+                                        "faultstring":
+                                            "401 Unauthorized: Token invalid."})
+
+    def test_no_token_known_refuses_everything(self) -> None:
+        self.token = None
+        code, _, _ = self.request("GET", "/v1/commands/", token="")
+        self.assertEqual(code, 401)
+
+    # --------------------------------------------------------- commands
+
+    def test_sync_command(self) -> None:
+        code, body = self.post("fake.echo", {"value": "hi"})
+        self.assertEqual(code, 200)
+        self.assertEqual(list(body), ["id", "command_name", "command_status",
+                                      "command_error", "command_result"])
+        self.assertEqual(body["command_name"], "echo")
+        self.assertEqual(body["command_status"], "SUCCEEDED")
+        self.assertEqual(body["command_result"], {"result": "hi"})
+        self.assertEqual(self.heartbeats, [])
+
+    def test_async_command_runs_in_background(self) -> None:
+        code, body = self.post("fake.slow")
+        self.assertEqual((code, body["command_status"]), (200, "RUNNING"))
+        code, listed = self.post("fake.echo")
+        self.assertEqual(code, 409)
+        self.assertEqual(listed, {"faultcode": "Client",
+                                  "faultstring":
+                                      "Agent is busy: executing command slow"})
+        self.ext.pending[0].callback("finished")
+        code, _, one = self.request("GET", f"/v1/commands/{body['id']}")
+        self.assertEqual(one["command_status"], "SUCCEEDED")
+        self.assertEqual(one["command_result"], {"result": "slow: finished"})
+        self.assertEqual(self.heartbeats, [True])
+        code, _, all_ = self.request("GET", "/v1/commands/")
+        self.assertEqual([c["command_name"] for c in all_["commands"]],
+                         ["slow"])
+
+    def test_wait_true_blocks_until_done(self) -> None:
+        d = self.stub.request("POST", BASE + "/v1/commands/", params={
+            "agent_token": TOKEN, "wait": "TRUE"},
+            data=json.dumps({"name": "fake.slow", "params": {}}).encode())
+        self.assertNoResult(d)
+        self.ext.pending[0].callback({"x": 1})
+        self.stub.flush()
+        response = self.successResultOf(d)
+        body = json.loads(self.successResultOf(self.stub.content(response)))
+        self.assertEqual((body["command_status"], body["command_result"]),
+                         ("SUCCEEDED", {"x": 1}))
+
+    def test_get_wait(self) -> None:
+        _, body = self.post("fake.slow")
+        d = self.stub.request("GET", BASE + f"/v1/commands/{body['id']}",
+                              params={"agent_token": TOKEN, "wait": "true"})
+        self.assertNoResult(d)
+        self.ext.pending[0].errback(RuntimeError("disk on fire"))
+        self.stub.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        one = json.loads(self.successResultOf(self.stub.content(response)))
+        self.assertEqual(one["command_status"], "FAILED")
+        self.assertEqual(one["command_error"], {
+            "type": "CommandExecutionError", "code": 500,
+            "message": "Command execution failed", "details": "disk on fire"})
+
+    def test_sync_plain_exception_is_serializable(self) -> None:
+        code, body = self.post("fake.boom")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(code, 200)
+        self.assertEqual(body["command_status"], "FAILED")
+        self.assertEqual(body["command_error"]["type"], "ValueError")
+        self.assertEqual(body["command_error"]["details"], "bad thing")
+        code, _, listed = self.request("GET", "/v1/commands/")
+        self.assertEqual(code, 200)
+        self.assertEqual(listed["commands"][0]["command_error"]["type"],
+                         "ValueError")
+
+    def test_wrong_kwarg_is_400_and_not_stored(self) -> None:
+        code, body = self.post("fake.echo", {"nope": 1})
+        self.assertEqual(code, 400)
+        self.assertTrue(body["faultstring"].startswith(
+            "Invalid command parameters: echo:"))
+        _, _, listed = self.request("GET", "/v1/commands/")
+        self.assertEqual(listed["commands"], [])
+
+    def test_validator_failure_is_400(self) -> None:
+        code, body = self.post("fake.validated", {"size": 0})
+        self.assertEqual(code, 400)
+        self.assertEqual(body["faultstring"],
+                         "Invalid command parameters: size must be >= 1")
+        code, body = self.post("fake.validated", {"size": 2})
+        self.assertEqual((code, body["command_result"]), (200, 4))
+
+    def test_bad_names(self) -> None:
+        code, body = self.post("nodot")
+        self.assertEqual(code, 400)
+        self.assertEqual(body["faultstring"], "Invalid command: Command name "
+                         "must be of the form <extension>.<name>")
+        code, body = self.post("a.b.c")
+        self.assertEqual(code, 400)
+        code, body = self.post("nope.echo")
+        self.assertEqual((code, body["faultstring"]),
+                         (404, "Not found: Extension with id nope not found."))
+        code, body = self.post("fake.nope")
+        self.assertEqual((code, body["faultstring"]),
+                         (400, "Invalid command: Unknown command: nope"))
+
+    def test_bad_bodies(self) -> None:
+        for raw in (b"{", b"[]", b'{"name": "fake.echo"}',
+                    b'{"name": 1, "params": {}}',
+                    b'{"name": "fake.echo", "params": []}', b"\xff"):
+            code, _, body = self.request("POST", "/v1/commands/", raw=raw)
+            self.assertEqual(code, 400, raw)
+            self.assertTrue(body["faultstring"].startswith("400 Bad Request"),
+                            body)
+
+    def test_unknown_command_id(self) -> None:
+        code, _, body = self.request("GET", "/v1/commands/nope")
+        self.assertEqual(code, 404)
+        self.assertEqual(body["faultstring"],
+                         "Not found: Command Result with id nope not found.")
+
+    def test_unserializable_result_fails_cleanly(self) -> None:
+        code, body = self.post("fake.unserializable")
+        self.assertEqual(code, 200)
+        self.assertEqual(body["command_status"], "FAILED")
+        code, _, listed = self.request("GET", "/v1/commands/")
+        self.assertEqual(code, 200)
+
+    def test_order_is_kept(self) -> None:
+        for value in ("a", "b", "c"):
+            self.post("fake.echo", {"value": value})
+        _, _, listed = self.request("GET", "/v1/commands/")
+        self.assertEqual([c["command_result"]["result"]
+                          for c in listed["commands"]], ["a", "b", "c"])
+
+    def test_client_going_away_does_not_cancel_the_command(self) -> None:
+        _, body = self.post("fake.slow")
+        result = self.runner.get(body["id"])
+        waiter = result.wait()
+        waiter.cancel()
+        self.failureResultOf(waiter)
+        self.assertFalse(result.done)
+        self.ext.pending[0].callback("ok")
+        self.assertEqual(result.status, "SUCCEEDED")
+
+    def test_version_mismatch_status(self) -> None:
+        from ipa_twisted import errors
+
+        _, body = self.post("fake.slow")
+        self.ext.pending[0].errback(errors.VersionMismatch({"a": "1"},
+                                                           {"a": "2"}))
+        _, _, one = self.request("GET", f"/v1/commands/{body['id']}")
+        self.assertEqual(one["command_status"], "CLEAN_VERSION_MISMATCH")
+        self.assertEqual(one["command_error"]["code"], 409)
+        self.assertEqual(one["command_error"]["details"],
+                         "Current versions: {'a': '1'}, versions used by "
+                         "ironic: {'a': '2'}")
+
+
+class DeferredResultTests(SynchronousTestCase):
+    def test_wait_on_done_result_fires_at_once(self) -> None:
+        runner = CommandRunner({"fake": FakeExtension()})
+        result = runner.execute("fake.echo", {})
+        d: Deferred[Any] = result.wait()
+        self.assertIs(self.successResultOf(d), result)

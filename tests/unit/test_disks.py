@@ -1,0 +1,120 @@
+"""Block device listing (real lsblk output) and the device guard."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipa_twisted import errors
+from ipa_twisted.hardware.disks import BlockDevice, DeviceGuard, parse_lsblk
+from ipa_twisted.hardware.generic import choose_root_device
+from tests.fixtures import load
+
+GiB = 1024 ** 3
+
+
+class ParseTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.output = load("lsblk", "firecracker-loops.txt")
+        self.sys = self.mktemp()
+        os.makedirs(self.sys)
+
+    def names(self, guard: DeviceGuard, parts: bool = False) -> list[str]:
+        return [d.name for d in parse_lsblk(self.output, guard, parts,
+                                            sys_block=self.sys)]
+
+    def test_unrestricted_lists_real_disks_only(self) -> None:
+        # Loop devices and zram are never disks (as IPA); vda is.
+        self.assertEqual(self.names(DeviceGuard(None)), ["/dev/vda"])
+
+    def test_allowlist_lists_only_those(self) -> None:
+        guard = DeviceGuard(["/dev/loop1"])
+        self.assertEqual(self.names(guard), ["/dev/loop1"])
+        self.assertEqual(self.names(guard, parts=True),
+                         ["/dev/loop1", "/dev/loop1p1"])
+        # An empty loop device (size 0) is never listed.
+        self.assertEqual(self.names(DeviceGuard(["/dev/loop5"])), [])
+
+    def test_fields(self) -> None:
+        dev, = parse_lsblk(self.output, DeviceGuard(["/dev/loop0"]),
+                           sys_block=self.sys)
+        self.assertEqual(dev.serialize(), {
+            "name": "/dev/loop0", "model": None, "size": 6 * GiB,
+            "rotational": True, "wwn": None, "serial": None, "vendor": None,
+            "wwn_with_extension": None, "wwn_vendor_extension": None,
+            "hctl": None, "by_path": None, "logical_sectors": 512,
+            "physical_sectors": 512, "tran": None,
+        })
+
+    def test_old_lsblk_strings(self) -> None:
+        # util-linux < 2.33 prints every value as a string.
+        out = ('{"blockdevices": [{"kname": "sda", "model": "DISK  ", '
+               '"size": "500107862016", "rota": "1", "type": "disk", '
+               '"serial": "", "wwn": "0x5000", "log-sec": "512", '
+               '"phy-sec": "4096", "tran": "sata"}]}')
+        dev, = parse_lsblk(out, DeviceGuard(None), sys_block=self.sys)
+        self.assertEqual((dev.model, dev.size, dev.rotational, dev.serial,
+                          dev.physical_sectors, dev.tran),
+                         ("DISK", 500107862016, True, None, 4096, "sata"))
+
+
+class GuardTests(SynchronousTestCase):
+    def test_unrestricted(self) -> None:
+        guard = DeviceGuard(None)
+        self.assertFalse(guard.restricted)
+        guard.check("/dev/sda")
+
+    def test_restricted(self) -> None:
+        sys_block = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(sys_block, "loop3", "loop3p1"))
+        open(os.path.join(sys_block, "loop3", "loop3p1", "partition"),
+             "w").close()
+        os.symlink(os.path.join(sys_block, "loop3", "loop3p1"),
+                   os.path.join(sys_block, "loop3p1"))
+        guard = DeviceGuard(["/dev/loop3"], sys_block=sys_block)
+        guard.check("/dev/loop3")
+        guard.check("/dev/loop3p1")
+        for other in ("/dev/vda", "/dev/loop30", "/dev/loop4"):
+            with self.assertRaises(errors.DeviceNotAllowed) as cm:
+                guard.check(other)
+            self.assertIn("not in device_allowlist", str(cm.exception))
+
+
+def disk(name: str, size_gib: float, **kw: object) -> BlockDevice:
+    return BlockDevice(name=name, model=kw.pop("model", None),  # type: ignore
+                       size=int(size_gib * GiB), rotational=False, **kw)  # type: ignore
+
+
+class RootDeviceTests(SynchronousTestCase):
+    devices = [disk("/dev/sdb", 10), disk("/dev/sda", 10, serial="S1"),
+               disk("/dev/sdc", 2), disk("/dev/nvme0n1", 500, wwn="0xAB")]
+
+    def test_no_hints_smallest_at_least_4_gib_then_name(self) -> None:
+        self.assertEqual(choose_root_device(self.devices, None).name, "/dev/sda")
+
+    def test_hints(self) -> None:
+        self.assertEqual(choose_root_device(self.devices, {"name": "/dev/sdb"}).name,
+                         "/dev/sdb")
+        self.assertEqual(choose_root_device(self.devices, {"name": "sdc"}).name,
+                         "/dev/sdc")
+        self.assertEqual(choose_root_device(self.devices, {"size": 500}).name,
+                         "/dev/nvme0n1")
+        self.assertEqual(choose_root_device(self.devices, {"serial": "s1"}).name,
+                         "/dev/sda")
+        self.assertEqual(choose_root_device(self.devices, {"wwn": "0xab"}).name,
+                         "/dev/nvme0n1")
+        self.assertEqual(choose_root_device(self.devices, {"size": ">= 11"}).name,
+                         "/dev/nvme0n1")
+
+    def test_nothing_matches(self) -> None:
+        with self.assertRaises(errors.DeviceNotFound) as cm:
+            choose_root_device(self.devices, {"serial": "nope"})
+        self.assertIn("No suitable device", str(cm.exception))
+        with self.assertRaises(errors.DeviceNotFound):
+            choose_root_device([disk("/dev/sda", 3)], None)
+
+    def test_invalid_hints(self) -> None:
+        with self.assertRaises(errors.DeviceNotFound) as cm:
+            choose_root_device(self.devices, {"colour": "red"})
+        self.assertIn("failed to validate", str(cm.exception))
