@@ -1,0 +1,203 @@
+"""HTTP body -> DeviceSink, with the real reactor on loopback and temp files.
+
+(The sink's threads and the HTTP client need the real reactor; nothing here
+touches a block device.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from ipa_twisted import errors
+from ipa_twisted.image.sink import DeviceSink, SinkError
+from ipa_twisted.image.stream import stream_body
+
+DATA = os.urandom(3 * 1024 * 1024 + 12345)
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+class SinkTests(TestCase):
+    async def _write(self, path: str, chunks: list[bytes],
+                     **kw: Any) -> tuple[DeviceSink, Producer, Any]:
+        sink = DeviceSink(reactor, path, "sha256", buffer_size=65536,
+                          depth=2, **kw)
+        sink.open()
+        producer = Producer()
+        sink.registerProducer(producer, True)
+        for chunk in chunks:
+            sink.write(chunk)
+            if sink.paused:
+                # let the workers drain, as the transport would
+                while sink.paused:
+                    await deferLater(reactor, 0.001)
+        result = await sink.finish()
+        return sink, producer, result
+
+    async def test_writes_and_hashes_with_backpressure(self) -> None:
+        path = self.mktemp()
+        open(path, "wb").close()
+        chunks = [DATA[i:i + 100000] for i in range(0, len(DATA), 100000)]
+        sink, producer, (written, digest) = await self._write(path, chunks)
+        self.assertEqual(written, len(DATA))
+        self.assertEqual(digest, hashlib.sha256(DATA).hexdigest())
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        self.assertIn("pause", producer.events)
+        self.assertEqual(producer.events.count("pause"),
+                         producer.events.count("resume"))
+
+    async def test_one_big_chunk_overruns_into_backlog(self) -> None:
+        path = self.mktemp()
+        open(path, "wb").close()
+        sink, _, (written, digest) = await self._write(path, [DATA])
+        self.assertEqual((written, digest),
+                         (len(DATA), hashlib.sha256(DATA).hexdigest()))
+
+    async def test_offset(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"x" * 1000)
+        await self._write(path, [b"abc"], offset=10)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(14), b"x" * 10 + b"abcx")
+
+    async def test_write_error_fails_finish(self) -> None:
+        # /dev/full answers every write with ENOSPC.
+        sink = DeviceSink(reactor, "/dev/full", "sha256", buffer_size=65536,
+                          depth=2)
+        sink.open()
+        sink.registerProducer(Producer(), True)
+        sink.write(b"y" * 200000)
+        with self.assertRaises(SinkError) as cm:
+            await sink.finish()
+        self.assertIn("No space left on device", str(cm.exception))
+        self.flushLoggedErrors()
+
+    async def test_abort_closes(self) -> None:
+        path = self.mktemp()
+        open(path, "wb").close()
+        sink = DeviceSink(reactor, path, None, buffer_size=65536, depth=2)
+        sink.open()
+        sink.write(b"z" * 70000)
+        await sink.abort()
+        self.assertIsNone(sink._fd)
+
+
+class Images(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall_after: int | None = None
+        self.pending: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        path = request.path.decode()
+        if path == "/missing":
+            request.setResponseCode(404)
+            return b"no"
+        if path == "/broken":
+            request.setResponseCode(503)
+            return b"later"
+        if path == "/stall":
+            request.setHeader(b"content-length", str(len(DATA)).encode())
+            request.write(DATA[:1000])
+            self.pending.append(request)
+            return NOT_DONE_YET
+        if path == "/short":
+            request.setHeader(b"content-length", str(len(DATA)).encode())
+            request.write(DATA[:5000])
+            request.transport.loseConnection()
+            return NOT_DONE_YET
+        request.setHeader(b"content-length", str(len(DATA)).encode())
+        return DATA
+
+
+class StreamTests(TestCase):
+    def setUp(self) -> None:
+        self.images = Images()
+        self.port = reactor.listenTCP(0, Site(self.images),
+                                      interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.http = HTTPClient(Agent(reactor, pool=self.pool))
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def tearDown(self) -> Deferred[None]:
+        for request in self.images.pending:
+            request.transport.loseConnection()
+        return deferLater(reactor, 0.01)
+
+    async def stream(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        target = self.mktemp()
+        open(target, "wb").close()
+        sink = DeviceSink(reactor, target, "sha256")
+        sink.open()
+        try:
+            received = await stream_body(self.http, reactor, self.url + path,
+                                         sink, "img", timeout)
+        except BaseException:
+            await sink.abort()
+            raise
+        written, digest = await sink.finish()
+        self.assertEqual(received, written)
+        return written, str(digest)
+
+    async def test_ok(self) -> None:
+        written, digest = await self.stream("/disk.img")
+        self.assertEqual((written, digest),
+                         (len(DATA), hashlib.sha256(DATA).hexdigest()))
+
+    async def test_4xx_is_fatal(self) -> None:
+        with self.assertRaises(errors.ImageDownloadFatalError) as cm:
+            await self.stream("/missing")
+        self.assertIn("answered HTTP 404", str(cm.exception))
+
+    async def test_5xx_is_retryable(self) -> None:
+        with self.assertRaises(errors.ImageDownloadError) as cm:
+            await self.stream("/broken")
+        self.assertNotIsInstance(cm.exception, errors.ImageDownloadFatalError)
+        self.assertTrue(cm.exception.retryable)
+
+    async def test_stall_is_cut(self) -> None:
+        with self.assertRaises(errors.ImageDownloadError) as cm:
+            await self.stream("/stall", timeout=0.5)
+        self.assertIn("no data for 0.5 s after 1000 bytes", str(cm.exception))
+
+    async def test_short_body(self) -> None:
+        with self.assertRaises(errors.ImageDownloadError) as cm:
+            await self.stream("/short")
+        self.assertIn("broke after 5000 bytes", str(cm.exception))
+
+    async def test_unreachable(self) -> None:
+        self.url = "http://127.0.0.1:1"
+        with self.assertRaises(errors.ImageDownloadError) as cm:
+            await self.stream("/x")
+        self.assertIn("cannot reach", str(cm.exception))
+
+

@@ -1,0 +1,211 @@
+"""standby.prepare_image and the write_image deploy step, with the real
+reactor, an HTTP server on loopback, and a temporary file as the "disk"."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from ipa_twisted import errors
+from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.commands.standby import StandbyExtension
+from ipa_twisted.commands.steps import DeployExtension
+from ipa_twisted.config import load_config
+from ipa_twisted.context import AgentContext
+from ipa_twisted.hardware.disks import DeviceGuard
+from ipa_twisted.hardware.manager import HardwareManager, HardwareManagers
+from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
+
+IMAGE = b"\x00" * 440 + b"\x78\x56\x34\x12" + os.urandom(2 * 1024 * 1024)
+SHA = hashlib.sha256(IMAGE).hexdigest()
+
+
+class Images(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: list[str] = []
+        self.fail_first: int = 0
+
+    def render_GET(self, request: Any) -> bytes:
+        path = request.path.decode()
+        self.hits.append(path)
+        if path == "/missing":
+            request.setResponseCode(404)
+            return b""
+        if self.fail_first:
+            self.fail_first -= 1
+            request.setResponseCode(503)
+            return b""
+        if path == "/SHA256SUMS":
+            return f"{SHA}  disk.img\n".encode()
+        return IMAGE
+
+
+class TestStandby(StandbyExtension):
+    """The real extension; partition discovery replaced (a temp file has
+    no kernel partitions; the e2e tests use real loop devices)."""
+
+    async def _after_write(self, device: str) -> list[str]:
+        return [device + "p1"]
+
+
+class Generic(HardwareManager):
+    def evaluate_hardware_support(self) -> int:
+        return 1
+
+    async def write_image(self, node: Any, ports: Any, image_info: Any,
+                          configdrive: Any = None) -> Any:
+        return await self.agent.get_extension("standby").write_image(
+            image_info, configdrive)
+
+    def full_sync(self) -> None:
+        pass
+
+
+class StandbyTests(TestCase):
+    def setUp(self) -> None:
+        self.images = Images()
+        port = reactor.listenTCP(0, Site(self.images), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.disk = os.path.abspath(self.mktemp())
+        with open(self.disk, "wb") as f:
+            f.write(b"\xff" * (4 * 1024 * 1024))
+        config = load_config({
+            "image_download_connection_retries": "2",
+            "image_download_connection_retry_interval": "0",
+            "image_download_connection_timeout": "5",
+            "disk_wait_attempts": "1",
+        })
+        self.context = AgentContext(
+            config=config, reactor=reactor, process=FakeProcessRunner(),
+            guard=DeviceGuard(None), http=HTTPClient(Agent(reactor, pool=pool)))
+        fake = FakeHardwareManager(root_device=self.disk)
+        self.hardware = HardwareManagers([fake, Generic()])
+        self.context.hardware = self.hardware
+        self.standby = TestStandby(self.context)
+        self.context.extensions = {
+            "standby": self.standby,
+            "deploy": DeployExtension(self.context),
+        }
+        self.runner = CommandRunner(self.context.extensions)
+
+    async def _init(self) -> None:
+        await self.hardware.initialize(self.context)
+
+    def info(self, **kw: Any) -> dict[str, Any]:
+        info = {"id": "img-1", "urls": [self.base + "/disk.img"],
+                "os_hash_algo": "sha256", "os_hash_value": SHA,
+                "disk_format": "raw"}
+        info.update(kw)
+        return info
+
+    def disk_bytes(self, n: int) -> bytes:
+        with open(self.disk, "rb") as f:
+            return f.read(n)
+
+    async def execute(self, name: str, **params: Any) -> Any:
+        await self._init()
+        result = self.runner.execute(name, params)
+        return await result.wait()
+
+    async def test_write_image_deploy_step_is_one_command(self) -> None:
+        step = {"interface": "deploy", "step": "write_image", "priority": 80,
+                "args": {"image_info": self.info(), "configdrive": None}}
+        result = await self.execute("deploy.execute_deploy_step", step=step,
+                                node={"uuid": "n"}, ports=[])
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual(result.result, {
+            "deploy_result": {"result": f"prepare_image: image (img-1) written "
+                                        f"to device {self.disk} "
+                                        f"root_uuid=0x12345678"},
+            "deploy_step": step})
+        self.assertEqual([r.command_name for r in self.runner.list()],
+                         ["execute_deploy_step"])
+        self.assertEqual(self.disk_bytes(len(IMAGE)), IMAGE)
+        uuids = self.runner.execute("standby.get_partition_uuids", {})
+        self.assertEqual(uuids.result, {"root uuid": "0x12345678"})
+
+    async def test_prepare_image_command(self) -> None:
+        result = await self.execute("standby.prepare_image", image_info=self.info())
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertTrue(result.result["result"].startswith(
+            "prepare_image: image (img-1) written to device"))
+
+    async def test_checksum_file_url(self) -> None:
+        info = self.info(os_hash_value=self.base + "/SHA256SUMS")
+        result = await self.execute("standby.prepare_image", image_info=info)
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+
+    async def test_checksum_mismatch_fails_and_wipes(self) -> None:
+        result = await self.execute("standby.prepare_image",
+                                image_info=self.info(os_hash_value="0" * 64))
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ImageChecksumError")
+        self.assertIn(f"verification checksum: {SHA}", result.error["details"])
+        self.assertEqual(self.disk_bytes(1024 * 1024), b"\0" * 1024 * 1024)
+        self.flushLoggedErrors()
+
+    async def test_4xx_fails_at_once(self) -> None:
+        info = self.info(urls=[self.base + "/missing"])
+        result = await self.execute("standby.prepare_image", image_info=info)
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ImageDownloadFatalError")
+        self.assertEqual(self.images.hits, ["/missing"])
+
+    async def test_5xx_is_retried(self) -> None:
+        self.images.fail_first = 2
+        result = await self.execute("standby.prepare_image", image_info=self.info())
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual(len(self.images.hits), 3)
+
+    async def test_5xx_until_the_end(self) -> None:
+        self.images.fail_first = 5
+        result = await self.execute("standby.prepare_image", image_info=self.info())
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ImageDownloadError")
+        self.assertEqual(len(self.images.hits), 3)
+
+    async def test_validation_is_synchronous(self) -> None:
+        await self._init()
+        for info in ({"urls": ["http://x/a"]}, {"id": "a", "urls": []},
+                     {"id": "a", "urls": ["ftp://x/a"], "checksum": SHA},
+                     {"id": "a", "urls": ["http://x/a"]}, "not a dict"):
+            with self.assertRaises(errors.InvalidCommandParamsError, msg=info):
+                self.runner.execute("standby.prepare_image",
+                                    {"image_info": info})
+        self.assertEqual(self.runner.list(), [])
+
+    async def test_deploy_step_validation_fails_the_command(self) -> None:
+        step = {"step": "write_image", "args": {"image_info": {"id": "x"}}}
+        result = await self.execute("deploy.execute_deploy_step", step=step,
+                                node={}, ports=[])
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "InvalidCommandParamsError")
+        self.assertEqual(result.error["code"], 400)
+
+    async def test_formats_not_supported_yet_are_refused(self) -> None:
+        result = await self.execute("standby.prepare_image",
+                                image_info=self.info(disk_format="qcow2"))
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "InvalidImage")
+        self.assertEqual(self.images.hits, [])
+
+    async def test_allowlist_is_enforced(self) -> None:
+        self.context.guard = DeviceGuard(["/dev/loop99"])
+        result = await self.execute("standby.prepare_image", image_info=self.info())
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "DeviceNotAllowed")
+        self.assertEqual(self.images.hits, [])
+        self.assertEqual(self.disk_bytes(4), b"\xff" * 4)

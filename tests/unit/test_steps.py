@@ -1,0 +1,164 @@
+"""clean / deploy / service extensions over fake hardware managers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from ipa_twisted import errors
+from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.commands.steps import (
+    CleanExtension,
+    DeployExtension,
+    ServiceExtension,
+    deduplicate_steps,
+)
+from ipa_twisted.hardware.generic import GenericHardwareManager
+from ipa_twisted.hardware.manager import (
+    HardwareManager,
+    HardwareManagers,
+    HardwareSupport,
+    IHardwareManager,
+)
+from ipa_twisted.testing import FakeHardwareManager
+
+
+class Agent:
+    def __init__(self, hardware: HardwareManagers) -> None:
+        self.hardware = hardware
+        self.node: Any = None
+
+    def cache_node(self, node: Any) -> None:
+        self.node = node
+
+
+class Mainline(HardwareManager):
+    HARDWARE_MANAGER_NAME = "mainline"
+    HARDWARE_MANAGER_VERSION = "3"
+
+    def evaluate_hardware_support(self) -> int:
+        return HardwareSupport.MAINLINE
+
+    def get_clean_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        return [{"step": "fake_clean", "priority": 50, "interface": "deploy",
+                 "reboot_requested": False, "abortable": True},
+                {"step": "only_here", "priority": 1, "interface": "deploy",
+                 "reboot_requested": False, "abortable": True}]
+
+    def only_here(self, node: Any, ports: Any, **kw: Any) -> None:
+        raise RuntimeError("disk exploded")
+
+    def broken_step(self, node: Any, ports: Any) -> None:
+        raise errors.IncompatibleHardwareMethodError()
+
+
+class StepTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.fake = FakeHardwareManager()
+        self.hardware = HardwareManagers([Mainline(), self.fake])
+        self.agent = Agent(self.hardware)
+        self.runner = CommandRunner({
+            "clean": CleanExtension(self.agent),
+            "deploy": DeployExtension(self.agent),
+            "service": ServiceExtension(self.agent),
+        })
+
+    def run_cmd(self, name: str, **params: Any) -> Any:
+        result = self.runner.execute(name, params)
+        return self.successResultOf(result.wait())
+
+    def test_managers_sorted_by_support(self) -> None:
+        self.assertEqual([type(m).__name__ for m in self.hardware.managers],
+                         ["FakeHardwareManager", "Mainline"])
+        self.assertEqual(self.hardware.versions(),
+                         {"fake_hardware_manager": "1.0", "mainline": "3"})
+
+    def test_get_clean_steps_deduplicates(self) -> None:
+        result = self.run_cmd("clean.get_clean_steps", node={"uuid": "n"},
+                              ports=[])
+        self.assertEqual(result.status, "SUCCEEDED")
+        steps = result.result["clean_steps"]
+        # fake_clean: the fake (support 3) beats Mainline (2) despite prio.
+        self.assertEqual([s["step"] for s in steps["FakeHardwareManager"]],
+                         ["fake_clean"])
+        self.assertEqual([s["step"] for s in steps["Mainline"]], ["only_here"])
+        self.assertEqual(result.result["hardware_manager_version"],
+                         self.hardware.versions())
+        self.assertEqual(self.agent.node, {"uuid": "n"})
+
+    def test_deduplicate_ties(self) -> None:
+        step = {"step": "s", "priority": 5}
+        out = deduplicate_steps({"B": [step], "A": [dict(step)]},
+                                {"A": 1, "B": 1})
+        self.assertEqual(out, {"B": [], "A": [step]})
+        out = deduplicate_steps({"B": [{"step": "s", "priority": 9}],
+                                 "A": [step]}, {"A": 1, "B": 1})
+        self.assertEqual(out["B"], [{"step": "s", "priority": 9}])
+
+    def test_execute_clean_step(self) -> None:
+        step = {"step": "fake_clean", "args": {"x": 1}, "priority": 10,
+                "interface": "deploy"}
+        result = self.run_cmd("clean.execute_clean_step", step=step, node={},
+                              ports=[], clean_version=self.hardware.versions())
+        self.assertEqual(result.status, "SUCCEEDED")
+        self.assertEqual(result.result, {"clean_result": "cleaned",
+                                         "clean_step": step})
+        self.assertEqual(self.fake.ran, [("fake_clean", {"x": 1})])
+
+    def test_version_mismatch(self) -> None:
+        result = self.run_cmd("deploy.execute_deploy_step",
+                              step={"step": "fake_clean"}, node={}, ports=[],
+                              deploy_version={"mainline": "2"})
+        self.assertEqual(result.status, "CLEAN_VERSION_MISMATCH")
+        self.assertEqual(result.error["type"], "VersionMismatch")
+        self.assertEqual(self.fake.ran, [])
+
+    def test_unexpected_exception_is_wrapped(self) -> None:
+        result = self.run_cmd("service.execute_service_step",
+                              step={"step": "only_here"}, node={}, ports=[])
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ServicingError")
+        self.assertEqual(result.error["details"],
+                         "Unexpected exception performing service step "
+                         "only_here. RuntimeError: disk exploded")
+        self.flushLoggedErrors()
+
+    def test_unknown_step(self) -> None:
+        result = self.run_cmd("clean.execute_clean_step",
+                              step={"step": "broken_step"}, node={}, ports=[])
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "HardwareManagerMethodNotFound")
+        self.assertEqual(result.error["details"],
+                         "Could not find method: broken_step")
+
+    def test_step_without_name(self) -> None:
+        result = self.run_cmd("clean.execute_clean_step", step={}, node={},
+                              ports=[])
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "InvalidCommandParamsError")
+
+    def test_no_managers(self) -> None:
+        class Nothing(HardwareManager):
+            pass
+
+        with self.assertRaises(errors.HardwareManagerNotFound):
+            HardwareManagers([Nothing()])
+
+    def test_providers(self) -> None:
+        for manager in (GenericHardwareManager(), FakeHardwareManager(),
+                        Mainline()):
+            verifyObject(IHardwareManager, manager)
+
+    def test_generic_steps_shape(self) -> None:
+        generic = GenericHardwareManager()
+        clean = generic.get_clean_steps({}, [])
+        self.assertEqual(clean, [{"step": "erase_devices_metadata",
+                                  "priority": 99, "interface": "deploy",
+                                  "reboot_requested": False,
+                                  "abortable": True}])
+        deploy = {s["step"]: s for s in generic.get_deploy_steps({}, [])}
+        self.assertEqual(deploy["write_image"]["priority"], 0)
+        self.assertTrue(deploy["write_image"]["argsinfo"]["image_info"]
+                        ["required"])
