@@ -123,8 +123,8 @@ def deploy(env: Environment, image_size: int = 256 * MiB) -> dict[str, Any]:
             "agent_log": log, "ironic_saw": watcher.seen}
 
 
-def clean_metadata(env: Environment, name: str = "e2e-clean"
-                   ) -> dict[str, Any]:
+def clean_metadata(env: Environment, name: str = "e2e-clean",
+                   agent_args: list[str] | None = None) -> dict[str, Any]:
     """Manual clean with erase_devices_metadata; measurements.
 
     Enrolls node ``name``, or takes the existing one back to manageable
@@ -147,7 +147,7 @@ def clean_metadata(env: Environment, name: str = "e2e-clean"
     api.provision(name, "clean", clean_steps=[
         {"interface": "deploy", "step": "erase_devices_metadata"}])
     api.wait_for_state(name, {"clean wait"}, 60)
-    agent = env.agent("clean-agent")
+    agent = env.agent("clean-agent", agent_args)
     watcher = AgentInfoWatcher(env, name)
     try:
         api.wait_for_state(name, {"manageable"}, 300, on_tick=watcher)

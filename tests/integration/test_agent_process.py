@@ -135,6 +135,33 @@ class SandboxedAgentTests(SynchronousTestCase):
         self.assertIn("GET /v1/commands/ - 401", log)
         self.assertNotIn(TOKEN, log)
 
+    def test_static_tls_with_minimum_version(self) -> None:
+        import ssl
+
+        from ipa_twisted import tls
+
+        cert = tls.save_certificate(
+            tls.generate_certificate("127.0.0.1", "test"),
+            os.path.join(self.workdir, "tls"))
+        agent = self.agent(None, "--standalone", "--agent-token", TOKEN,
+                           "--listen-host", "127.0.0.1", "--listen-tls",
+                           "--tls-cert-file", str(cert.cert_path),
+                           "--tls-key-file", str(cert.key_path),
+                           "--tls-min-version", "1.3")
+        agent.wait_for_log("agent API listening on https://127.0.0.1:9999", 30)
+
+        def get(max_version: ssl.TLSVersion) -> Any:
+            ctx = ssl.create_default_context(cafile=cert.cert_path)
+            ctx.maximum_version = max_version
+            with h.in_netns(self.netns):
+                with urllib.request.urlopen("https://127.0.0.1:9999/v1/status",
+                                            context=ctx, timeout=30) as r:
+                    return r.status
+
+        self.assertEqual(get(ssl.TLSVersion.TLSv1_3), 200)
+        with self.assertRaises((ssl.SSLError, urllib.error.URLError)):
+            get(ssl.TLSVersion.TLSv1_2)
+
     def test_lookup_timeout_ends_the_process_with_status_1(self) -> None:
         port = h.free_port()
         agent = self.agent(f"http://127.0.0.1:{port}", "--lookup-timeout", "3",

@@ -42,7 +42,9 @@ class RealIronicTests(SynchronousTestCase):
         self.assertNotIn("agent_token=" + "x", log.replace("***", ""))
 
     def test_manual_clean_erases_metadata(self) -> None:
-        result = scenarios.clean_metadata(self.env)
+        # (also: without automatic TLS, the callback is plain http)
+        result = scenarios.clean_metadata(self.env,
+                                          agent_args=["--no-auto-tls"])
         self.assertEqual(result["before"], "gpt")
         self.assertEqual(result["after"], "")
         self.assertEqual(result["signatures"], "")
@@ -50,3 +52,6 @@ class RealIronicTests(SynchronousTestCase):
         self.assertIn("erasing metadata of /dev/loop", result["agent_log"])
         self.assertIn("running command clean.execute_clean_step",
                       result["agent_log"])
+        self.assertEqual(result["ironic_saw"].get("agent_url"),
+                         "http://127.0.0.1:9999")
+        self.assertNotIn("agent_verify_ca", result["ironic_saw"])

@@ -1,0 +1,63 @@
+"""What the agent does with a lookup answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipa_twisted.agent import AgentService, format_callback_url
+from ipa_twisted.config import load_config
+from ipa_twisted.ironic import LookupResult
+
+NODE = {"uuid": "n-1", "properties": {"root_device": {"name": "/dev/sdb"}}}
+
+
+def service(**cli: Any) -> AgentService:
+    return AgentService(load_config(cli), Clock(), http=object())
+
+
+class LookupTests(SynchronousTestCase):
+    def test_token_and_config_applied(self) -> None:
+        agent = service()
+        ok = agent._apply_lookup(LookupResult(NODE, {
+            "heartbeat_timeout": 60, "agent_token": "t" * 43,
+            "agent_md5_checksum_enable": True, "tls_min_version": "1.3"}))
+        self.assertTrue(ok)
+        self.assertEqual(agent.token, "t" * 43)
+        self.assertEqual(agent.node_uuid, "n-1")
+        self.assertEqual(agent.context.node, NODE)
+        self.assertTrue(agent.context.md5_enabled)
+        self.assertEqual(agent.context.lookup_config["tls_min_version"], "1.3")
+        self.assertNotIn("agent_token", agent.context.lookup_config)
+
+    def test_masked_token_without_our_own_refuses(self) -> None:
+        agent = service()
+        ok = agent._apply_lookup(LookupResult(NODE, {
+            "heartbeat_timeout": 60, "agent_token": "******"}))
+        self.assertFalse(ok)
+        self.assertIsNone(agent.token)
+
+    def test_masked_token_with_preshared_keeps_it(self) -> None:
+        agent = service(agent_token="p" * 32)
+        ok = agent._apply_lookup(LookupResult(NODE, {
+            "heartbeat_timeout": 60, "agent_token": "******"}))
+        self.assertTrue(ok)
+        self.assertEqual(agent.token, "p" * 32)
+
+    def test_short_token_ignored(self) -> None:
+        agent = service()
+        agent._apply_lookup(LookupResult(NODE, {"heartbeat_timeout": 60,
+                                                "agent_token": "short"}))
+        self.assertIsNone(agent.token)
+
+
+class CallbackTests(SynchronousTestCase):
+    def test_format(self) -> None:
+        self.assertEqual(format_callback_url("https", "10.0.0.1", 9999),
+                         "https://10.0.0.1:9999")
+        self.assertEqual(format_callback_url("http", "fd00::1", 9999),
+                         "http://[fd00::1]:9999")
+        self.assertEqual(format_callback_url("http", "agent.example", 1),
+                         "http://agent.example:1")
