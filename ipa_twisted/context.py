@@ -38,6 +38,21 @@ class AgentContext:
     force_heartbeat: Callable[[], None] = lambda: None
     #: Re-run lookup to refresh ``node`` (None when there is no Ironic).
     refresh_node: Callable[[], "Deferred[Any]"] | None = None
+    #: The background LLDP listener, once started.
+    lldp: Any = None
+
+    def start_lldp(self) -> Any:
+        """Start listening for LLDP on every interface (once); returns the
+        collector.  Nothing waits for it."""
+        if self.lldp is None:
+            from ipa_twisted.hardware.lldp import (
+                LLDPCollector,
+                interface_names,
+            )
+
+            self.lldp = LLDPCollector(self.reactor, self.config.lldp_timeout)
+            self.lldp.start(interface_names())
+        return self.lldp
 
     def get_extension(self, name: str) -> Any:
         return self.extensions[name]

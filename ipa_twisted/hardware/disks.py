@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -52,6 +52,17 @@ class BlockDevice:
     uuid: str | None = attrs.field(default=None, eq=False)
     partuuid: str | None = attrs.field(default=None, eq=False)
     kind: str = attrs.field(default="disk", eq=False)
+    #: every serial / WWN known (lsblk, then udev), for root device hints
+    all_serials: tuple[str | None, ...] = attrs.field(default=(), eq=False)
+    all_wwns: tuple[str | None, ...] = attrs.field(default=(), eq=False)
+
+    def hint_view(self) -> dict[str, Any]:
+        """The fields root device hints match against (serial and wwn are
+        lists of every known value, as IPA's all_serial_and_wwn)."""
+        view = self.serialize()
+        view["serial"] = list(self.all_serials) or [self.serial]
+        view["wwn"] = list(self.all_wwns) or [self.wwn]
+        return view
 
     def serialize(self) -> dict[str, Any]:
         return {
@@ -181,14 +192,39 @@ def is_disk_type(kind: str) -> bool:
     return kind == "disk" or kind.startswith("raid") or kind == "mpath"
 
 
+def udev_properties(kname: str) -> Mapping[str, str]:
+    """udev's properties of a block device, by name (pyudev).
+
+    With no udev daemon (no /run/udev) only the kernel's uevent properties
+    exist: ID_SERIAL and friends are then simply absent.
+    """
+    try:
+        import pyudev
+
+        context = pyudev.Context()
+        device = pyudev.Devices.from_name(context, "block", kname)
+        return dict(device.properties)
+    except Exception:
+        return {}
+
+
+def _udev(props: Mapping[str, str], key: str) -> str | None:
+    return _str(props.get(f"ID_{key}")) or _str(props.get(f"DM_{key}"))
+
+
 def parse_lsblk(
     output: str,
     guard: DeviceGuard,
     include_partitions: bool = False,
     sys_block: str = SYS_BLOCK,
     by_path: dict[str, str] | None = None,
+    udev: Callable[[str], Mapping[str, str]] = lambda _: {},
 ) -> list[BlockDevice]:
-    """Block devices from ``lsblk -bia --json -l -o <LSBLK_COLUMNS>``."""
+    """Block devices from ``lsblk -bia --json -l -o <LSBLK_COLUMNS>``.
+
+    serial and wwn come from lsblk, else udev (ID_ or DM_ properties);
+    wwn_with_extension and wwn_vendor_extension from udev only.
+    """
     data = json.loads(output)
     rows: Iterable[dict[str, Any]] = data.get("blockdevices", [])
     by_path = by_path if by_path is not None else {}
@@ -217,13 +253,21 @@ def parse_lsblk(
         if size == 0:
             continue
         seen.add(kname)
+        props = udev(kname)
+        lsblk_serial = _str(row.get("serial"))
+        lsblk_wwn = _str(row.get("wwn"))
+        serial_short = _udev(props, "SERIAL_SHORT")
+        serial_long = _udev(props, "SERIAL")
+        udev_wwn = _udev(props, "WWN")
         devices.append(BlockDevice(
             name=f"/dev/{kname}",
             model=_str(row.get("model")),
             size=size,
             rotational=_bool(row.get("rota")),
-            wwn=_str(row.get("wwn")),
-            serial=_str(row.get("serial")),
+            wwn=lsblk_wwn or udev_wwn,
+            serial=lsblk_serial or serial_short or serial_long,
+            wwn_with_extension=_udev(props, "WWN_WITH_EXTENSION"),
+            wwn_vendor_extension=_udev(props, "WWN_VENDOR_EXTENSION"),
             vendor=_read_sys(os.path.join(sys_block, kname, "device",
                                           "vendor")),
             hctl=_hctl(kname, sys_block),
@@ -234,5 +278,7 @@ def parse_lsblk(
             uuid=_str(row.get("uuid")),
             partuuid=_str(row.get("partuuid")),
             kind="part" if kind == "part" else "disk",
+            all_serials=(lsblk_serial, serial_short, serial_long),
+            all_wwns=(lsblk_wwn, udev_wwn),
         ))
     return devices

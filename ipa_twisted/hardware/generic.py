@@ -6,22 +6,24 @@ its fields empty and logs one line; the inventory as a whole never fails.
 
 from __future__ import annotations
 
-import os
 import platform
+from typing import AbstractSet as Set
 from typing import Any, Mapping
 
-from twisted.internet.defer import ensureDeferred
+import attrs
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
-from ipa_twisted.hardware import blockio, hints, netif, system
-from ipa_twisted.hardware.disks import (
-    LSBLK_COLUMNS,
-    BlockDevice,
-    by_path_links,
-    parse_lsblk,
-)
+from ipa_twisted.hardware import blockio, hints, ipmi, netif, system
+from ipa_twisted.hardware.disks import BlockDevice
+from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
 from ipa_twisted.process import ProcessError
 
@@ -68,10 +70,33 @@ def root_device_hints(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(found) if found else None
 
 
+def skip_list(node: Mapping[str, Any] | None, devices: list[BlockDevice]
+              ) -> set[str]:
+    """Names of the devices that ``properties.skip_block_devices`` (a list
+    of hint dicts) excludes from choosing and erasing."""
+    entries = ((node or {}).get("properties") or {}).get(
+        "skip_block_devices") or []
+    skipped: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or "volume_name" in entry:
+            continue
+        try:
+            parsed = hints.parse_hints(entry)
+        except hints.HintError as e:
+            log.warn("ignoring an invalid skip_block_devices entry {e}",
+                     e=e)
+            continue
+        for dev in devices:
+            if hints.device_matches(dev.hint_view(), parsed):
+                skipped.add(dev.name)
+    return skipped
+
+
 def choose_root_device(devices: list[BlockDevice],
-                       root_hints: Mapping[str, Any] | None) -> BlockDevice:
+                       root_hints: Mapping[str, Any] | None,
+                       skipped: Set[str] = frozenset()) -> BlockDevice:
     """Hints -> first match; no hints -> smallest disk >= 4 GiB."""
-    disks = [d for d in devices if d.kind == "disk"]
+    disks = [d for d in devices if d.kind == "disk" and d.name not in skipped]
     if root_hints:
         try:
             parsed = hints.parse_hints(root_hints)
@@ -81,7 +106,7 @@ def choose_root_device(devices: list[BlockDevice],
                 f"{dict(root_hints)} because they failed to validate: {e}"
             ) from None
         for dev in disks:
-            if hints.device_matches(dev.serialize(), parsed):
+            if hints.device_matches(dev.hint_view(), parsed):
                 return dev
         raise errors.DeviceNotFound(
             f"No suitable device was found for deployment using these hints "
@@ -99,9 +124,21 @@ def choose_root_device(devices: list[BlockDevice],
     return big[0]
 
 
+_UNKNOWN = object()
+
+
 class GenericHardwareManager(HardwareManager):
     HARDWARE_MANAGER_NAME = "generic_hardware_manager"
     HARDWARE_MANAGER_VERSION = "1.2"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bmc_cache: object = _UNKNOWN
+
+    async def initialize(self, agent: Any) -> None:
+        self.agent = agent
+        if agent.config.collect_lldp:
+            agent.start_lldp()
 
     # ---------------------------------------------------------- lifecycle
 
@@ -110,63 +147,94 @@ class GenericHardwareManager(HardwareManager):
 
     # ------------------------------------------------------------ probes
 
-    async def _run(self, argv: list[str], timeout: float = 30.0) -> str | None:
-        try:
-            result = await self.agent.process.run(argv, timeout=timeout)
-        except ProcessError as e:
-            log.warn("probe {tool} failed: {reason}", tool=argv[0],
-                     reason=e.reason)
+    def _session(self) -> ProbeSession:
+        return ProbeSession(self.agent.process, self.agent.guard)
+
+    def _skip_bmc(self) -> bool:
+        return bool(self.agent.lookup_config.get("agent_skip_bmc_detect")
+                    or (self.agent.node or {}).get("skip_bmc_detect"))
+
+    async def list_network_interfaces(self, session: ProbeSession | None = None
+                                      ) -> list[netif.NetworkInterface]:
+        session = session or self._session()
+        found = netif.list_interfaces()
+        speeds_d = ensureDeferred(session.nic_speeds())
+        lookups: list[Deferred[str | None]] = [
+            succeed(None) if netif.is_vlan_name(nic.name)
+            else ensureDeferred(session.biosdevname(nic.name))
+            for nic in found
+        ]
+        bios = await DeferredList(lookups, consumeErrors=True)
+        speeds = await speeds_d
+        lldp = self._lldp_results()
+        result = []
+        for nic, (ok, biosname) in zip(found, bios):
+            result.append(attrs.evolve(
+                nic,
+                biosdevname=biosname if ok else None,
+                speed_mbps=speeds.get(nic.name),
+                lldp=lldp.get(nic.name) if lldp is not None else None,
+            ))
+        return result
+
+    def _lldp_results(self) -> dict[str, Any] | None:
+        """LLDP TLVs by interface when collect_lldp is on, else None."""
+        if not self.agent.config.collect_lldp:
             return None
-        return result.out
+        collector = getattr(self.agent, "lldp", None)
+        return dict(collector.results) if collector is not None else {}
 
-    def list_network_interfaces(self) -> list[netif.NetworkInterface]:
-        return netif.list_interfaces()
+    async def get_cpus(self, session: ProbeSession | None = None
+                       ) -> system.CPU:
+        return await (session or self._session()).cpu()
 
-    async def get_cpus(self) -> system.CPU:
-        lscpu = await self._run(["lscpu"])
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = None
-        return system.parse_cpu(lscpu, cpuinfo, platform.machine())
-
-    def get_memory(self) -> dict[str, Any]:
-        try:
-            with open("/proc/meminfo") as f:
-                total = system.parse_meminfo_total(f.read())
-        except OSError:
-            total = None
-        return {"total": total, "physical_mb": system.physical_memory_mb()}
+    async def get_memory(self, session: ProbeSession | None = None
+                         ) -> dict[str, Any]:
+        return await (session or self._session()).memory()
 
     async def list_block_devices(self, include_partitions: bool = False
                                  ) -> list[BlockDevice]:
-        if os.path.isdir("/run/udev"):
-            await self._run(["udevadm", "settle"], timeout=60.0)
-        out = await self._run(
-            ["lsblk", "-bia", "--json", "-l", "-o", LSBLK_COLUMNS]
-        )
-        if out is None:
-            raise errors.BlockDeviceError("lsblk failed; see the log")
-        return parse_lsblk(out, self.agent.guard, include_partitions,
-                           by_path=by_path_links())
+        try:
+            return await self._session().block_devices(include_partitions)
+        except ProbeFailed as e:
+            raise errors.BlockDeviceError(f"lsblk failed: {e}") from None
 
-    def get_system_vendor_info(self) -> dict[str, Any]:
-        return system.system_vendor()
+    async def get_system_vendor_info(self, session: ProbeSession | None = None
+                                     ) -> dict[str, Any]:
+        return await (session or self._session()).system_vendor()
 
     def get_boot_info(self) -> dict[str, Any]:
         return system.boot_info(self.agent.config.bootif)
 
-    def get_bmc_address(self) -> str | None:
-        # No IPMI probing yet (the full inventory is issue #3): report none.
-        return None
+    async def _bmc(self, session: ProbeSession | None = None
+                   ) -> ipmi.BMCInfo | None:
+        """BMC addresses, probed once per agent (as IPA caches them)."""
+        if self._bmc_cache is _UNKNOWN:
+            self._bmc_cache = await (session or self._session()).bmc()
+        return self._bmc_cache  # type: ignore[return-value]
 
-    def get_bmc_v6address(self) -> str | None:
-        return None
+    async def get_bmc_address(self) -> str | None:
+        if self._skip_bmc():
+            return None
+        info = await self._bmc()
+        return info.address if info else None
+
+    async def get_bmc_v6address(self) -> str | None:
+        if self._skip_bmc():
+            return None
+        info = await self._bmc()
+        return info.v6address if info else None
+
+    async def get_bmc_mac(self) -> str | None:
+        if self._skip_bmc():
+            return None
+        info = await self._bmc()
+        return info.mac if info else None
 
     async def list_hardware_info(self) -> dict[str, Any]:
-        """The inventory; probes run concurrently, a failed one leaves its
-        part empty."""
+        """The inventory.  Every probe runs at once; one that fails leaves
+        its part empty (logged), never the whole inventory."""
+        session = self._session()
 
         async def guarded(what: str, coro: Any, default: Any) -> Any:
             try:
@@ -175,25 +243,38 @@ class GenericHardwareManager(HardwareManager):
                 log.warn("{what} probe failed: {e}", what=what, e=e)
                 return default
 
-        cpu_d = ensureDeferred(guarded(
-            "cpu", self.get_cpus(),
-            system.CPU(None, None, None, platform.machine())))
-        disks_d = ensureDeferred(guarded(
-            "disk", self.list_block_devices(), []))
-        cpu = await cpu_d
-        disk_list = await disks_d
-        return {
-            "interfaces": [i.serialize()
-                           for i in self.list_network_interfaces()],
-            "cpu": cpu.serialize(),
-            "disks": [d.serialize() for d in disk_list],
-            "memory": self.get_memory(),
-            "bmc_address": self.get_bmc_address(),
-            "bmc_v6address": self.get_bmc_v6address(),
-            "system_vendor": self.get_system_vendor_info(),
+        parts = {
+            "interfaces": guarded("network", self.list_network_interfaces(
+                session), []),
+            "cpu": guarded("cpu", session.cpu(),
+                           system.CPU("", "", 0, platform.machine())),
+            "disks": guarded("disk", session.block_devices(), []),
+            "memory": guarded("memory", session.memory(),
+                              {"total": None, "physical_mb": None}),
+            "bmc": guarded("bmc", self._bmc(session), None)
+            if not self._skip_bmc() else succeed(None),
+            "system_vendor": guarded("system vendor", session.system_vendor(),
+                                     system.system_vendor("/nonexistent")),
+        }
+        keys = list(parts)
+        done = await DeferredList([ensureDeferred(p) if not isinstance(
+            p, Deferred) else p for p in parts.values()])
+        values = {k: r for k, (_, r) in zip(keys, done)}
+        bmc: ipmi.BMCInfo | None = values["bmc"]
+        inventory: dict[str, Any] = {
+            "interfaces": [i.serialize() for i in values["interfaces"]],
+            "cpu": values["cpu"].serialize(),
+            "disks": [d.serialize() for d in values["disks"]],
+            "memory": values["memory"],
+            "bmc_address": bmc.address if bmc else None,
+            "bmc_v6address": bmc.v6address if bmc else None,
+            "system_vendor": values["system_vendor"],
             "boot": self.get_boot_info(),
             "hostname": system.hostname(),
         }
+        if bmc is not None and bmc.mac:
+            inventory["bmc_mac"] = bmc.mac
+        return inventory
 
     # --------------------------------------------------------- root disk
 
@@ -208,8 +289,9 @@ class GenericHardwareManager(HardwareManager):
         config = self.agent.config
         for attempt in range(1, config.disk_wait_attempts + 1):
             devices = await self.list_block_devices()
+            skipped = skip_list(self.agent.node, devices)
             try:
-                dev = choose_root_device(devices, root_hints)
+                dev = choose_root_device(devices, root_hints, skipped)
             except errors.DeviceNotFound as e:
                 if attempt == config.disk_wait_attempts:
                     raise
@@ -233,6 +315,12 @@ class GenericHardwareManager(HardwareManager):
         """
         self.agent.cache_node(node)
         devices = await self.list_block_devices(include_partitions=True)
+        skipped = skip_list(node, devices)
+        if skipped:
+            log.info("erase_devices_metadata skips {devs} "
+                     "(skip_block_devices)", devs=", ".join(sorted(skipped)))
+        devices = [d for d in devices if d.name not in skipped
+                   and not any(d.name.startswith(s) for s in skipped)]
         disks = [d for d in devices if d.kind == "disk"]
         parts = sorted((d for d in devices if d.kind == "part"),
                        key=lambda d: d.name, reverse=True)

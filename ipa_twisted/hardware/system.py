@@ -11,12 +11,15 @@ import attrs
 
 @attrs.frozen
 class CPU:
-    model_name: str | None
-    frequency: str | None
-    count: int | None
-    architecture: str | None
+    """As IPA reports it: strings ("" when unknown), integers (0 when
+    unknown), flags as a list."""
+
+    model_name: str
+    frequency: str
+    count: int
+    architecture: str
     flags: list[str] = attrs.field(factory=list)
-    socket_count: int | None = None
+    socket_count: int = 0
 
     def serialize(self) -> dict[str, Any]:
         return {
@@ -38,11 +41,11 @@ def parse_key_values(text: str, sep: str = ":") -> list[tuple[str, str]]:
     return pairs
 
 
-def _int_or_none(value: str | None) -> int | None:
+def _int_or_zero(value: str | None) -> int:
     try:
-        return int(value) if value is not None else None
+        return int(value) if value is not None else 0
     except ValueError:
-        return None
+        return 0
 
 
 def parse_cpu(lscpu: str | None, cpuinfo: str | None,
@@ -58,15 +61,18 @@ def parse_cpu(lscpu: str | None, cpuinfo: str | None,
             first_block.setdefault(key, value)
     flags_text = info.get("flags") or first_block.get("flags") \
         or first_block.get("features") or ""
+    # lscpu's maximum frequency, else its current one, else /proc/cpuinfo's
+    # (IPA stops at lscpu and reports "" in VMs without cpufreq).
     frequency = info.get("cpu max mhz") or info.get("cpu mhz") \
-        or first_block.get("cpu mhz")
+        or first_block.get("cpu mhz") or ""
     return CPU(
-        model_name=info.get("model name") or first_block.get("model name"),
+        model_name=info.get("model name") or first_block.get("model name")
+        or "",
         frequency=frequency,
-        count=_int_or_none(info.get("cpu(s)")) or (processors or None),
-        architecture=info.get("architecture") or machine,
+        count=_int_or_zero(info.get("cpu(s)")) or processors,
+        architecture=info.get("architecture") or machine or "",
         flags=flags_text.split(),
-        socket_count=_int_or_none(info.get("socket(s)")),
+        socket_count=_int_or_zero(info.get("socket(s)")),
     )
 
 

@@ -188,8 +188,20 @@ def cache_dir() -> str:
 
 def ironic_venv() -> str:
     """A virtualenv with ironic==39.0.0 (made once, then reused)."""
-    venv = os.environ.get("IPA_TWISTED_IRONIC_VENV") or os.path.join(
-        cache_dir(), f"ironic-{IRONIC_VERSION}")
+    return cached_venv(f"ironic=={IRONIC_VERSION}",
+                       os.environ.get("IPA_TWISTED_IRONIC_VENV"))
+
+
+IPA_VERSION = "13.0.0"
+
+
+def ipa_venv() -> str:
+    """A virtualenv with ironic-python-agent==13.0.0, to compare with."""
+    return cached_venv(f"ironic-python-agent=={IPA_VERSION}")
+
+
+def cached_venv(requirement: str, path: str | None = None) -> str:
+    venv = path or os.path.join(cache_dir(), requirement.replace("==", "-"))
     marker = os.path.join(venv, ".complete")
     if os.path.exists(marker):
         return venv
@@ -198,13 +210,13 @@ def ironic_venv() -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(marker):
             return venv
-        say(f"installing ironic=={IRONIC_VERSION} into {venv} (once)")
+        say(f"installing {requirement} into {venv} (once)")
         shutil.rmtree(venv, ignore_errors=True)
         run([sys.executable, "-m", "venv", venv])
         result = run([os.path.join(venv, "bin", "pip"), "install", "-q",
-                      f"ironic=={IRONIC_VERSION}"], check=False)
+                      requirement], check=False)
         if result.returncode != 0:
-            raise Unavailable(f"cannot install ironic=={IRONIC_VERSION}: "
+            raise Unavailable(f"cannot install {requirement}: "
                               f"{result.stderr.strip()[-500:]}")
         open(marker, "w").close()
     return venv
@@ -457,11 +469,21 @@ def make_stubs(directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     for tool in ("poweroff", "reboot", "shutdown", "halt", "hwclock",
                  "efibootmgr", "mdadm", "ntpdate", "chronyd", "docker",
-                 "podman"):
+                 "podman", "modprobe", "iscsistart", "multipath",
+                 "multipathd", "mpathconf"):
         path = os.path.join(directory, tool)
         with open(path, "w") as f:
             f.write(STUB)
         os.chmod(path, 0o755)
+
+
+def sandboxed(netns: str, device: str, stubs: str, argv: list[str],
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command in the namespace, in the disk-masking sandbox."""
+    make_stubs(stubs)
+    return run(["ip", "netns", "exec", netns, "unshare", "--pid", "--mount",
+                "--fork", "--mount-proc", SANDBOX, device, stubs, "--"]
+               + argv, timeout=timeout)
 
 
 def workdir(cleanups: Cleanups, keep: bool = False) -> str:
