@@ -152,6 +152,9 @@ class LLDPCollector:
         self._timer: Any = None
         self.done: Deferred[dict[str, list[list[Any]]]] = Deferred()
         self.started = False
+        #: interfaces listened on; once done, those that heard nothing
+        #: have an empty list in ``results`` (as IPA reports them)
+        self.listened: set[str] = set()
 
     def start(self, interfaces: Iterable[str]) -> None:
         """Listen on each interface (errors are logged, never raised)."""
@@ -167,6 +170,7 @@ class LLDPCollector:
                 continue
             listener = _Listener(self, name, sock)
             self._listeners[name] = listener
+            self.listened.add(name)
             self._reactor.addReader(listener)
         if not self._listeners:
             self._finish()
@@ -222,6 +226,8 @@ class LLDPCollector:
             self._timer.cancel()
         self._timer = None
         if not self.done.called:
+            for name in self.listened:
+                self.results.setdefault(name, [])
             self.done.callback(dict(self.results))
 
 

@@ -288,7 +288,8 @@ class Ironic:
     """A real Ironic (API + conductor) inside the namespace."""
 
     def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
-                 heartbeat_timeout: int = 30) -> None:
+                 heartbeat_timeout: int = 30, fast_track: bool = False
+                 ) -> None:
         self.netns = netns
         self.workdir = workdir
         self.port = 6385
@@ -301,7 +302,7 @@ class Ironic:
             "@WORKDIR@": workdir, "@API_PORT@": str(self.port),
             "@HTTP_PORT@": str(self.http_port),
             "@HEARTBEAT_TIMEOUT@": str(heartbeat_timeout),
-            "@FAST_TRACK@": "false",
+            "@FAST_TRACK@": "true" if fast_track else "false",
         }.items():
             text = text.replace(key, value)
         for sub in ("state", "certs", "deploy-logs", "httpboot", "tftp",
@@ -403,7 +404,8 @@ class Agent:
     def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
                  device: str, api_url: str | None,
                  extra: list[str] | None = None,
-                 name: str = "agent") -> None:
+                 name: str = "agent",
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.log = os.path.join(workdir, f"{name}.log")
         run_dir = os.path.join(workdir, f"{name}-run")
@@ -429,7 +431,8 @@ class Agent:
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(workdir, f"{name}.stderr"), "w"),
-            start_new_session=True)
+            start_new_session=True,
+            env={**os.environ, **(env or {})})
         cleanups.add(name, self.stop)
 
     def stop(self) -> None:

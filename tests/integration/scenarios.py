@@ -16,7 +16,7 @@ class Environment:
     """Namespace + loop disk + real Ironic; ``close()`` undoes it all."""
 
     def __init__(self, disk_size: int = 5 * GiB, heartbeat_timeout: int = 30,
-                 keep: bool = False) -> None:
+                 keep: bool = False, fast_track: bool = False) -> None:
         h.require_prerequisites()
         self.cleanups = h.Cleanups()
         try:
@@ -29,7 +29,7 @@ class Environment:
                                              disk_size)
             h.say(f"node disk: {self.device} ({disk_size // GiB} GiB, sparse)")
             self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
-                                   heartbeat_timeout)
+                                   heartbeat_timeout, fast_track)
             t0 = time.monotonic()
             self.ironic.start()
             h.say(f"Ironic {h.IRONIC_VERSION} up on 127.0.0.1:"
