@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
-from ipa_twisted import __version__, errors, tls
+from ipa_twisted import __version__, errors, mdns, tls
 from ipa_twisted.api.app import AgentAPI
 from ipa_twisted.api.site import AgentSite
 from ipa_twisted.commands.base import CommandRunner
@@ -52,6 +52,7 @@ from ipa_twisted.extensions import load_extensions
 from ipa_twisted.hardware import netif
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
+from ipa_twisted.inspection import inspector as inspection
 from ipa_twisted.heartbeat import Heartbeater
 from ipa_twisted.ironic import (
     AGENT_VERIFY_CA_VERSION,
@@ -223,19 +224,26 @@ class AgentService(MultiService):
             log.info("standalone mode: no lookup, no heartbeat")
             await self._serve(None)
             return
-        if not config.api_url:
-            raise FatalError("no Ironic API URL (ipa-api-url / --api-url) "
-                             "and not --standalone: nothing to do")
-        if config.api_url == ["mdns"]:
-            raise FatalError("ipa-api-url=mdns is not supported yet")
-
         await self._wait_for_interfaces()
+        api_urls = await self._api_urls()
         self.inventory = await hardware.dispatch("list_hardware_info")
         self.macs = [i["mac_address"] for i in self.inventory["interfaces"]
                      if i.get("mac_address")]
 
+        node_uuid = None
+        if inspection.is_enabled(self.context.config):
+            t0 = self.reactor.seconds()
+            result = await inspection.inspect(self.context, api_urls)
+            log.info("inspection took {t:.2f} s",
+                     t=self.reactor.seconds() - t0)
+            node_uuid = result.node_uuid if result is not None else None
+        if not api_urls:
+            raise FatalError("no Ironic API URL (ipa-api-url / --api-url, or "
+                             "found by mDNS) and not --standalone: nothing "
+                             "more to do")
+
         self.client = IronicClient(
-            self.http, self.reactor, config.api_url,
+            self.http, self.reactor, api_urls,
             request_timeout=config.http_request_timeout,
             pinned_version=config.ironic_api_version,
             request_id=config.global_request_id, rng=self._rng,
@@ -243,7 +251,8 @@ class AgentService(MultiService):
         version = await self.client.api_version()
         t0 = self.reactor.seconds()
         lookup = await self.client.lookup(
-            self.macs, None, config.lookup_timeout, config.lookup_interval)
+            self.macs, node_uuid, config.lookup_timeout,
+            config.lookup_interval)
         log.info("lookup took {t:.2f} s", t=self.reactor.seconds() - t0)
         if not self._apply_lookup(lookup):
             return
@@ -267,6 +276,49 @@ class AgentService(MultiService):
             self.reactor, self._send_heartbeat,
             float(lookup.config["heartbeat_timeout"]), self._rng)
         self.heartbeater.start()
+
+    async def _api_urls(self) -> list[str] | None:
+        """The API URLs: configured, or found by mDNS (``mdns``: failure is
+        fatal; ``use_mdns`` with no URL: failure is a warning)."""
+        config = self.config
+        explicit = config.api_url == ["mdns"]
+        if config.api_url and not explicit:
+            return list(config.api_url)
+        if not explicit and not config.use_mdns:
+            return None
+        try:
+            endpoint = await mdns.find_endpoint(
+                self.reactor, mdns.API_SERVICE, config.mdns_lookup_attempts)
+        except Exception as e:
+            if explicit:
+                raise FatalError(f"ipa-api-url=mdns: cannot find the Ironic "
+                                 f"API by mDNS: {e}") from None
+            log.warn("cannot find the Ironic API by mDNS: {e}", e=e)
+            return None
+        log.info("mDNS: Ironic API at {url}", url=endpoint.url)
+        self._apply_overrides(endpoint.properties)
+        return [endpoint.url.rstrip("/")]
+
+    def _apply_overrides(self, properties: dict[str, Any]) -> None:
+        found = mdns.overrides(properties, self.config.mdns_allowed_overrides)
+        if not found:
+            return
+        from ipa_twisted.config import OPTIONS_BY_NAME
+
+        values = {}
+        for name, raw in found.items():
+            option = OPTIONS_BY_NAME.get(name)
+            if option is None:
+                log.warn("mDNS: no option {name} here; ignored", name=name)
+                continue
+            try:
+                values[name] = option.parse(raw)
+            except ValueError as e:
+                log.warn("mDNS: bad value for {name}: {e}", name=name, e=e)
+                continue
+            log.info("mDNS: {name} set to {value}", name=name, value=raw)
+        self.config = self.config.replace(**values)
+        self.context.config = self.config
 
     async def _wait_for_interfaces(self) -> None:
         deadline = self.reactor.seconds() + self.config.interface_wait_timeout

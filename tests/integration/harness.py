@@ -355,12 +355,14 @@ class Ironic:
         return f"http://127.0.0.1:{self.http_port}/{name}"
 
     def enroll(self, name: str, root_device: dict[str, Any],
-               mac: str = NODE_MAC) -> dict[str, Any]:
+               mac: str = NODE_MAC, inspect_interface: str = "no-inspect"
+               ) -> dict[str, Any]:
         node: dict[str, Any] = self.api.call("POST", "/v1/nodes", {
             "name": name, "driver": "manual-management",
             "boot_interface": "pxe", "deploy_interface": "direct",
             "management_interface": "noop", "power_interface": "fake",
-            "network_interface": "noop", "inspect_interface": "no-inspect",
+            "network_interface": "noop",
+            "inspect_interface": inspect_interface,
             "driver_info": {
                 "deploy_forces_oob_reboot": True,
                 "deploy_kernel": self.image_url("deploy.kernel"),

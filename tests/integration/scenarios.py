@@ -170,3 +170,44 @@ def partition_table_type(device: str) -> str:
     result = h.run(["blkid", "--probe", "--match-tag", "PTTYPE",
                     "--output", "value", device], check=False)
     return result.stdout.strip()
+
+
+def inspect(env: Environment, collectors: str, expect: str,
+            name: str = "e2e-inspect", lldp_frame: bytes | None = None
+            ) -> dict[str, Any]:
+    """In-band inspection by a real Ironic (inspect interface ``agent``)."""
+    api = env.api
+    existing = api.call("GET", f"/v1/nodes/{name}", expect=(200, 404))
+    if existing is None or "error_message" in existing:
+        env.ironic.enroll(name, {"name": env.device},
+                          inspect_interface="agent")
+        h.run(["ip", "netns", "exec", env.netns, "ip", "addr", "add",
+               "192.0.2.10/24", "dev", "ipa0.10"])
+        api.provision(name, "manage")
+        api.wait_for_state(name, {"manageable"}, 60)
+    t0 = time.monotonic()
+    api.provision(name, "inspect")
+    api.wait_for_state(name, {"inspect wait"}, 60)
+    agent = env.agent(f"inspect-agent-{collectors.replace(',', '-')}", [
+        "--inspection-callback-url",
+        f"{env.api.url}/v1/continue_inspection",
+        "--inspection-collectors", collectors,
+        "--bootif", "01-" + h.NODE_MAC.replace(":", "-"),
+        "--lldp-timeout", "3", "--lookup-timeout", "5",
+    ])
+    try:
+        posted = agent.wait_for_log("inspection data accepted by", 120) \
+            if expect == "manageable" else None
+        node = api.wait_for_state(name, {expect}, 120,
+                                  fail_states=set())
+    except Exception:
+        h.say(env.logs_tail(agent))
+        raise
+    took = time.monotonic() - t0
+    h.say(f"inspection: node {name} is {expect} after {took:.1f} s")
+    stored = api.call("GET", f"/v1/nodes/{name}/inventory",
+                      expect=(200, 404))
+    log = agent.read_log()
+    agent.stop()
+    return {"node": node, "stored": stored, "agent_log": log,
+            "post_s": posted, "inspect_s": took}

@@ -1,0 +1,158 @@
+"""Finding the Ironic API and the inspector by multicast DNS (zeroconf).
+
+Services are ``baremetal._openstack._tcp.local.`` (the API) and
+``baremetal-introspection._openstack._tcp.local.`` (the inspector).  From
+the answer: the first address that is not loopback and has a route wins
+(else the first valid one, with a warning); the host is that address when
+the server name ends in ``.local.``, else the server name; the protocol is
+TXT ``protocol``, else http on port 80 and https otherwise; TXT ``path`` is
+appended.  Other TXT keys ``ipa_<option>`` are configuration overrides,
+applied only for options in the allow-list.
+
+zeroconf blocks: :func:`find_endpoint` runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from ipa_twisted import errors
+from ipa_twisted.hardware.netif import route_source
+
+log = Logger()
+
+DOMAIN = "_openstack._tcp.local."
+API_SERVICE = "baremetal"
+INSPECTOR_SERVICE = "baremetal-introspection"
+
+
+class ServiceLookupFailure(errors.AgentError):
+    message = "Cannot find a service by multicast DNS"
+
+
+@attrs.frozen
+class Endpoint:
+    url: str
+    #: remaining TXT properties (``ipa_*`` overrides among them)
+    properties: dict[str, Any]
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+def endpoint_from_info(
+    service: str,
+    addresses: Sequence[str],
+    server: str,
+    port: int,
+    properties: Mapping[Any, Any],
+    routable: Callable[[str], bool] = lambda a: route_source(a) is not None,
+) -> Endpoint:
+    """The endpoint URL for a resolved service (pure but for ``routable``)."""
+    chosen = fallback = None
+    for addr in addresses:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            log.debug("mDNS: skipping invalid address {a}", a=addr)
+            continue
+        if ip.is_loopback:
+            log.debug("mDNS: skipping loopback address {a}", a=addr)
+            continue
+        if routable(addr):
+            chosen = addr
+            break
+        if fallback is None:
+            fallback = addr
+    if chosen is None:
+        if fallback is None:
+            raise ServiceLookupFailure(
+                f"none of the addresses {list(addresses)} of service "
+                f"{service} is usable")
+        log.warn("mDNS: none of {all} seems routable; using {a}",
+                 all=list(addresses), a=fallback)
+        chosen = fallback
+    props: dict[str, Any] = {}
+    for key, value in properties.items():
+        key = _decode(key)
+        if isinstance(key, bytes):
+            raise ServiceLookupFailure(
+                f"service {service} has a TXT key that is not UTF-8: {key!r}")
+        props[key] = _decode(value)
+    path = props.pop("path", "") or ""
+    protocol = props.pop("protocol", None) or ("http" if port == 80
+                                               else "https")
+    if server.endswith(".local."):
+        host = chosen
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    else:
+        host = server.rstrip(".")
+    return Endpoint(f"{protocol}://{host}:{port}{path}", props)
+
+
+def find_endpoint_blocking(service: str, attempts: int = 3,
+                           timeout_ms: int = 3000) -> Endpoint:
+    """Ask by mDNS (blocking: call it from a thread)."""
+    import zeroconf
+
+    zc = zeroconf.Zeroconf(interfaces=zeroconf.InterfaceChoice.All,
+                           ip_version=zeroconf.IPVersion.All)
+    try:
+        name = f"{service}.{DOMAIN}"
+        delay = 0.1
+        info = None
+        for attempt in range(1, attempts + 1):
+            info = zc.get_service_info(DOMAIN, name, timeout=timeout_ms)
+            if info is not None:
+                break
+            if attempt < attempts:
+                time.sleep(delay)
+                delay *= 2
+        if info is None:
+            raise ServiceLookupFailure(
+                f"no answer for {name} after {attempts} attempts")
+        return endpoint_from_info(service, info.parsed_addresses(),
+                                  info.server or "", info.port or 0,
+                                  info.properties)
+    finally:
+        zc.close()
+
+
+def find_endpoint(reactor: Any, service: str, attempts: int = 3
+                  ) -> "Deferred[Endpoint]":
+    return deferToThreadPool(reactor, reactor.getThreadPool(),
+                             find_endpoint_blocking, service, attempts)
+
+
+def overrides(properties: Mapping[str, Any], allowed: Sequence[str]
+              ) -> dict[str, str]:
+    """``ipa_<option>`` TXT keys whose option is allowed: ``{option: raw}``.
+
+    Others are skipped with a warning (an mDNS answer is not authenticated).
+    """
+    found: dict[str, str] = {}
+    for key, value in properties.items():
+        if not key.startswith("ipa_"):
+            log.warn("mDNS: ignoring unknown TXT key {key}", key=key)
+            continue
+        option = key[len("ipa_"):]
+        if option not in allowed:
+            log.warn("mDNS: not allowed to override {option} (allowed: "
+                     "{allowed})", option=option, allowed=", ".join(allowed))
+            continue
+        found[option] = str(value)
+    return found

@@ -1,0 +1,61 @@
+"""In-band inspection by a real Ironic 39.0.0 (inspect interface
+``agent``): our agent posts to /v1/continue_inspection, Ironic stores the
+inventory and the collectors' data; a failing collector's error reaches
+Ironic's ramdisk-error hook."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.integration import harness as h
+from tests.integration import scenarios
+from tests.integration.base import unavailable
+
+# every collector that can work on this machine (it has no DMI tables, so
+# dmidecode fails here: that one is checked as a failing collector)
+COLLECTORS = "default,logs,pci-devices,numa-topology,lldp,usb-devices"
+
+
+class InspectionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        try:
+            self.env = scenarios.Environment()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def test_inventory_reaches_ironic(self) -> None:
+        result = scenarios.inspect(self.env, COLLECTORS, "manageable")
+        stored = result["stored"]
+        inventory, plugin = stored["inventory"], stored["plugin_data"]
+        self.assertEqual([i["mac_address"] for i in inventory["interfaces"]],
+                         [h.NODE_MAC])
+        self.assertEqual([d["name"] for d in inventory["disks"]],
+                         [self.env.device])
+        self.assertTrue(inventory["cpu"]["architecture"])
+        self.assertIsInstance(inventory["memory"]["physical_mb"], int)
+        self.assertEqual(inventory["boot"]["pxe_interface"],
+                         "01-52-54-00-12-34-56")
+        for key in ("root_disk", "boot_interface", "configuration",
+                    "pci_devices", "numa_topology", "lldp_raw",
+                    "usb_devices"):
+            self.assertIn(key, plugin)
+        self.assertIsNone(plugin["error"])
+        self.assertEqual(plugin["root_disk"]["name"], self.env.device)
+        self.assertEqual(plugin["configuration"]["collectors"],
+                         COLLECTORS.split(","))
+        self.assertEqual(plugin["lldp_raw"], {"ipa0.10": [], "ipapeer": []})
+        # the port's MAC was recognised by Ironic's validate-interfaces
+        self.assertEqual(plugin["macs"], [h.NODE_MAC])
+        self.assertIn("inspection data accepted by", result["agent_log"])
+
+    def test_failing_collector_fails_inspection_with_our_error(self) -> None:
+        result = scenarios.inspect(self.env, "default,dmi-decode,nonexistent",
+                                   "inspect failed")
+        error = result["node"]["last_error"]
+        self.assertIn("Ramdisk reported error: The following errors were "
+                      "encountered:", error)
+        self.assertIn("* failed to run dmidecode:", error)
+        self.assertIn("* unknown inspection collector 'nonexistent'", error)
+        # the inventory was still posted (IPA posts only the error)
+        self.assertIn("posting inspection data to", result["agent_log"])
