@@ -300,24 +300,7 @@ class AgentService(MultiService):
         return [endpoint.url.rstrip("/")]
 
     def _apply_overrides(self, properties: dict[str, Any]) -> None:
-        found = mdns.overrides(properties, self.config.mdns_allowed_overrides)
-        if not found:
-            return
-        from ipa_twisted.config import OPTIONS_BY_NAME
-
-        values = {}
-        for name, raw in found.items():
-            option = OPTIONS_BY_NAME.get(name)
-            if option is None:
-                log.warn("mDNS: no option {name} here; ignored", name=name)
-                continue
-            try:
-                values[name] = option.parse(raw)
-            except ValueError as e:
-                log.warn("mDNS: bad value for {name}: {e}", name=name, e=e)
-                continue
-            log.info("mDNS: {name} set to {value}", name=name, value=raw)
-        self.config = self.config.replace(**values)
+        self.config = mdns.apply_overrides(self.config, properties)
         self.context.config = self.config
 
     async def _wait_for_interfaces(self) -> None:

@@ -138,6 +138,26 @@ def find_endpoint(reactor: Any, service: str, attempts: int = 3
                              find_endpoint_blocking, service, attempts)
 
 
+def apply_overrides(config: Any, properties: Mapping[str, Any]) -> Any:
+    """``config`` with the allowed ``ipa_*`` TXT overrides applied."""
+    from ipa_twisted.config import OPTIONS_BY_NAME
+
+    values = {}
+    for name, raw in overrides(properties,
+                               config.mdns_allowed_overrides).items():
+        option = OPTIONS_BY_NAME.get(name)
+        if option is None:
+            log.warn("mDNS: no option {name} here; ignored", name=name)
+            continue
+        try:
+            values[name] = option.parse(raw)
+        except ValueError as e:
+            log.warn("mDNS: bad value for {name}: {e}", name=name, e=e)
+            continue
+        log.info("mDNS: {name} set to {value}", name=name, value=raw)
+    return config.replace(**values) if values else config
+
+
 def overrides(properties: Mapping[str, Any], allowed: Sequence[str]
               ) -> dict[str, str]:
     """``ipa_<option>`` TXT keys whose option is allowed: ``{option: raw}``.

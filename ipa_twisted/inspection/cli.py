@@ -138,6 +138,7 @@ async def run(reactor: Any, config: Config) -> int:
     daemon = IntrospectionDaemon(reactor, post_once,
                                  config.introspection_daemon_post_interval)
     done = daemon.start()
+    # SIGTERM: stop cleanly (the reactor waits for the daemon to end)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
     await done
     return 0

@@ -59,22 +59,40 @@ class IntrospectionDaemon:
         self.errors = 0
         self.posts: list[tuple[float, bool]] = []
         self._task: Deferred[None] | None = None
+        self._stopping = False
+        self._stopped: list[Deferred[None]] = []
 
     def start(self) -> Deferred[None]:
         """Fires when the daemon stops."""
         self._task = ensureDeferred(self._run())
+        self._task.addBoth(self._ended)
         return self._task
 
-    def stop(self) -> None:
-        if self._task is not None and not self._task.called:
-            self._task.cancel()
+    def _ended(self, result: object) -> object:
+        waiters, self._stopped = self._stopped, []
+        for d in waiters:
+            d.callback(None)
+        return result
+
+    def stop(self) -> Deferred[None]:
+        """Stop (a post in flight is abandoned); fires once stopped."""
+        self._stopping = True
+        done: Deferred[None] = Deferred()
+        if self._task is None or self._task.called:
+            done.callback(None)
+            return done
+        self._stopped.append(done)
+        self._task.cancel()
+        return done
 
     async def _run(self) -> None:
         t0 = self._clock.seconds()
         slot = 0
         try:
-            while True:
+            while not self._stopping:
                 ok = await self._post_once()
+                if self._stopping:
+                    break
                 self.errors = 0 if ok else self.errors + 1
                 slot, when = next_post(t0, self.period, slot, self.errors,
                                        self._clock.seconds(), self._rng)
@@ -83,8 +101,9 @@ class IntrospectionDaemon:
                          d=delay, s=slot)
                 await deferLater(self._clock, delay)
         except CancelledError:
-            log.info("introspection daemon stopped after {n} posts",
-                     n=len(self.posts))
+            pass
+        log.info("introspection daemon stopped after {n} posts",
+                 n=len(self.posts))
 
     async def _post_once(self) -> bool:
         started = self._clock.seconds()

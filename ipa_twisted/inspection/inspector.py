@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import attrs
 import treq
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -34,6 +35,14 @@ log = Logger()
 
 ATTEMPTS = 5
 NOT_LOGGED = ("logs",)
+
+
+def _cancelled(e: BaseException) -> bool:
+    """A request failure that is really our own cancellation."""
+    if isinstance(e, CancelledError):
+        return True
+    reasons = getattr(e, "reasons", None) or []
+    return any(r.check(CancelledError) for r in reasons)
 
 
 def post_delay(attempt: int) -> float:
@@ -73,6 +82,7 @@ async def callback_urls(context: Any, api_urls: Sequence[str] | None
             context.reactor, mdns.INSPECTOR_SERVICE,
             config.mdns_lookup_attempts)
         log.info("mDNS: inspector at {url}", url=endpoint.url)
+        context.config = mdns.apply_overrides(config, endpoint.properties)
         return [endpoint.url.rstrip("/") + "/v1/continue"]
     if config.inspection_callback_url:
         return list(config.inspection_callback_url)
@@ -116,6 +126,8 @@ async def post(context: Any, urls: Sequence[str], payload: bytes,
                 body_d.addTimeout(timeout, clock)
                 body = await body_d
             except CONNECTION_ERRORS as e:
+                if _cancelled(e):
+                    raise CancelledError() from None
                 last_error = f"{url}: {_describe(e)}"
                 log.warn("cannot post inspection data to {url}: {e}",
                          url=url, e=_describe(e))

@@ -288,8 +288,8 @@ class Ironic:
     """A real Ironic (API + conductor) inside the namespace."""
 
     def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
-                 heartbeat_timeout: int = 30, fast_track: bool = False
-                 ) -> None:
+                 heartbeat_timeout: int = 30, fast_track: bool = False,
+                 listen: str = "127.0.0.1") -> None:
         self.netns = netns
         self.workdir = workdir
         self.port = 6385
@@ -300,6 +300,7 @@ class Ironic:
             text = f.read()
         for key, value in {
             "@WORKDIR@": workdir, "@API_PORT@": str(self.port),
+            "@API_HOST@": listen,
             "@HTTP_PORT@": str(self.http_port),
             "@HEARTBEAT_TIMEOUT@": str(heartbeat_timeout),
             "@FAST_TRACK@": "true" if fast_track else "false",
@@ -355,14 +356,15 @@ class Ironic:
         return f"http://127.0.0.1:{self.http_port}/{name}"
 
     def enroll(self, name: str, root_device: dict[str, Any],
-               mac: str = NODE_MAC, inspect_interface: str = "no-inspect"
-               ) -> dict[str, Any]:
+               mac: str = NODE_MAC, inspect_interface: str = "no-inspect",
+               **extra: Any) -> dict[str, Any]:
         node: dict[str, Any] = self.api.call("POST", "/v1/nodes", {
             "name": name, "driver": "manual-management",
             "boot_interface": "pxe", "deploy_interface": "direct",
             "management_interface": "noop", "power_interface": "fake",
             "network_interface": "noop",
             "inspect_interface": inspect_interface,
+            **extra,
             "driver_info": {
                 "deploy_forces_oob_reboot": True,
                 "deploy_kernel": self.image_url("deploy.kernel"),
@@ -373,6 +375,80 @@ class Ironic:
         self.api.call("POST", "/v1/ports", {"node_uuid": node["uuid"],
                                             "address": mac})
         return node
+
+
+INSPECTOR_VERSION = "12.5.0"
+INSPECTOR_CONF = """\
+[DEFAULT]
+auth_strategy = noauth
+standalone = true
+transport_url = fake://
+listen_address = {listen}
+listen_port = 5050
+log_file = {workdir}/inspector.log
+use_stderr = false
+
+[database]
+connection = sqlite:///{workdir}/inspector.sqlite
+
+[ironic]
+auth_type = none
+endpoint_override = http://127.0.0.1:{api_port}
+
+[pxe_filter]
+driver = noop
+
+[processing]
+permit_active_introspection = true
+store_data = database
+add_ports = disabled
+"""
+
+
+class Inspector:
+    """A real ironic-inspector 12.5.0 beside Ironic, in the namespace."""
+
+    def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
+                 api_port: int, listen: str = "127.0.0.1") -> None:
+        self.venv = cached_venv(f"ironic-inspector=={INSPECTOR_VERSION}")
+        self.conf = os.path.join(workdir, "inspector.conf")
+        self.log = os.path.join(workdir, "inspector.log")
+        with open(self.conf, "w") as f:
+            f.write(INSPECTOR_CONF.format(listen=listen, workdir=workdir,
+                                          api_port=api_port))
+        run([os.path.join(self.venv, "bin", "ironic-inspector-dbsync"),
+             "--config-file", self.conf, "upgrade"])
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns,
+             os.path.join(self.venv, "bin", "ironic-inspector"),
+             "--config-file", self.conf],
+            stdout=subprocess.DEVNULL, stderr=open(
+                os.path.join(workdir, "inspector.stderr"), "w"),
+            start_new_session=True)
+        cleanups.add("ironic-inspector", lambda: stop_process(self.proc))
+        self.api = IronicAPI(netns, "http://127.0.0.1:5050")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.api.call("GET", "/")
+                return
+            except (OSError, RuntimeError) as e:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"ironic-inspector exited: see "
+                                       f"{self.log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ironic-inspector not ready: {e}")
+                time.sleep(0.3)
+
+
+def child_pid(pid: int) -> int | None:
+    """The first child of ``pid`` (e.g. the process unshare forked)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:

@@ -16,7 +16,8 @@ class Environment:
     """Namespace + loop disk + real Ironic; ``close()`` undoes it all."""
 
     def __init__(self, disk_size: int = 5 * GiB, heartbeat_timeout: int = 30,
-                 keep: bool = False, fast_track: bool = False) -> None:
+                 keep: bool = False, fast_track: bool = False,
+                 listen: str = "127.0.0.1") -> None:
         h.require_prerequisites()
         self.cleanups = h.Cleanups()
         try:
@@ -29,7 +30,7 @@ class Environment:
                                              disk_size)
             h.say(f"node disk: {self.device} ({disk_size // GiB} GiB, sparse)")
             self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
-                                   heartbeat_timeout, fast_track)
+                                   heartbeat_timeout, fast_track, listen)
             t0 = time.monotonic()
             self.ironic.start()
             h.say(f"Ironic {h.IRONIC_VERSION} up on 127.0.0.1:"
@@ -39,10 +40,10 @@ class Environment:
             self.cleanups.run()
             raise
 
-    def agent(self, name: str = "agent", extra: list[str] | None = None
-              ) -> h.Agent:
+    def agent(self, name: str = "agent", extra: list[str] | None = None,
+              api_url: str | None = None) -> h.Agent:
         return h.Agent(self.cleanups, self.netns, self.workdir, self.device,
-                       self.api.url, extra, name)
+                       api_url or self.api.url, extra, name)
 
     def close(self) -> None:
         self.cleanups.run()
@@ -173,8 +174,8 @@ def partition_table_type(device: str) -> str:
 
 
 def inspect(env: Environment, collectors: str, expect: str,
-            name: str = "e2e-inspect", lldp_frame: bytes | None = None
-            ) -> dict[str, Any]:
+            name: str = "e2e-inspect", api_url: str | None = None,
+            callback: bool = True) -> dict[str, Any]:
     """In-band inspection by a real Ironic (inspect interface ``agent``)."""
     api = env.api
     existing = api.call("GET", f"/v1/nodes/{name}", expect=(200, 404))
@@ -188,13 +189,15 @@ def inspect(env: Environment, collectors: str, expect: str,
     t0 = time.monotonic()
     api.provision(name, "inspect")
     api.wait_for_state(name, {"inspect wait"}, 60)
+    callback_args = ["--inspection-callback-url",
+                     f"{env.api.url}/v1/continue_inspection"] if callback \
+        else []
     agent = env.agent(f"inspect-agent-{collectors.replace(',', '-')}", [
-        "--inspection-callback-url",
-        f"{env.api.url}/v1/continue_inspection",
+        *callback_args,
         "--inspection-collectors", collectors,
         "--bootif", "01-" + h.NODE_MAC.replace(":", "-"),
         "--lldp-timeout", "3", "--lookup-timeout", "5",
-    ])
+    ], api_url=api_url)
     try:
         posted = agent.wait_for_log("inspection data accepted by", 120) \
             if expect == "manageable" else None
@@ -211,3 +214,42 @@ def inspect(env: Environment, collectors: str, expect: str,
     agent.stop()
     return {"node": node, "stored": stored, "agent_log": log,
             "post_s": posted, "inspect_s": took}
+
+
+FAKE_NODE = {"driver": "fake-hardware", "boot_interface": "fake",
+             "deploy_interface": "fake", "management_interface": "fake",
+             "power_interface": "fake"}
+
+
+def active_node(env: Environment, name: str = "e2e-active") -> dict[str, Any]:
+    """A fake-hardware node, deployed (ACTIVE) in about a second, whose port
+    is the namespace's veth; the veth gets an address (ironic-inspector's
+    validate_interfaces wants one)."""
+    api = env.api
+    env.ironic.enroll(name, {"name": env.device}, **FAKE_NODE)
+    h.run(["ip", "netns", "exec", env.netns, "ip", "addr", "add",
+           "192.0.2.10/24", "dev", "ipa0.10"])
+    api.provision(name, "manage")
+    api.wait_for_state(name, {"manageable"}, 60)
+    api.provision(name, "provide")
+    api.wait_for_state(name, {"available"}, 60)
+    api.provision(name, "active")
+    return api.wait_for_state(name, {"active"}, 60)
+
+
+def collect_command(env: Environment, args: list[str]) -> list[str]:
+    """The sandboxed ironic-collect-introspection-data command line."""
+    import sys
+
+    cmdline = os.path.join(env.workdir, "cmdline-collect")
+    with open(cmdline, "w") as f:
+        f.write("\n")
+    stubs = os.path.join(env.workdir, "stubs")
+    h.make_stubs(stubs)
+    return ["ip", "netns", "exec", env.netns, "unshare", "--pid", "--mount",
+            "--fork", "--mount-proc", "--kill-child=SIGTERM", h.SANDBOX,
+            env.device, stubs, "--",
+            os.path.join(os.path.dirname(sys.executable),
+                         "ironic-collect-introspection-data"),
+            "--device-allowlist", env.device, "--cmdline-file", cmdline,
+            "--inspection_collectors", "default"] + args

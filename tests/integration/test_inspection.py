@@ -59,3 +59,39 @@ class InspectionTests(SynchronousTestCase):
         self.assertIn("* unknown inspection collector 'nonexistent'", error)
         # the inventory was still posted (IPA posts only the error)
         self.assertIn("posting inspection data to", result["agent_log"])
+
+
+class MDNSApiTests(SynchronousTestCase):
+    """ipa-api-url=mdns: the API is found by mDNS and inspection posts to
+    the discovered URL (IPA would post to the literal "mdns/...")."""
+
+    def setUp(self) -> None:
+        try:
+            self.env = scenarios.Environment(listen="0.0.0.0")
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def test_api_found_by_mdns(self) -> None:
+        import zeroconf
+
+        h.run(["ip", "netns", "exec", self.env.netns, "ip", "addr", "add",
+               "192.0.2.1/24", "dev", "ipapeer"])
+        with h.in_netns(self.env.netns):
+            zc = zeroconf.Zeroconf(interfaces=["192.0.2.1"])
+        self.addCleanup(zc.close)
+        info = zeroconf.ServiceInfo(
+            "_openstack._tcp.local.", "baremetal._openstack._tcp.local.",
+            addresses=[bytes([192, 0, 2, 1])], port=self.env.ironic.port,
+            properties={"protocol": "http"}, server="ironic-e2e.local.")
+        zc.register_service(info)
+        self.addCleanup(zc.unregister_service, info)
+        result = scenarios.inspect(self.env, "default", "manageable",
+                                   api_url="mdns", callback=False)
+        log = result["agent_log"]
+        self.assertIn("mDNS: Ironic API at http://192.0.2.1:6385", log)
+        self.assertIn("posting inspection data to "
+                      "http://192.0.2.1:6385/v1/continue_inspection", log)
+        self.assertEqual(
+            result["stored"]["inventory"]["interfaces"][0]["mac_address"],
+            h.NODE_MAC)
