@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -156,11 +156,23 @@ class LLDPCollector:
         #: have an empty list in ``results`` (as IPA reports them)
         self.listened: set[str] = set()
 
-    def start(self, interfaces: Iterable[str]) -> None:
-        """Listen on each interface (errors are logged, never raised)."""
+    def start(self, interfaces: Iterable[str],
+              has_carrier: Callable[[str], bool] | None = None) -> None:
+        """Listen on each interface (errors are logged, never raised).
+
+        An interface without carrier cannot hear anything: it is not
+        waited for (it reports an empty list), so that a machine with
+        unplugged ports does not always wait the whole timeout.
+        """
         self.started = True
+        carrier = has_carrier or _has_carrier
         for name in interfaces:
             if name == "lo" or name in self._listeners:
+                continue
+            if not carrier(name):
+                log.info("LLDP: {name} has no carrier; not waiting for it",
+                         name=name)
+                self.listened.add(name)
                 continue
             try:
                 sock = self._open(name)
@@ -229,6 +241,14 @@ class LLDPCollector:
             for name in self.listened:
                 self.results.setdefault(name, [])
             self.done.callback(dict(self.results))
+
+
+def _has_carrier(name: str, sys_net: str = "/sys/class/net") -> bool:
+    try:
+        with open(os.path.join(sys_net, name, "carrier")) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def interface_names(sys_net: str = "/sys/class/net") -> list[str]:

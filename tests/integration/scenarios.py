@@ -19,6 +19,7 @@ class Environment:
                  keep: bool = False, fast_track: bool = False,
                  listen: str = "127.0.0.1") -> None:
         h.require_prerequisites()
+        self.runs = 0
         self.cleanups = h.Cleanups()
         try:
             self.workdir = h.workdir(self.cleanups, keep)
@@ -175,7 +176,8 @@ def partition_table_type(device: str) -> str:
 
 def inspect(env: Environment, collectors: str, expect: str,
             name: str = "e2e-inspect", api_url: str | None = None,
-            callback: bool = True) -> dict[str, Any]:
+            callback: bool = True, lldp_timeout: float = 3.0
+            ) -> dict[str, Any]:
     """In-band inspection by a real Ironic (inspect interface ``agent``)."""
     api = env.api
     existing = api.call("GET", f"/v1/nodes/{name}", expect=(200, 404))
@@ -192,11 +194,12 @@ def inspect(env: Environment, collectors: str, expect: str,
     callback_args = ["--inspection-callback-url",
                      f"{env.api.url}/v1/continue_inspection"] if callback \
         else []
-    agent = env.agent(f"inspect-agent-{collectors.replace(',', '-')}", [
+    env.runs += 1
+    agent = env.agent(f"inspect-agent-{env.runs}", [
         *callback_args,
         "--inspection-collectors", collectors,
         "--bootif", "01-" + h.NODE_MAC.replace(":", "-"),
-        "--lldp-timeout", "3", "--lookup-timeout", "5",
+        "--lldp-timeout", str(lldp_timeout), "--lookup-timeout", "5",
     ], api_url=api_url)
     try:
         posted = agent.wait_for_log("inspection data accepted by", 120) \
