@@ -365,6 +365,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("image_download_max_duration", parse_non_negative_float, 0.0,
            "Cap on a whole image download, 0 for none (s).",
            kernel="ipa-image-download-max-duration"),
+    Option("image_server_auth_strategy", choice("noauth", "http_basic"),
+           "noauth", "Authentication to image servers (http_basic: with "
+           "image_server_user and image_server_password)."),
+    Option("image_server_user", parse_str, None,
+           "User for http_basic image server authentication."),
+    Option("image_server_password", parse_str, None,
+           "Password for http_basic image server authentication.",
+           secret=True),
     _bool("md5_enabled", False,
           "Accept MD5 image checksums (Ironic's lookup usually sets it)."),
     # Power.

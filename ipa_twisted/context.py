@@ -40,6 +40,14 @@ class AgentContext:
     refresh_node: Callable[[], "Deferred[Any]"] | None = None
     #: The background LLDP listener, once started.
     lldp: Any = None
+    #: Progress of the long work in hand (shown in the running command's
+    #: result and, with Ironic >= 1.72, in heartbeats).
+    progress: Any = None
+    on_progress_change: Callable[[Any], None] = lambda progress: None
+
+    def report_progress(self, progress: Any) -> None:
+        self.progress = progress
+        self.on_progress_change(progress)
 
     def start_lldp(self) -> Any:
         """Start listening for LLDP on every interface (once); returns the

@@ -20,14 +20,41 @@ from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
 from ipa_twisted.image import checksum as checksums
-from ipa_twisted.image.progress import Progress
-from ipa_twisted.image.sink import DeviceSink, SinkError
-from ipa_twisted.image.stream import stream_body
+from ipa_twisted.image.writer import download_to_device
 from ipa_twisted.process import ProcessError
 
 log = Logger()
 
-SUPPORTED_DISK_FORMATS = (None, "", "raw")
+
+
+def auth_headers(image_info: Mapping[str, Any], config: Any) -> dict[str, str]:
+    """HTTP authorization for the image server: a ready header value
+    (``image_request_authorization``, base64 of it), or basic auth
+    (``image_server_auth_strategy=http_basic`` with user and password from
+    image_info, else from the configuration)."""
+    import base64
+
+    encoded = image_info.get("image_request_authorization")
+    if encoded:
+        try:
+            value = base64.b64decode(encoded).decode("utf-8")
+        except ValueError:
+            raise errors.InvalidCommandParamsError(
+                "image_request_authorization is not base64") from None
+        return {"Authorization": value}
+    strategy = image_info.get("image_server_auth_strategy") or \
+        config.image_server_auth_strategy
+    if strategy != "http_basic":
+        return {}
+    user = image_info.get("image_server_user") or config.image_server_user
+    password = image_info.get("image_server_password") or \
+        config.image_server_password
+    if not user or not password:
+        raise errors.InvalidCommandParamsError(
+            "http_basic image server authentication needs a user and a "
+            "password")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
 
 
 def validate_image_info(image_info: Any, md5_enabled: bool) -> None:
@@ -137,12 +164,6 @@ class StandbyExtension(Extension):
         image_id = str(image_info["id"])
         if configdrive is None:
             configdrive = image_info.get("configdrive")
-        disk_format = image_info.get("disk_format")
-        if disk_format not in SUPPORTED_DISK_FORMATS:
-            raise errors.InvalidImage(
-                f"disk_format {disk_format!r} is not supported yet "
-                f"(only raw images are)"
-            )
         if image_info.get("image_type") == "partition":
             raise errors.InvalidImage("partition images are not supported yet")
         if configdrive:
@@ -156,8 +177,7 @@ class StandbyExtension(Extension):
         expected_algo, expected = await self._resolve_checksum(
             spec, image_info)
         if self.cached_image_id != image_id:
-            await self._stream_to_device(image_info, device, expected_algo,
-                                         expected)
+            await self._write(image_info, device, expected_algo, expected)
             self.cached_image_id = image_id
         else:
             log.info("image {id} is already on {dev}", id=image_id,
@@ -201,78 +221,27 @@ class StandbyExtension(Extension):
             digest, self.agent.md5_enabled)
         return algo, digest
 
-    async def _stream_to_device(self, image_info: Mapping[str, Any],
-                                device: str, algo: str, expected: str) -> None:
-        config = self.agent.config
+    async def _write(self, image_info: Mapping[str, Any], device: str,
+                     algo: str, expected: str) -> None:
         image_id = str(image_info["id"])
-        url = image_info["urls"][0]
-        attempts = 1 + config.image_download_connection_retries
-        device_bytes = await self.agent.in_thread(blockio.device_size, device)
-        for attempt in range(1, attempts + 1):
-            progress = Progress(self.agent.reactor, image_id, device,
-                                total=None)
-            sink = DeviceSink(self.agent.reactor, device, algo,
-                              on_progress=progress.update)
-            self.agent.guard.check(device)
-            try:
-                sink.open()
-            except OSError as e:
-                raise errors.ImageWriteError(device, e.errno, "",
-                                             e.strerror or str(e)) from None
-            log.info("writing image {id} from {url} to {dev} (attempt "
-                     "{n}/{total}, direct I/O: {direct})", id=image_id,
-                     url=url, dev=device, n=attempt, total=attempts,
-                     direct=sink.direct_io)
-
-            def check_length(response: Any) -> None:
-                length = response.length
-                if isinstance(length, int):
-                    progress.total = length
-                    if length > device_bytes:
-                        raise errors.ImageWriteError(
-                            device, None, "",
-                            f"the image ({length} bytes) is larger than "
-                            f"the device ({device_bytes} bytes)")
-
-            try:
-                await stream_body(
-                    self.agent.http, self.agent.reactor, url, sink,
-                    image_id, config.image_download_connection_timeout,
-                    on_response=check_length,
-                )
-                written, digest = await sink.finish()
-            except (errors.ImageDownloadFatalError, errors.ImageWriteError):
-                await sink.abort()
-                await self._wipe(device)
-                raise
-            except SinkError as e:
-                await sink.abort()
-                await self._wipe(device)
-                raise errors.ImageWriteError(device, e.errno, "", str(e))
-            except errors.ImageDownloadError as e:
-                await sink.abort()
-                progress.stop()
-                if attempt == attempts:
-                    await self._wipe(device)
-                    raise
-                log.warn("{error}; retrying in {t} s", error=e.details,
-                         t=config.image_download_connection_retry_interval)
-                await deferLater(self.agent.reactor,
-                                 config.image_download_connection_retry_interval)
-                continue
-            except BaseException:
-                await sink.abort()
-                raise
-            finally:
-                progress.stop()
-            progress.finished(written)
-            if digest != expected.lower():
-                await self._wipe(device)
-                raise errors.ImageChecksumError(image_id, url, expected,
-                                                str(digest))
-            log.info("image {id}: {algo} checksum verified", id=image_id,
-                     algo=algo)
-            return
+        try:
+            result = await download_to_device(
+                self.agent, image_info, device, algo,
+                headers=auth_headers(image_info, self.agent.config),
+                on_progress=self.agent.report_progress)
+        except BaseException:
+            await self._wipe(device)
+            raise
+        finally:
+            self.agent.report_progress(None)
+        if result.digest != expected.lower():
+            await self._wipe(device)
+            raise errors.ImageChecksumError(image_id, result.url, expected,
+                                            str(result.digest))
+        log.info("image {id} ({fmt}, {mib} MiB, {attempts} attempt(s)): "
+                 "{algo} checksum verified", id=image_id, fmt=result.detected,
+                 mib=result.received // (1024 * 1024),
+                 attempts=result.attempts, algo=algo)
 
     async def _wipe(self, device: str) -> None:
         """Make a failed write unbootable: zero both ends of the disk."""

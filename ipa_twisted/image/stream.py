@@ -1,14 +1,20 @@
-"""Stream one HTTP(S) body into a consumer, with a stall watchdog.
+"""Stream one HTTP(S) body into a consumer: resumable, with a watchdog.
 
-The consumer (a :class:`~ipa_twisted.image.sink.DeviceSink`) gets the HTTP
-transport as its producer and pauses it when it is full; time spent paused
-that way does not count as a stall.
+``stream_body(..., offset=N)`` asks for the rest of a file with
+``Range: bytes=N-``.  A 206 whose range starts at N continues where the
+last attempt stopped; a server that ignores ranges (200) sends the whole
+file again, and the first N bytes are skipped (they were already used and
+hashed).  The consumer (a pipeline target) gets the HTTP transport as its
+producer and pauses it when it is full; time spent paused that way does not
+count as a stall.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -23,9 +29,45 @@ from ipa_twisted import errors
 
 log = Logger()
 
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
 
 class Stalled(Exception):
     pass
+
+
+@attrs.frozen
+class StreamResult:
+    received: int          # bytes handed to the consumer by this request
+    total: int | None      # size of the whole file, when known
+    resumed: bool          # the server honoured the Range request
+
+
+class _Skip:
+    """Discards the first ``n`` bytes, then passes the rest on."""
+
+    def __init__(self, consumer: Any, n: int) -> None:
+        self.consumer = consumer
+        self.left = n
+
+    def write(self, data: bytes) -> None:
+        if self.left:
+            if len(data) <= self.left:
+                self.left -= len(data)
+                return
+            data = data[self.left:]
+            self.left = 0
+        self.consumer.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.consumer.unregisterProducer()
+
+    @property
+    def paused(self) -> bool:
+        return bool(getattr(self.consumer, "paused", False))
 
 
 class _Body(Protocol):
@@ -34,7 +76,6 @@ class _Body(Protocol):
         self.expected = expected
         self.received = 0
         self.done: defer.Deferred[int] = defer.Deferred()
-        self.last_data = 0.0
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
@@ -42,7 +83,15 @@ class _Body(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
-        self.consumer.write(data)
+        try:
+            self.consumer.write(data)
+        except BaseException as e:
+            # the consumer refused (bad format, device error): stop now
+            if not self.done.called:
+                self.done.errback(Failure(e))
+            transport: Any = self.transport
+            if transport is not None:
+                transport.stopProducing()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         self.consumer.unregisterProducer()
@@ -64,6 +113,18 @@ def _describe(failure: Failure) -> str:
     return failure.getErrorMessage() or repr(failure.value)
 
 
+def _phrase(response: IResponse) -> str:
+    phrase = getattr(response, "phrase", b"")
+    if isinstance(phrase, bytes):
+        return phrase.decode("latin-1")
+    return str(phrase)
+
+
+def _header(response: IResponse, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
+
+
 async def stream_body(
     http: Any,
     clock: IReactorTime,
@@ -72,15 +133,20 @@ async def stream_body(
     image_id: str,
     stall_timeout: float,
     headers: Mapping[str, str] | None = None,
-    on_response: Callable[[IResponse], None] | None = None,
-) -> int:
-    """GET ``url`` and feed its body to ``consumer``; the byte count.
+    offset: int = 0,
+    on_response: Callable[[IResponse, int | None], None] | None = None,
+) -> StreamResult:
+    """GET ``url`` (from ``offset``) and feed its body to ``consumer``.
 
     Errors are ``ImageDownloadFatalError`` (4xx: no retry can help) or
-    ``ImageDownloadError`` (connection trouble, 5xx, a stall).
+    ``ImageDownloadError`` (connection trouble, 5xx, a stall); an error
+    raised by the consumer is passed through.
     """
+    request_headers = dict(headers or {})
+    if offset:
+        request_headers["Range"] = f"bytes={offset}-"
     try:
-        d = http.request("GET", url, headers=dict(headers or {}),
+        d = http.request("GET", url, headers=request_headers,
                          unbuffered=True)
         d.addTimeout(stall_timeout, clock)
         response: IResponse = await d
@@ -92,18 +158,38 @@ async def stream_body(
         raise errors.ImageDownloadError(
             image_id, f"cannot reach {url}: {_describe(Failure(e))}"
         ) from None
-    if 400 <= response.code < 500:
+    length = response.length if isinstance(response.length, int) else None
+    total = length
+    resumed = False
+    target = consumer
+    if offset and response.code == 206:
+        m = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
+        if not m or int(m.group(1)) != offset:
+            response.deliverBody(Protocol())
+            raise errors.ImageDownloadError(
+                image_id, f"{url} answered a range that does not start at "
+                f"byte {offset}: {_header(response, b'content-range')}")
+        total = int(m.group(3)) if m.group(3) != "*" else None
+        resumed = True
+        log.info("resuming {url} at byte {offset}", url=url, offset=offset)
+    elif response.code == 200:
+        if offset:
+            log.info("{url} ignores ranges: skipping the first {n} bytes "
+                     "of a full copy", url=url, n=offset)
+            target = _Skip(consumer, offset)
+    elif 400 <= response.code < 500:
+        response.deliverBody(Protocol())
         raise errors.ImageDownloadFatalError(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
-    if response.code != 200:
+    else:
+        response.deliverBody(Protocol())
         raise errors.ImageDownloadError(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
-    length = response.length if isinstance(response.length, int) else None
     if on_response is not None:
-        on_response(response)
-    body = _Body(consumer, length)
+        on_response(response, total)
+    body = _Body(target, length)
     last = [0, clock.seconds()]
 
     def watchdog() -> None:
@@ -129,6 +215,8 @@ async def stream_body(
         received = await body.done
     except Stalled as e:
         raise errors.ImageDownloadError(image_id, f"{url}: {e}") from None
+    except errors.AgentError:
+        raise
     except Exception as e:
         raise errors.ImageDownloadError(
             image_id,
@@ -142,11 +230,23 @@ async def stream_body(
         raise errors.ImageDownloadError(
             image_id, f"{url}: got {received} of {length} bytes"
         )
-    return received
+    skipped = offset if (offset and not resumed) else 0
+    return StreamResult(received - skipped, total, resumed)
 
 
-def _phrase(response: IResponse) -> str:
-    phrase = getattr(response, "phrase", b"")
-    if isinstance(phrase, bytes):
-        return phrase.decode("latin-1")
-    return str(phrase)
+async def fetch_range(http: Any, clock: IReactorTime, url: str, start: int,
+                      length: int, timeout: float) -> bytes | None:
+    """Bytes [start, start + length) of ``url``, or None when the server
+    does not do ranges."""
+    import treq
+
+    d = http.request("GET", url, headers={
+        "Range": f"bytes={start}-{start + length - 1}"})
+    d.addTimeout(timeout, clock)
+    response = await d
+    body_d = treq.content(response)
+    body_d.addTimeout(timeout, clock)
+    body: bytes = await body_d
+    if response.code != 206:
+        return None
+    return body

@@ -159,13 +159,13 @@ class StreamTests(TestCase):
         sink = DeviceSink(reactor, target, "sha256")
         sink.open()
         try:
-            received = await stream_body(self.http, reactor, self.url + path,
-                                         sink, "img", timeout)
+            result = await stream_body(self.http, reactor, self.url + path,
+                                       sink, "img", timeout)
         except BaseException:
             await sink.abort()
             raise
         written, digest = await sink.finish()
-        self.assertEqual(received, written)
+        self.assertEqual(result.received, written)
         return written, str(digest)
 
     async def test_ok(self) -> None:

@@ -195,12 +195,15 @@ class StandbyTests(TestCase):
         self.assertEqual(result.error["type"], "InvalidCommandParamsError")
         self.assertEqual(result.error["code"], 400)
 
-    async def test_formats_not_supported_yet_are_refused(self) -> None:
+    async def test_image_that_is_not_what_it_claims_is_refused(self) -> None:
         result = await self.execute("standby.prepare_image",
-                                image_info=self.info(disk_format="qcow2"))
+                                    image_info=self.info(disk_format="qcow2"))
         self.assertEqual(result.status, "FAILED")
         self.assertEqual(result.error["type"], "InvalidImage")
-        self.assertEqual(self.images.hits, [])
+        self.assertIn("claims to be qcow2 but its content is raw",
+                      result.error["details"])
+        # nothing was written; the disk's ends were wiped
+        self.assertEqual(self.disk_bytes(4), b"\0" * 4)
 
     async def test_allowlist_is_enforced(self) -> None:
         self.context.guard = DeviceGuard(["/dev/loop99"])

@@ -1,0 +1,444 @@
+"""From the bytes of an image file to the bytes of a disk.
+
+The download feeds a :class:`FormatGate`.  It keeps the first 64 KiB,
+decides what the image really is (:mod:`ipa_twisted.image.formats`),
+refuses what is not permitted or not what it claims to be, and then hands
+everything to one target:
+
+- raw (and gpt, iso): :class:`~ipa_twisted.image.sink.DeviceSink`, which
+  hashes and writes in parallel threads;
+- gzip, xz, zstd, bzip2: :class:`DecompressStage` (one thread hashes the
+  compressed bytes and inflates them through a bounded stream reader) in
+  front of a new gate that must find a raw image inside;
+- qcow2: :class:`Qcow2Target` (a hashing thread, the streaming qcow2
+  reader on the reactor, :class:`~ipa_twisted.image.sink.PositionalWriter`
+  for the clusters, unwritten ranges zeroed at the end).
+
+Every target is a push consumer with back-pressure (``pauseProducing`` on
+its producer when its queues are full), so memory stays bounded whatever
+the image.  ``finish()`` fires with ``(bytes written to the disk, hex
+digest of the image file)``; ``finalize()`` completes what a second pass
+needed (qcow2) and closes the device.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import queue
+import threading
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ipa_twisted import errors
+from ipa_twisted.image import formats
+from ipa_twisted.image.qcow2 import Qcow2Error, Qcow2Stream
+from ipa_twisted.image.sink import DeviceSink, PositionalWriter, SinkError
+
+log = Logger()
+
+QUEUE_LIMIT = 32 * 1024 * 1024
+OUT_CHUNK = 4 * 1024 * 1024
+_EOF = object()
+
+
+class _Pausable:
+    """A consumer's side of back-pressure: pause/resume its producer."""
+
+    def __init__(self) -> None:
+        self._producer: Any = None
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self._producer is not None:
+                self._producer.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+
+
+class FormatGate(_Pausable):
+    """Detects the format from the first bytes, then passes everything to
+    the right target."""
+
+    def __init__(self, reactor: Any, device: str, hash_algo: str | None,
+                 claimed: str | None, permitted: tuple[str, ...],
+                 device_size: int, inner: bool = False,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.device = device
+        self._algo = hash_algo
+        self._claimed = claimed
+        self._permitted = tuple(permitted)
+        self._device_size = device_size
+        self._inner = inner
+        self._on_progress = on_progress
+        self._head = bytearray()
+        self.target: Any = None
+        self.detected: str | None = None
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.target is not None:
+            self.target.write(data)
+            return
+        self._head += data
+        if len(self._head) >= formats.HEAD_SIZE:
+            self._choose()
+
+    def _choose(self) -> None:
+        head, self._head = bytes(self._head), bytearray()
+        detected = formats.detect(head)
+        self.detected = detected
+        if detected in formats.COMPRESSIONS:
+            if self._inner:
+                raise errors.InvalidImage(
+                    f"a {detected} stream inside a compressed image")
+            log.info("image is {kind}-compressed; inflating on the fly",
+                     kind=detected)
+            inner = FormatGate(self._reactor, self.device, None,
+                               self._claimed, self._permitted,
+                               self._device_size, inner=True,
+                               on_progress=self._on_progress)
+            self.target = DecompressStage(self._reactor, detected,
+                                          self._algo, inner)
+        else:
+            formats.check(self._claimed, detected, self._permitted)
+            if self._inner and detected == "qcow2":
+                raise errors.InvalidImage(
+                    "qcow2 inside a compressed image is not supported")
+            log.info("image format {fmt} (claimed {claimed})",
+                     fmt=detected, claimed=self._claimed or "nothing")
+            if detected == "qcow2":
+                self.target = Qcow2Target(self._reactor, self.device,
+                                          self._algo, self._device_size,
+                                          self._on_progress)
+            else:
+                sink = DeviceSink(self._reactor, self.device, self._algo,
+                                  on_progress=self._on_progress)
+                sink.open()
+                self.target = sink
+        if self._producer is not None:
+            self.target.registerProducer(self._producer, True)
+        self.target.write(head)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        if self.target is not None:
+            self.target.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        super().unregisterProducer()
+        if self.target is not None:
+            self.target.unregisterProducer()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.target is not None and self.target.paused)
+
+    def finish(self) -> "Deferred[tuple[int, str | None]]":
+        if self.target is None:
+            self._choose()
+        result: Deferred[tuple[int, str | None]] = self.target.finish()
+        return result
+
+    def finalize(self) -> "Deferred[None]":
+        if self.target is None:
+            return succeed(None)
+        result: Deferred[None] = self.target.finalize()
+        return result
+
+    def abort(self) -> "Deferred[None]":
+        if self.target is None:
+            return succeed(None)
+        result: Deferred[None] = self.target.abort()
+        return result
+
+
+class _QueueReader(io.RawIOBase):
+    """A blocking file over a queue of chunks (for the inflating thread);
+    hashes what it hands out."""
+
+    def __init__(self, q: "queue.SimpleQueue[Any]", hasher: Any,
+                 consumed: Callable[[int], None]) -> None:
+        self._q = q
+        self._buf = b""
+        self._hasher = hasher
+        self._consumed = consumed
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf and not self._eof:
+            item = self._q.get()
+            if item is _EOF:
+                self._eof = True
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if self._hasher is not None:
+                self._hasher.update(item)
+            self._consumed(len(item))
+            self._buf = item
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+@implementer(IPushProducer)
+class DecompressStage(_Pausable):
+    """Hash and inflate in one thread; feed the inflated bytes downstream
+    (pausing when downstream is paused)."""
+
+    def __init__(self, reactor: Any, kind: str, hash_algo: str | None,
+                 downstream: FormatGate) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._kind = kind
+        self._hasher = hashlib.new(hash_algo) if hash_algo else None
+        self._down = downstream
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._go = threading.Event()
+        self._go.set()
+        self._stop = False
+        self._done: Deferred[None] = Deferred()
+        self._failure: BaseException | None = None
+        downstream.registerProducer(self, True)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"inflate {kind}")
+        self._thread.start()
+
+    # downstream's back-pressure on us
+    def pauseProducing(self) -> None:
+        self._go.clear()
+
+    def resumeProducing(self) -> None:
+        self._go.set()
+
+    def stopProducing(self) -> None:
+        self._stop = True
+        self._go.set()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._queued += len(data)
+            full = self._queued > QUEUE_LIMIT
+        self._q.put(bytes(data))
+        if full:
+            self._pause()
+
+    def _consumed(self, n: int) -> None:
+        with self._lock:
+            self._queued -= n
+            low = self._queued < QUEUE_LIMIT // 2
+        if low and self._paused:
+            self._reactor.callFromThread(self._resume)
+
+    def _open(self, raw: Any) -> Any:
+        if self._kind == "gzip":
+            return gzip.GzipFile(fileobj=raw)
+        if self._kind == "xz":
+            return lzma.LZMAFile(raw)
+        if self._kind == "bzip2":
+            return bz2.BZ2File(raw)
+        if self._kind == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().stream_reader(
+                raw, read_across_frames=True)
+        raise errors.InvalidImage(f"unknown compression {self._kind}")
+
+    def _run(self) -> None:
+        reader = _QueueReader(self._q, self._hasher, self._consumed)
+        try:
+            stream = self._open(io.BufferedReader(reader, 1024 * 1024))
+            while not self._stop:
+                chunk = stream.read(OUT_CHUNK)
+                if not chunk:
+                    break
+                self._go.wait()
+                if self._stop:
+                    break
+                done = threading.Event()
+                self._reactor.callFromThread(self._deliver, chunk, done)
+                done.wait()
+                if self._failure is not None:
+                    break
+        except BaseException as e:
+            self._failure = self._failure or errors.InvalidImage(
+                f"cannot inflate the {self._kind} image: {e}")
+        self._reactor.callFromThread(self._ended)
+
+    def _deliver(self, chunk: bytes, done: threading.Event) -> None:
+        try:
+            self._down.write(chunk)
+        except BaseException as e:
+            self._failure = e
+        finally:
+            done.set()
+
+    def _ended(self) -> None:
+        self._done.callback(None)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def _finish(self) -> tuple[int, str | None]:
+        self._q.put(_EOF)
+        await self._done
+        if self._failure is not None:
+            await self._down.abort()
+            raise self._failure
+        written, _ = await self._down.finish()
+        return written, self._hasher.hexdigest() if self._hasher else None
+
+    def finish(self) -> "Deferred[tuple[int, str | None]]":
+        return Deferred.fromCoroutine(self._finish())
+
+    def finalize(self) -> "Deferred[None]":
+        return self._down.finalize()
+
+    def abort(self) -> "Deferred[None]":
+        self.stopProducing()
+        self._q.put(_EOF)
+        return self._down.abort()
+
+
+class _HashThread:
+    def __init__(self, reactor: Any, algo: str | None,
+                 consumed: Callable[[int], None]) -> None:
+        self._hasher = hashlib.new(algo) if algo else None
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._consumed = consumed
+        self._reactor = reactor
+        self.done: Deferred[str | None] = Deferred()
+        threading.Thread(target=self._run, daemon=True, name="hash").start()
+
+    def put(self, data: bytes) -> None:
+        self._q.put(data)
+
+    def close(self) -> None:
+        self._q.put(_EOF)
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _EOF:
+                break
+            if self._hasher is not None:
+                self._hasher.update(item)
+            self._reactor.callFromThread(self._consumed, len(item))
+        digest = self._hasher.hexdigest() if self._hasher else None
+        self._reactor.callFromThread(self.done.callback, digest)
+
+
+class Qcow2Target(_Pausable):
+    """qcow2 -> disk: hash the file in a thread, parse it on the reactor,
+    write clusters at their guest offsets in another thread."""
+
+    def __init__(self, reactor: Any, device: str, hash_algo: str | None,
+                 device_size: int,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._device_size = device_size
+        self._queued = 0
+        self._hash = _HashThread(reactor, hash_algo, self._drained)
+        self.writer = PositionalWriter(reactor, device, self._drained,
+                                       on_progress)
+        self.writer.open()
+        self.stream = Qcow2Stream(self._emit)
+        self._checked = False
+
+    def _emit(self, offset: int, data: bytes) -> None:
+        self._queued += len(data)
+        self.writer.put(offset, data)
+
+    def _drained(self, n: int) -> None:
+        self._queued -= n
+        if self._paused and self._queued < QUEUE_LIMIT // 2:
+            self._resume()
+
+    def write(self, data: bytes) -> None:
+        data = bytes(data)
+        self._queued += len(data)
+        self._hash.put(data)
+        try:
+            self.stream.feed(data)
+        except Qcow2Error as e:
+            raise errors.InvalidImage(str(e)) from None
+        if not self._checked and self.stream.header is not None:
+            self._checked = True
+            if self.stream.header.size > self._device_size:
+                raise errors.InvalidImage(
+                    f"the image's virtual size ({self.stream.header.size} "
+                    f"bytes) is larger than the device "
+                    f"({self._device_size} bytes)")
+        if self._queued > QUEUE_LIMIT:
+            self._pause()
+
+    async def _finish(self) -> tuple[int, str | None]:
+        try:
+            self.stream.end()
+        except Qcow2Error as e:
+            raise errors.InvalidImage(str(e)) from None
+        self._hash.close()
+        digest = await self._hash.done
+        await self.writer.drain()
+        return self.writer.written, digest
+
+    def finish(self) -> "Deferred[tuple[int, str | None]]":
+        return Deferred.fromCoroutine(self._finish())
+
+    def refetched(self, missed: Any, data: bytes) -> None:
+        self.stream.refetched(missed, data)
+
+    async def _finalize(self) -> None:
+        if not self.stream.complete:
+            raise errors.InvalidImage(
+                f"the qcow2 image was not complete: {self.stream.state()}")
+        await self.writer.drain()
+        ranges = list(self.stream.unwritten_ranges())
+        await self.writer.close(zero=ranges)
+
+    def finalize(self) -> "Deferred[None]":
+        return Deferred.fromCoroutine(self._finalize())
+
+    def abort(self) -> "Deferred[None]":
+        self._hash.close()
+        return self.writer.close(zero=[], sync=False)
+
+
+__all__ = ["FormatGate", "DecompressStage", "Qcow2Target", "SinkError"]

@@ -1,0 +1,253 @@
+"""The image pipeline end to end on this machine's loopback: formats
+(raw, gzip, xz, bzip2, zstd, qcow2), refusals, resumable downloads against
+a server that drops, stalls or ignores ranges.  The "disk" is a file."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import zstandard
+from treq.client import HTTPClient
+from twisted.internet import reactor
+
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from ipa_twisted import errors
+from ipa_twisted.config import load_config
+from ipa_twisted.context import AgentContext
+from ipa_twisted.hardware.disks import DeviceGuard
+from ipa_twisted.image.writer import download_to_device, retry_pause
+from ipa_twisted.testing import FakeProcessRunner
+from tests.integration import harness as h
+from tests.integration.base import unavailable
+
+MiB = 1024 * 1024
+RAW = os.urandom(6 * MiB) + bytes(2 * MiB) + os.urandom(777)
+
+
+class Files(Resource):
+    """Serves ``files``; per-file behaviour in ``rules``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = {}
+        self.rules: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.hanging: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        name = request.path.decode().lstrip("/")
+        header = request.getHeader(b"range")
+        rng = header.decode() if header else None
+        self.requests.append((name, rng))
+        rule = self.rules.get(name, {})
+        data = self.files.get(name)
+        if data is None:
+            request.setResponseCode(404)
+            return b"no such image"
+        if rule.get("fail", 0):
+            rule["fail"] -= 1
+            request.setResponseCode(503)
+            return b"busy"
+        start = 0
+        if rng and not rule.get("ignore_range"):
+            first, _, last = rng[len("bytes="):].partition("-")
+            start = int(first)
+            end = int(last) + 1 if last else len(data)
+            request.setResponseCode(206)
+            request.setHeader(b"content-range",
+                              f"bytes {start}-{end - 1}/{len(data)}".encode())
+            data = data[start:end]
+        request.setHeader(b"content-length", str(len(data)).encode())
+        cut = rule.pop("drop_at", None)
+        if cut is not None:
+            request.write(data[:cut - start])
+            request.transport.loseConnection()  # after sending that much
+            return NOT_DONE_YET
+        stall = rule.pop("stall_at", None)
+        if stall is not None:
+            request.write(data[:stall])
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        return data
+
+
+class PipelineTests(TestCase):
+    def setUp(self) -> None:
+        self.server = Files()
+        port = reactor.listenTCP(0, Site(self.server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}/"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.disk = os.path.abspath(self.mktemp())
+        with open(self.disk, "wb") as f:
+            f.truncate(2048 * MiB)  # sparse
+        config = load_config({
+            "image_download_connection_retries": "3",
+            "image_download_connection_retry_interval": "0",
+            "image_download_connection_timeout": "2",
+        })
+        self.context = AgentContext(
+            config=config, reactor=reactor, process=FakeProcessRunner(),
+            guard=DeviceGuard(None), http=HTTPClient(Agent(reactor,
+                                                           pool=pool)))
+
+    def tearDown(self) -> None:
+        for request in self.server.hanging:
+            request.transport.abortConnection()
+
+    def serve(self, name: str, data: bytes, **rule: Any) -> dict[str, Any]:
+        self.server.files[name] = data
+        self.server.rules[name] = rule
+        return {"id": name, "urls": [self.base + name],
+                "disk_format": rule.pop("claimed", "raw")}
+
+    async def write(self, info: dict[str, Any]) -> Any:
+        return await download_to_device(self.context, info, self.disk,
+                                        "sha256")
+
+    def disk_bytes(self, n: int) -> bytes:
+        with open(self.disk, "rb") as f:
+            return f.read(n)
+
+    # -------------------------------------------------------------- formats
+
+    async def test_raw(self) -> None:
+        result = await self.write(self.serve("disk.img", RAW))
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
+        self.assertEqual((result.detected, result.written, result.attempts),
+                         ("raw", len(RAW), 1))
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+
+    async def test_compressed_raw(self) -> None:
+        packed = {
+            "gzip": gzip.compress(RAW[:3 * MiB]) + gzip.compress(RAW[3 * MiB:]),
+            "xz": lzma.compress(RAW),
+            "bzip2": bz2.compress(RAW),
+            "zstd": zstandard.ZstdCompressor().compress(RAW),
+        }
+        for kind, data in packed.items():
+            with open(self.disk, "r+b") as f:
+                f.write(bytes(len(RAW)))
+            result = await self.write(self.serve(f"disk.{kind}", data))
+            self.assertEqual(result.detected, kind)
+            # the checksum is the compressed file's
+            self.assertEqual(result.digest, hashlib.sha256(data).hexdigest())
+            self.assertEqual(result.written, len(RAW), kind)
+            self.assertEqual(self.disk_bytes(len(RAW)), RAW, kind)
+
+    def qcow2(self, *options: str, grow: bool = False) -> bytes:
+        if shutil.which("qemu-img") is None:
+            unavailable(h.Unavailable("needs qemu-img (qemu-utils)"))
+        raw = os.path.abspath(self.mktemp())
+        image = raw + ".qcow2"
+        with open(raw, "wb") as f:
+            f.write(RAW)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                        *options, raw, image], check=True)
+        if grow:  # past 512 MiB the L1 table grows and moves behind the data
+            subprocess.run(["qemu-img", "resize", image, "+1G"], check=True,
+                           capture_output=True)
+            subprocess.run(["qemu-io", "-c", "write -P 9 900M 64k", image],
+                           check=True, capture_output=True)
+        with open(image, "rb") as f:
+            return f.read()
+
+    async def test_qcow2(self) -> None:
+        for options in ([], ["-c"]):
+            with open(self.disk, "r+b") as f:
+                f.write(b"\xee" * 32 * MiB)  # old data, to be zeroed
+            image = self.qcow2(*options)
+            result = await self.write(self.serve("disk.qcow2", image,
+                                                 claimed="qcow2"))
+            self.assertEqual(result.detected, "qcow2")
+            self.assertEqual(result.digest, hashlib.sha256(image).hexdigest())
+            self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+
+    async def test_qcow2_with_tables_behind_data_uses_ranges(self) -> None:
+        image = self.qcow2(grow=True)
+        await self.write(self.serve("grown.qcow2", image, claimed="qcow2"))
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+        with open(self.disk, "rb") as f:
+            f.seek(900 * MiB)
+            self.assertEqual(f.read(65536), b"\x09" * 65536)
+        self.assertTrue(any(r for _, r in self.server.requests))
+
+    async def test_claimed_raw_but_qcow2_is_refused(self) -> None:
+        with self.assertRaises(errors.InvalidImage) as cm:
+            await self.write(self.serve("sneaky.img", self.qcow2()))
+        self.assertIn("claims to be raw but its content is qcow2",
+                      str(cm.exception))
+
+    async def test_format_not_permitted(self) -> None:
+        vmdk = b"KDMV" + os.urandom(100000)
+        with self.assertRaises(errors.InvalidImage) as cm:
+            await self.write(self.serve("disk.vmdk", vmdk, claimed="vmdk"))
+        self.assertIn("image format vmdk is not permitted", str(cm.exception))
+        self.context.lookup_config["permitted_image_formats"] = ["raw"]
+        with self.assertRaises(errors.InvalidImage):
+            await self.write(self.serve("q.qcow2", self.qcow2(),
+                                        claimed="qcow2"))
+
+    # ---------------------------------------------------------- resilience
+
+    async def test_resume_after_a_drop(self) -> None:
+        result = await self.write(self.serve("disk.img", RAW,
+                                             drop_at=len(RAW) // 2))
+        self.assertEqual(result.attempts, 2)
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+        (_, first), (_, second) = self.server.requests
+        self.assertIsNone(first)
+        self.assertTrue(second and second.startswith("bytes="))
+        self.flushLoggedErrors()
+
+    async def test_server_ignoring_ranges_restarts(self) -> None:
+        result = await self.write(self.serve("disk.img", RAW,
+                                             drop_at=len(RAW) // 3,
+                                             ignore_range=True))
+        self.assertEqual(result.attempts, 2)
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+        self.flushLoggedErrors()
+
+    async def test_stall_is_cut_and_resumed(self) -> None:
+        result = await self.write(self.serve("disk.img", RAW,
+                                             stall_at=1 * MiB))
+        self.assertEqual(result.attempts, 2)
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+        self.flushLoggedErrors()
+
+    async def test_5xx_then_success(self) -> None:
+        result = await self.write(self.serve("disk.img", RAW, fail=2))
+        self.assertEqual(result.attempts, 3)
+
+    async def test_4xx_is_fatal_at_once(self) -> None:
+        with self.assertRaises(errors.ImageDownloadFatalError):
+            await self.write({"id": "x", "urls": [self.base + "missing"]})
+        self.assertEqual(len(self.server.requests), 1)
+
+    async def test_retries_run_out(self) -> None:
+        with self.assertRaises(errors.ImageDownloadError):
+            await self.write(self.serve("disk.img", RAW, fail=10))
+        self.assertEqual(len(self.server.requests), 4)
+
+    def test_retry_pause(self) -> None:
+        self.assertEqual([retry_pause(n, 10) for n in range(1, 6)],
+                         [10, 20, 40, 60, 60])
+        self.assertEqual(retry_pause(3, 100), 100)
+
+
