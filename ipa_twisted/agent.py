@@ -216,6 +216,7 @@ class AgentService(MultiService):
         self.context.extensions = load_extensions(self.context)
         self.runner = CommandRunner(self.context.extensions,
                                     on_async_done=self.force_heartbeat)
+        self.context.on_progress_change = self._progress_changed
         await hardware.initialize(self.context)
         if config.hardware_initialization_delay:
             await deferLater(self.reactor, config.hardware_initialization_delay)
@@ -459,10 +460,23 @@ class AgentService(MultiService):
     async def _heartbeat(self) -> object:
         assert self.client is not None and self.node_uuid is not None
         assert self.callback_url is not None
+        progress = self.context.progress
+        extra = None
+        if progress is not None:
+            extra = {"agent_status": "start",
+                     "agent_status_message": progress.text()}
         await self.client.heartbeat(
             self.node_uuid, self.callback_url, self.token,
-            self.certificate.cert_pem if self.certificate else None)
+            self.certificate.cert_pem if self.certificate else None,
+            extra=extra)
         return None
+
+    def _progress_changed(self, progress: Any) -> None:
+        """Show long work's progress on the running command."""
+        last = self.runner.last() if self.runner is not None else None
+        if last is not None and not last.done:
+            last.progress = progress.snapshot() if progress is not None \
+                else None
 
     def force_heartbeat(self) -> None:
         if self.heartbeater is not None:

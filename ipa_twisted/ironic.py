@@ -29,6 +29,7 @@ MIN_VERSION = (1, 31)
 AGENT_VERSION_VERSION = (1, 36)
 AGENT_TOKEN_VERSION = (1, 62)
 AGENT_VERIFY_CA_VERSION = (1, 68)
+AGENT_STATUS_VERSION = (1, 72)
 MAX_KNOWN_VERSION = AGENT_VERIFY_CA_VERSION
 
 #: Failures that mean "this URL is not reachable now": try the next one.
@@ -307,9 +308,9 @@ class IronicClient:
             body["agent_version"] = __version__
         if detected >= AGENT_VERIFY_CA_VERSION and agent_verify_ca:
             body["agent_verify_ca"] = agent_verify_ca
-        if extra:
+        if extra and detected >= AGENT_STATUS_VERSION:
             body.update(extra)
-            version = max(version, min(detected, (1, 72)))
+            version = AGENT_STATUS_VERSION
         try:
             _, response, resp_body = await self.request(
                 "POST", f"/v1/heartbeat/{node_uuid}", version=version,

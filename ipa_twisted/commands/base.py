@@ -144,12 +144,16 @@ class CommandResult:
         return self.status != RUNNING
 
     def serialize(self) -> dict[str, Any]:
+        result = self.result
+        if self.status == RUNNING and self.progress is not None:
+            # beyond IPA (which sends null while running): how far it got
+            result = {"progress": self.progress}
         return {
             "id": self.id,
             "command_name": self.command_name,
             "command_status": self.status,
             "command_error": self.error,
-            "command_result": self.result,
+            "command_result": result,
         }
 
     def wait(self) -> Deferred[CommandResult]:

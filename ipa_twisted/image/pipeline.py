@@ -162,6 +162,10 @@ class FormatGate(_Pausable):
     def paused(self) -> bool:
         return bool(self.target is not None and self.target.paused)
 
+    @property
+    def error(self) -> BaseException | None:
+        return self.target.error if self.target is not None else None
+
     def finish(self) -> "Deferred[tuple[int, str | None]]":
         if self.target is None:
             self._choose()
@@ -315,6 +319,10 @@ class DecompressStage(_Pausable):
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def error(self) -> BaseException | None:
+        return self._failure or self._down.error
+
     async def _finish(self) -> tuple[int, str | None]:
         self._q.put(_EOF)
         await self._done
@@ -385,6 +393,10 @@ class Qcow2Target(_Pausable):
     def _emit(self, offset: int, data: bytes) -> None:
         self._queued += len(data)
         self.writer.put(offset, data)
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.writer.error
 
     def _drained(self, n: int) -> None:
         self._queued -= n

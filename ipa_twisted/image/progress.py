@@ -50,6 +50,17 @@ class Progress:
                 out["eta_s"] = round((self.total - self.done) / rate, 1)
         return out
 
+    def text(self) -> str:
+        """One line for operators (heartbeats' agent_status_message)."""
+        snap = self.snapshot()
+        if self.total:
+            return (f"writing image {self.what} to {self.where}: "
+                    f"{snap['percent']}% ({self.done // MiB} of "
+                    f"{self.total // MiB} MiB), {snap['rate_mib_s']} MiB/s, "
+                    f"ETA {_eta(snap.get('eta_s', 0))}")
+        return (f"writing image {self.what} to {self.where}: "
+                f"{self.done // MiB} MiB, {snap['rate_mib_s']} MiB/s")
+
     def report(self) -> None:
         snap = self.snapshot()
         if self.total:

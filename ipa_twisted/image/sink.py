@@ -200,6 +200,11 @@ class DeviceSink:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def error(self) -> BaseException | None:
+        """The write error that stopped this sink, if any."""
+        return self._failed if isinstance(self._failed, SinkError) else None
+
     def write(self, data: bytes) -> None:
         if self._failed is not None:
             return

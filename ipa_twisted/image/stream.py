@@ -193,6 +193,15 @@ async def stream_body(
     last = [0, clock.seconds()]
 
     def watchdog() -> None:
+        error = getattr(consumer, "error", None)
+        if error is not None and not body.done.called:
+            # the device failed: stop downloading at once (a paused
+            # download would otherwise wait forever)
+            transport: Any = body.transport
+            if transport is not None:
+                transport.stopProducing()
+            body.done.errback(error)
+            return
         now = clock.seconds()
         if body.received != last[0] or getattr(consumer, "paused", False):
             last[0], last[1] = body.received, now
@@ -200,9 +209,9 @@ async def stream_body(
         if now - last[1] >= stall_timeout and not body.done.called:
             log.warn("download of {url} stalled: nothing for {t} s",
                      url=url, t=stall_timeout)
-            transport: IPushProducer | None = body.transport  # type: ignore
-            if transport is not None:
-                transport.stopProducing()
+            stalled: IPushProducer | None = body.transport  # type: ignore
+            if stalled is not None:
+                stalled.stopProducing()
             body.done.errback(Stalled(
                 f"no data for {stall_timeout} s after {body.received} bytes"
             ))
@@ -218,6 +227,8 @@ async def stream_body(
     except errors.AgentError:
         raise
     except Exception as e:
+        if getattr(consumer, "error", None) is e:
+            raise  # the device's error, not the network's
         raise errors.ImageDownloadError(
             image_id,
             f"connection to {url} broke after {body.received} bytes: "

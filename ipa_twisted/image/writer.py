@@ -115,6 +115,8 @@ async def download_to_device(
             except errors.ImageDownloadFatalError:
                 raise
             except errors.ImageDownloadError as e:
+                if gate.error is not None:
+                    raise gate.error from None
                 if attempt >= attempts:
                     raise
                 pause = retry_pause(attempt,

@@ -151,6 +151,14 @@ def device_sha256(dev: str, length: int) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def make_disk_image(path: str, size: int) -> str:
     """A raw whole-disk image: an MBR partition table with one partition,
     the rest incompressible data.  Returns its sha256."""

@@ -80,13 +80,36 @@ class AgentInfoWatcher:
                 self.seen[key] = info[key]
 
 
-def deploy(env: Environment, image_size: int = 256 * MiB) -> dict[str, Any]:
-    """Deploy a raw whole-disk image to the loop device; measurements."""
+def publish_image(env: Environment, image_size: int, kind: str
+                  ) -> tuple[str, str, str, str]:
+    """A whole-disk image served to the node: (file name, disk_format,
+    sha256 of the file, sha256 of the disk it makes)."""
+    raw = os.path.join(env.workdir, "www", "disk.img")
+    disk_digest = h.make_disk_image(raw, image_size)
+    if kind == "raw":
+        return "disk.img", "raw", disk_digest, disk_digest
+    if kind == "qcow2":
+        name, fmt = "disk.qcow2", "qcow2"
+        h.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw,
+               os.path.join(env.workdir, "www", name)])
+    elif kind == "gzip":
+        name, fmt = "disk.img.gz", "raw"
+        h.run(["gzip", "-k", "-1", raw])
+    else:
+        raise ValueError(kind)
+    file_digest = h.file_sha256(os.path.join(env.workdir, "www", name))
+    return name, fmt, file_digest, disk_digest
+
+
+def deploy(env: Environment, image_size: int = 256 * MiB, kind: str = "raw"
+           ) -> dict[str, Any]:
+    """Deploy a whole-disk image (raw, qcow2 or gzip'ed raw) to the loop
+    device; measurements."""
     api = env.api
-    image = os.path.join(env.workdir, "www", "disk.img")
-    digest = h.make_disk_image(image, image_size)
-    h.say(f"image: {image_size // MiB} MiB raw, MBR + 1 partition, "
-          f"sha256 {digest[:16]}...")
+    name, disk_format, file_digest, digest = publish_image(env, image_size,
+                                                           kind)
+    h.say(f"image: {name}, {disk_format}, {image_size // MiB} MiB disk with "
+          f"an MBR and one partition, sha256 {file_digest[:16]}...")
     node = env.ironic.enroll("e2e-node", {"name": env.device})
     h.say(f"enrolled node {node['uuid']} (root device hint name="
           f"{env.device}, port {h.NODE_MAC})")
@@ -96,9 +119,9 @@ def deploy(env: Environment, image_size: int = 256 * MiB) -> dict[str, Any]:
     api.wait_for_state("e2e-node", {"available"}, 60)
     api.call("PATCH", "/v1/nodes/e2e-node", [
         {"op": "add", "path": "/instance_info", "value": {
-            "image_source": env.ironic.image_url("disk.img"),
-            "image_os_hash_algo": "sha256", "image_os_hash_value": digest,
-            "image_disk_format": "raw"}}])
+            "image_source": env.ironic.image_url(name),
+            "image_os_hash_algo": "sha256", "image_os_hash_value": file_digest,
+            "image_disk_format": disk_format}}])
     t_deploy = time.monotonic()
     api.provision("e2e-node", "active")
     api.wait_for_state("e2e-node", {"wait call-back"}, 60)

@@ -41,6 +41,19 @@ class RealIronicTests(SynchronousTestCase):
         # The token never reaches the log
         self.assertNotIn("agent_token=" + "x", log.replace("***", ""))
 
+    def test_direct_deploy_of_qcow2_image(self) -> None:
+        result = scenarios.deploy(self.env, 96 * MiB, kind="qcow2")
+        self.assertEqual(result["node"]["provision_state"], "active")
+        self.assertEqual(result["disk_sha256"], result["image_sha256"])
+        self.assertIn("image format qcow2 (claimed qcow2)",
+                      result["agent_log"])
+
+    def test_direct_deploy_of_compressed_raw_image(self) -> None:
+        result = scenarios.deploy(self.env, 96 * MiB, kind="gzip")
+        self.assertEqual(result["node"]["provision_state"], "active")
+        self.assertEqual(result["disk_sha256"], result["image_sha256"])
+        self.assertIn("image is gzip-compressed", result["agent_log"])
+
     def test_manual_clean_erases_metadata(self) -> None:
         # (also: without automatic TLS, the callback is plain http)
         result = scenarios.clean_metadata(self.env,

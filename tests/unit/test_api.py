@@ -134,6 +134,16 @@ class APITests(SynchronousTestCase):
         self.assertEqual([c["command_name"] for c in all_["commands"]],
                          ["slow"])
 
+    def test_progress_shows_while_running(self) -> None:
+        _, body = self.post("fake.slow")
+        self.runner.get(body["id"]).progress = {"bytes": 5, "percent": 50.0}
+        _, _, one = self.request("GET", f"/v1/commands/{body['id']}")
+        self.assertEqual(one["command_result"],
+                         {"progress": {"bytes": 5, "percent": 50.0}})
+        self.ext.pending[0].callback({"done": True})
+        _, _, one = self.request("GET", f"/v1/commands/{body['id']}")
+        self.assertEqual(one["command_result"], {"done": True})
+
     def test_wait_true_blocks_until_done(self) -> None:
         d = self.stub.request("POST", BASE + "/v1/commands/", params={
             "agent_token": TOKEN, "wait": "TRUE"},

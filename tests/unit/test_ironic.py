@@ -190,6 +190,24 @@ class ClientTests(SynchronousTestCase):
             self.assertEqual(list(body), list(expected))
             self.assertEqual(headers["x-openstack-ironic-api-version"], header)
 
+    def test_heartbeat_status_fields_need_1_72(self) -> None:
+        extra = {"agent_status": "start", "agent_status_message": "50%"}
+        for version, header, sent in (("1.99", "1.72", True),
+                                      ("1.68", "1.68", False)):
+            ironic = FakeIronic(version)
+            stub = StubTreq(ironic.app.resource())
+            client = IronicClient(stub, self.clock, [URL])
+            d = ensureDeferred(client.heartbeat("u", "http://a:1", "t",
+                                                extra=extra))
+            stub.flush()
+            self.successResultOf(d)
+            (_, _, _, headers, body), = ironic.of("/v1/heartbeat")
+            self.assertEqual(headers["x-openstack-ironic-api-version"],
+                             header)
+            self.assertEqual("agent_status" in body, sent)
+            if sent:
+                self.assertEqual(body["agent_status_message"], "50%")
+
     def test_heartbeat_errors(self) -> None:
         self.ironic.heartbeat_answers = [
             (409, {"error_message": '{"faultstring": "Node locked"}'}),
