@@ -45,6 +45,7 @@ from ipa_twisted.image.sink import DeviceSink, PositionalWriter, SinkError
 log = Logger()
 
 QUEUE_LIMIT = 32 * 1024 * 1024
+REPORT_EVERY = 4 * 1024 * 1024
 OUT_CHUNK = 4 * 1024 * 1024
 _EOF = object()
 
@@ -361,13 +362,20 @@ class _HashThread:
         self._q.put(_EOF)
 
     def _run(self) -> None:
+        done = 0
         while True:
             item = self._q.get()
             if item is _EOF:
                 break
             if self._hasher is not None:
                 self._hasher.update(item)
-            self._reactor.callFromThread(self._consumed, len(item))
+            done += len(item)
+            # tell the reactor in batches: a wake-up per chunk is costly
+            if done >= REPORT_EVERY or self._q.empty():
+                self._reactor.callFromThread(self._consumed, done)
+                done = 0
+        if done:
+            self._reactor.callFromThread(self._consumed, done)
         digest = self._hasher.hexdigest() if self._hasher else None
         self._reactor.callFromThread(self.done.callback, digest)
 
@@ -404,7 +412,6 @@ class Qcow2Target(_Pausable):
             self._resume()
 
     def write(self, data: bytes) -> None:
-        data = bytes(data)
         self._queued += len(data)
         self._hash.put(data)
         try:

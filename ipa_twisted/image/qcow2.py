@@ -187,12 +187,13 @@ class Qcow2Stream:
         cluster = self.header.cluster_size
         while view:
             # one piece per cluster, so that each piece is in one cluster
+            # (pieces are views: the data is copied once, by the writer)
             take = min(len(view), cluster - (self.pos % cluster))
-            self._scan(self.pos, bytes(view[:take]))
+            self._scan(self.pos, view[:take])
             self.pos += take
             view = view[take:]
 
-    def _scan(self, start: int, piece: bytes) -> None:
+    def _scan(self, start: int, piece: Any) -> None:
         """Handle the file bytes [start, start + len(piece)), all within one
         cluster."""
         h = self.header
@@ -222,7 +223,7 @@ class Qcow2Stream:
         if self._compressed:
             self._feed_compressed(start, piece)
 
-    def _feed_compressed(self, start: int, piece: bytes) -> None:
+    def _feed_compressed(self, start: int, piece: Any) -> None:
         end = start + len(piece)
         done = []
         for host, (stop, guest, buf) in self._compressed.items():

@@ -427,48 +427,57 @@ class PositionalWriter:
 
     def _run(self) -> None:
         start = fill = 0
+        drained = 0
         while True:
             item = self._q.get()
             offset, data = item
             if offset == "drain" or offset is _CLOSE:
                 self._flush(start, fill)
                 start = fill = 0
+                self._drained(drained)
+                drained = 0
                 if offset == "drain":
                     self._fire(data)
                     continue
                 zero, sync, d = data
                 self._close(zero, sync, d)
                 return
-            if self.error is not None:
-                self._reactor.callFromThread(self._on_drained, len(data))
-                continue
-            if fill and (offset != start + fill
-                         or fill + len(data) > BUFFER_SIZE):
-                self._flush(start, fill)
-                fill = 0
-            if len(data) >= BUFFER_SIZE:
-                self._write(offset, data)
-                self._reactor.callFromThread(self._on_drained, len(data))
-                continue
-            if fill == 0:
-                start = offset
-            self._buf[fill:fill + len(data)] = data
-            fill += len(data)
-            self._reactor.callFromThread(self._on_drained, len(data))
+            drained += len(data)
+            if self.error is None:
+                if fill and (offset != start + fill
+                             or fill + len(data) > BUFFER_SIZE):
+                    self._flush(start, fill)
+                    fill = 0
+                if len(data) >= BUFFER_SIZE:
+                    self._write(offset, data, own_buffer=False)
+                else:
+                    if fill == 0:
+                        start = offset
+                    self._buf[fill:fill + len(data)] = data
+                    fill += len(data)
             if self._q.empty():
                 self._flush(start, fill)
                 fill = 0
+            # tell the reactor in batches: a wake-up per piece is costly
+            if drained >= BUFFER_SIZE or self._q.empty():
+                self._drained(drained)
+                drained = 0
+
+    def _drained(self, n: int) -> None:
+        if n:
+            self._reactor.callFromThread(self._on_drained, n)
 
     def _flush(self, start: int, fill: int) -> None:
         if fill and self.error is None:
             with memoryview(self._buf) as view:
-                self._write(start, view[:fill])
+                self._write(start, view[:fill], own_buffer=True)
 
-    def _write(self, offset: int, data: Any) -> None:
+    def _write(self, offset: int, data: Any, own_buffer: bool) -> None:
         if self.error is not None:
             return
-        aligned = (self._direct is not None and offset % ALIGN == 0
-                   and len(data) % ALIGN == 0 and isinstance(data, memoryview))
+        # O_DIRECT needs an aligned memory buffer: only our own mmap is
+        aligned = (own_buffer and self._direct is not None
+                   and offset % ALIGN == 0 and len(data) % ALIGN == 0)
         fd = self._direct if aligned else self._plain
         assert fd is not None
         try:
