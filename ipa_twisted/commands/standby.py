@@ -20,6 +20,8 @@ from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
 from ipa_twisted.image import checksum as checksums
+from ipa_twisted.image import configdrive as configdrive_mod
+from ipa_twisted.image import partition_image
 from ipa_twisted.image.writer import download_to_device
 from ipa_twisted.process import ProcessError
 
@@ -80,6 +82,8 @@ def validate_image_info(image_info: Any, md5_enabled: bool) -> None:
                 f"image URL {url!r} is not http:// or https://"
             )
     checksums.checksum_spec(image_info, md5_enabled)
+    if image_info.get("image_type") == "partition":
+        partition_image.check_fields(image_info)
 
 
 class StandbyExtension(Extension):
@@ -164,18 +168,17 @@ class StandbyExtension(Extension):
         image_id = str(image_info["id"])
         if configdrive is None:
             configdrive = image_info.get("configdrive")
-        if image_info.get("image_type") == "partition":
-            raise errors.InvalidImage("partition images are not supported yet")
-        if configdrive:
-            raise errors.DeploymentError(
-                "config drives are not supported yet"
-            )
         device = await self.agent.hardware.dispatch(
             "get_os_install_device", permit_refresh=True)
         self.agent.guard.check(device)
         spec = checksums.checksum_spec(image_info, self.agent.md5_enabled)
         expected_algo, expected = await self._resolve_checksum(
             spec, image_info)
+        if image_info.get("image_type") == "partition":
+            message = await self._partition_image(
+                image_info, device, configdrive, expected_algo, expected)
+            log.info(message)
+            return message
         if self.cached_image_id != image_id:
             await self._write(image_info, device, expected_algo, expected)
             self.cached_image_id = image_id
@@ -183,6 +186,11 @@ class StandbyExtension(Extension):
             log.info("image {id} is already on {dev}", id=image_id,
                      dev=device)
         partitions = await self._after_write(device)
+        if configdrive:
+            drive = await configdrive_mod.fetch(self.agent, configdrive)
+            part = await configdrive_mod.add_to_whole_disk(self.agent, device,
+                                                           drive)
+            log.info("config drive on {part}", part=part)
         root_uuid = await self.agent.in_thread(blockio.disk_identifier,
                                                device)
         self.partition_uuids = {"root uuid": root_uuid}
@@ -191,6 +199,28 @@ class StandbyExtension(Extension):
         message = (f"image ({image_id}) written to device {device} "
                    f"root_uuid={root_uuid}")
         log.info(message)
+        return message
+
+    async def _partition_image(self, image_info: dict[str, Any], device: str,
+                               configdrive: Any, algo: str, expected: str
+                               ) -> str:
+        import platform
+
+        paths, _, _, _ = await partition_image.prepare(
+            self.agent, image_info, device, configdrive, self.agent.node,
+            platform.machine())
+        await self._write(image_info, paths["root"], algo, expected,
+                          wipe=device)
+        self.cached_image_id = str(image_info["id"])
+        uuids = await partition_image.finish(self.agent, image_info, device,
+                                             paths)
+        self.partition_uuids = uuids
+        message = (f"image ({image_info['id']}) written to device {device} "
+                   f"root_uuid={uuids['root uuid']}")
+        if image_info.get("deploy_boot_mode") == "uefi" and \
+                uuids.get("efi system partition uuid"):
+            message += (f" efi_system_partition_uuid="
+                        f"{uuids['efi system partition uuid']}")
         return message
 
     async def _resolve_checksum(self, spec: checksums.ChecksumSpec,
@@ -222,7 +252,10 @@ class StandbyExtension(Extension):
         return algo, digest
 
     async def _write(self, image_info: Mapping[str, Any], device: str,
-                     algo: str, expected: str) -> None:
+                     algo: str, expected: str, wipe: str | None = None
+                     ) -> None:
+        """Stream the image onto ``device`` (a disk, or the root partition
+        of a partition image); on failure wipe ``wipe`` (the disk)."""
         image_id = str(image_info["id"])
         try:
             result = await download_to_device(
@@ -230,12 +263,12 @@ class StandbyExtension(Extension):
                 headers=auth_headers(image_info, self.agent.config),
                 on_progress=self.agent.report_progress)
         except BaseException:
-            await self._wipe(device)
+            await self._wipe(wipe or device)
             raise
         finally:
             self.agent.report_progress(None)
         if result.digest != expected.lower():
-            await self._wipe(device)
+            await self._wipe(wipe or device)
             raise errors.ImageChecksumError(image_id, result.url, expected,
                                             str(result.digest))
         log.info("image {id} ({fmt}, {mib} MiB, {attempts} attempt(s)): "

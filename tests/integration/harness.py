@@ -581,3 +581,42 @@ def workdir(cleanups: Cleanups, keep: bool = False) -> str:
         cleanups.add(f"workdir {path}",
                      lambda: shutil.rmtree(path, ignore_errors=True))
     return path
+
+
+def make_config_drive(directory: str, meta: dict[str, Any]) -> str:
+    """A real config drive as Ironic sends it: an ISO9660 labelled
+    config-2 (genisoimage, the options openstacksdk uses), gzipped, in
+    base64."""
+    import base64
+    import gzip as gz
+
+    tree = os.path.join(directory, "cd-tree")
+    for version in ("2012-08-10", "latest"):
+        d = os.path.join(tree, "openstack", version)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "meta_data.json"), "w") as f:
+            json.dump(meta, f)
+    iso = os.path.join(directory, "cd.iso")
+    run(["genisoimage", "-o", iso, "-ldots", "-allow-lowercase",
+         "-allow-multidot", "-l", "-publisher", "ipa-twisted-tests",
+         "-quiet", "-J", "-r", "-V", "config-2", tree])
+    with open(iso, "rb") as f:
+        return base64.b64encode(gz.compress(f.read())).decode("ascii")
+
+
+def make_fs_image(path: str, size: int, label: str = "root") -> tuple[str, str]:
+    """An ext4 filesystem image with a file in it: (sha256, fs uuid)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    src = path + ".d"
+    os.makedirs(os.path.join(src, "etc"), exist_ok=True)
+    with open(os.path.join(src, "etc", "hostname"), "w") as f:
+        f.write("deployed-by-ipa-twisted\n")
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", src, path])
+    fs_uuid = run(["blkid", "-o", "value", "-s", "UUID", path]).stdout.strip()
+    return file_sha256(path), fs_uuid
+
+
+def blkid(device: str, tag: str) -> str:
+    return run(["blkid", "-p", "-o", "value", "-s", tag, device],
+               check=False).stdout.strip()

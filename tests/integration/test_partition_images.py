@@ -1,0 +1,207 @@
+"""Partition images and config drives, written by a sandboxed agent onto
+loop devices (512-byte and 4 KiB sectors), checked with the system's own
+tools (blkid, parted, bsdtar, mtools)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.integration import agent_api
+from tests.integration import harness as h
+from tests.integration.base import unavailable
+
+MiB = 1024 * 1024
+TOKEN = "p" * 40
+META = {"uuid": "5a3c0b6e-6e04-4c3c-8a6e-2f4d1c9f7e11", "name": "e2e"}
+
+
+class PartitionImageTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        try:
+            h.require_prerequisites()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.cleanups = h.Cleanups()
+        self.addCleanup(self.cleanups.run)
+        self.workdir = h.workdir(self.cleanups)
+        self.netns = h.make_netns(self.cleanups)
+        self.www = os.path.join(self.workdir, "www")
+        os.makedirs(self.www)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-m",
+             "http.server", "--bind", "127.0.0.1", "8091", "--directory",
+             self.www], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self.cleanups.add("image server", lambda: h.stop_process(proc))
+        time.sleep(0.8)
+
+    def loop(self, sector: int = 512) -> str:
+        backing = os.path.join(self.workdir, f"disk-{sector}.img")
+        with open(backing, "wb") as f:
+            f.truncate(5 << 30)
+        dev = h.run(["losetup", "--find", "--show", "--partscan",
+                     "--sector-size", str(sector), backing]).stdout.strip()
+        self.cleanups.add(f"loop {dev}", lambda: h.run(["losetup", "-d",
+                                                        dev]))
+        return dev
+
+    def agent(self, device: str, node: dict[str, Any] | None = None) -> Any:
+        agent = h.Agent(self.cleanups, self.netns, self.workdir, device, None,
+                        ["--standalone", "--agent-token", TOKEN,
+                         "--listen-host", "127.0.0.1"],
+                        name=f"agent-{os.path.basename(device)}")
+        agent.wait_for_log("agent API listening", 30)
+        if node is not None:
+            body = agent_api.command(self.netns, TOKEN, "poll.set_node_info",
+                                     node_info={"node": node})
+            self.assertEqual(body["command_status"], "SUCCEEDED", body)
+        return agent
+
+    def prepare(self, info: dict[str, Any], configdrive: str | None = None
+                ) -> dict[str, Any]:
+        result = agent_api.command(self.netns, TOKEN, "standby.prepare_image",
+                                   image_info=info, configdrive=configdrive)
+        return result
+
+    def partition_info(self, name: str, digest: str, **extra: Any
+                       ) -> dict[str, Any]:
+        info = {"id": name, "urls": [f"http://127.0.0.1:8091/{name}"],
+                "os_hash_algo": "sha256", "os_hash_value": digest,
+                "disk_format": "raw", "image_type": "partition",
+                "root_mb": 300, "swap_mb": 64, "ephemeral_mb": 128,
+                "ephemeral_format": "ext4", "preserve_ephemeral": False}
+        info.update(extra)
+        return info
+
+    def test_bios_mbr_partition_image_with_config_drive(self) -> None:
+        device = self.loop()
+        digest, fs_uuid = h.make_fs_image(os.path.join(self.www, "root.img"),
+                                          200 * MiB)
+        self.agent(device)
+        drive = h.make_config_drive(self.workdir, META)
+        result = self.prepare(self.partition_info("root.img", digest), drive)
+        self.assertEqual(result["command_status"], "SUCCEEDED", result)
+        self.assertIn(f"root_uuid={fs_uuid}",
+                      result["command_result"]["result"])
+        uuids = agent_api.command(self.netns, TOKEN,
+                                  "standby.get_partition_uuids"
+                                  )["command_result"]
+        p = uuids["partitions"]
+        self.assertEqual(sorted(p), ["configdrive", "ephemeral", "root",
+                                     "swap"])
+        self.assertEqual(uuids["root uuid"], fs_uuid)
+        self.assertIsNone(uuids["efi system partition uuid"])
+        self.assertEqual(h.blkid(device, "PTTYPE"), "dos")
+        # order: ephemeral, swap, config drive, root (last, for growroot)
+        self.assertEqual([p["ephemeral"], p["swap"], p["configdrive"],
+                          p["root"]],
+                         [f"{device}p{n}" for n in (1, 2, 3, 4)])
+        self.assertEqual(h.blkid(p["swap"], "TYPE"), "swap")
+        self.assertEqual(h.blkid(p["swap"], "LABEL"), "swap1")
+        self.assertEqual(h.blkid(p["ephemeral"], "TYPE"), "ext4")
+        self.assertEqual(h.blkid(p["ephemeral"], "LABEL"), "ephemeral0")
+        self.assertEqual(h.blkid(p["configdrive"], "TYPE"), "iso9660")
+        self.assertEqual(h.blkid(p["configdrive"], "LABEL"), "config-2")
+        self.assertEqual(h.device_sha256(p["root"], 200 * MiB), digest)
+        parted = h.run(["parted", "-s", "-m", device, "unit", "MiB",
+                        "print"]).stdout
+        self.assertIn("4:", parted)
+        self.assertRegex(parted, r"4:\d+MiB:\d+MiB:300MiB:ext4::boot;")
+
+    def test_uefi_gpt_partition_image(self) -> None:
+        device = self.loop()
+        digest, fs_uuid = h.make_fs_image(os.path.join(self.www, "root.img"),
+                                          100 * MiB)
+        self.agent(device, {"uuid": "n", "instance_info": {
+            "deploy_boot_mode": "uefi"}})
+        result = self.prepare(self.partition_info(
+            "root.img", digest, swap_mb=0, ephemeral_mb=0,
+            deploy_boot_mode="uefi", root_mb=150))
+        self.assertEqual(result["command_status"], "SUCCEEDED", result)
+        uuids = agent_api.command(self.netns, TOKEN,
+                                  "standby.get_partition_uuids"
+                                  )["command_result"]
+        esp = uuids["partitions"]["efi system partition"]
+        self.assertEqual(h.blkid(device, "PTTYPE"), "gpt")
+        self.assertEqual(h.blkid(esp, "TYPE"), "vfat")
+        self.assertEqual(h.blkid(esp, "LABEL"), "efi-part")
+        self.assertEqual(uuids["efi system partition uuid"],
+                         h.blkid(esp, "UUID"))
+        self.assertIn("efi_system_partition_uuid=",
+                      result["command_result"]["result"])
+        self.assertEqual(uuids["root uuid"], fs_uuid)
+
+    def test_bios_gpt_partition_image_has_bios_boot(self) -> None:
+        device = self.loop()
+        digest, _ = h.make_fs_image(os.path.join(self.www, "root.img"),
+                                    64 * MiB)
+        self.agent(device, {"uuid": "n", "properties": {
+            "capabilities": "disk_label:gpt,boot_mode:bios"}})
+        result = self.prepare(self.partition_info(
+            "root.img", digest, swap_mb=0, ephemeral_mb=0, root_mb=100))
+        self.assertEqual(result["command_status"], "SUCCEEDED", result)
+        uuids = agent_api.command(self.netns, TOKEN,
+                                  "standby.get_partition_uuids"
+                                  )["command_result"]
+        self.assertEqual(sorted(uuids["partitions"]),
+                         ["BIOS Boot partition", "root"])
+        sgdisk = h.run(["sgdisk", "-i", "1", device]).stdout
+        self.assertIn("21686148-6449-6E6F-744E-656564454649", sgdisk)
+
+    def test_whole_disk_images_get_a_config_drive(self) -> None:
+        for table in ("msdos", "gpt"):
+            device = self.loop()
+            image = os.path.join(self.www, f"disk-{table}.img")
+            with open(image, "wb") as f:
+                f.truncate(64 * MiB)
+            h.run(["parted", "-s", image, "mklabel", table, "mkpart",
+                   "primary", "ext4", "1MiB", "60MiB"])
+            digest = h.file_sha256(image)
+            self.agent(device)
+            drive = h.make_config_drive(self.workdir, META)
+            result = self.prepare({
+                "id": f"disk-{table}.img",
+                "urls": [f"http://127.0.0.1:8091/disk-{table}.img"],
+                "os_hash_algo": "sha256", "os_hash_value": digest,
+                "disk_format": "raw"}, drive)
+            self.assertEqual(result["command_status"], "SUCCEEDED", result)
+            part = f"{device}p2"
+            self.assertEqual(h.blkid(part, "LABEL"), "config-2", table)
+            size = int(h.run(["blockdev", "--getsize64", part]).stdout)
+            self.assertTrue(63 * MiB <= size <= 66 * MiB, size)
+            # at the end of the disk
+            parted = h.run(["parted", "-s", "-m", device, "unit", "MiB",
+                            "print"]).stdout
+            self.assertRegex(parted, r"\n2:\d+MiB:51\d\dMiB:")
+            agent_api.call(self.netns, "GET", "/v1/status")
+            h.run(["pkill", "-f", f"agent-{os.path.basename(device)}"],
+                  check=False)
+            time.sleep(0.5)
+
+    def test_config_drive_on_4k_sectors_is_rebuilt_as_fat(self) -> None:
+        device = self.loop(4096)
+        digest, _ = h.make_fs_image(os.path.join(self.www, "root.img"),
+                                    64 * MiB)
+        self.agent(device)
+        drive = h.make_config_drive(self.workdir, META)
+        result = self.prepare(self.partition_info(
+            "root.img", digest, swap_mb=0, ephemeral_mb=0, root_mb=100),
+            drive)
+        self.assertEqual(result["command_status"], "SUCCEEDED", result)
+        part = agent_api.command(self.netns, TOKEN,
+                                 "standby.get_partition_uuids"
+                                 )["command_result"]["partitions"][
+                                     "configdrive"]
+        self.assertEqual(h.blkid(part, "TYPE"), "vfat")
+        self.assertEqual(h.blkid(part, "LABEL"), "CONFIG-2")
+        listing = h.run(["mdir", "-i", part, "-b", "-/", "::"]).stdout
+        self.assertIn("meta_data.json", listing)
+        meta = h.run(["mtype", "-i", part,
+                      "::/openstack/latest/meta_data.json"]).stdout
+        self.assertIn(META["uuid"], meta)
