@@ -297,7 +297,8 @@ class Ironic:
 
     def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
                  heartbeat_timeout: int = 30, fast_track: bool = False,
-                 listen: str = "127.0.0.1") -> None:
+                 listen: str = "127.0.0.1",
+                 manage_agent_boot: bool = True) -> None:
         self.netns = netns
         self.workdir = workdir
         self.port = 6385
@@ -309,6 +310,7 @@ class Ironic:
         for key, value in {
             "@WORKDIR@": workdir, "@API_PORT@": str(self.port),
             "@API_HOST@": listen,
+            "@MANAGE_AGENT_BOOT@": "true" if manage_agent_boot else "false",
             "@HTTP_PORT@": str(self.http_port),
             "@HEARTBEAT_TIMEOUT@": str(heartbeat_timeout),
             "@FAST_TRACK@": "true" if fast_track else "false",

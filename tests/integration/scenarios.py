@@ -17,7 +17,8 @@ class Environment:
 
     def __init__(self, disk_size: int = 5 * GiB, heartbeat_timeout: int = 30,
                  keep: bool = False, fast_track: bool = False,
-                 listen: str = "127.0.0.1") -> None:
+                 listen: str = "127.0.0.1",
+                 manage_agent_boot: bool = True) -> None:
         h.require_prerequisites()
         self.runs = 0
         self.cleanups = h.Cleanups()
@@ -31,7 +32,8 @@ class Environment:
                                              disk_size)
             h.say(f"node disk: {self.device} ({disk_size // GiB} GiB, sparse)")
             self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
-                                   heartbeat_timeout, fast_track, listen)
+                                   heartbeat_timeout, fast_track, listen,
+                                   manage_agent_boot)
             t0 = time.monotonic()
             self.ironic.start()
             h.say(f"Ironic {h.IRONIC_VERSION} up on 127.0.0.1:"
@@ -99,6 +101,43 @@ def publish_image(env: Environment, image_size: int, kind: str
         raise ValueError(kind)
     file_digest = h.file_sha256(os.path.join(env.workdir, "www", name))
     return name, fmt, file_digest, disk_digest
+
+
+def deploy_partition_image(env: Environment) -> dict[str, Any]:
+    """A partition image (ext4) with swap, ephemeral and a config drive,
+    deployed by a real Ironic."""
+    api = env.api
+    image = os.path.join(env.workdir, "www", "root.img")
+    digest, fs_uuid = h.make_fs_image(image, 256 * MiB)
+    drive = h.make_config_drive(env.workdir, {"uuid": "e2e", "name": "e2e"})
+    env.ironic.enroll("e2e-part", {"name": env.device})
+    api.provision("e2e-part", "manage")
+    api.wait_for_state("e2e-part", {"manageable"}, 60)
+    api.provision("e2e-part", "provide")
+    api.wait_for_state("e2e-part", {"available"}, 60)
+    api.call("PATCH", "/v1/nodes/e2e-part", [
+        {"op": "add", "path": "/instance_info", "value": {
+            "image_source": env.ironic.image_url("root.img"),
+            "image_os_hash_algo": "sha256", "image_os_hash_value": digest,
+            "image_disk_format": "raw",
+            "kernel": env.ironic.image_url("deploy.kernel"),
+            "ramdisk": env.ironic.image_url("deploy.initrd"),
+            "root_gb": 1, "swap_mb": 64, "ephemeral_gb": 1}}])
+    t0 = time.monotonic()
+    api.provision("e2e-part", "active", configdrive=drive)
+    api.wait_for_state("e2e-part", {"wait call-back"}, 60)
+    agent = env.agent("part-agent")
+    try:
+        node = api.wait_for_state("e2e-part", {"active"}, 300)
+    except Exception:
+        h.say(env.logs_tail(agent))
+        raise
+    took = time.monotonic() - t0
+    h.say(f"partition image deployed in {took:.1f} s")
+    log = agent.read_log()
+    agent.stop()
+    return {"node": node, "digest": digest, "fs_uuid": fs_uuid,
+            "agent_log": log, "seconds": took}
 
 
 def deploy(env: Environment, image_size: int = 256 * MiB, kind: str = "raw"

@@ -1,0 +1,41 @@
+"""A real Ironic 39.0.0 deploys a partition image with a config drive
+through our agent (Ironic configured with manage_agent_boot = false: the
+bootloader step needs a bootable image, see the image-pipeline issue)."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.integration import harness as h
+from tests.integration import scenarios
+from tests.integration.base import unavailable
+
+MiB = 1024 * 1024
+
+
+class PartitionDeployTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        try:
+            self.env = scenarios.Environment(manage_agent_boot=False)
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def test_partition_image_with_config_drive(self) -> None:
+        result = scenarios.deploy_partition_image(self.env)
+        self.assertEqual(result["node"]["provision_state"], "active")
+        dev = self.env.device
+        self.assertEqual(h.blkid(dev, "PTTYPE"), "dos")
+        # ephemeral (1 GiB), swap, config drive, root (1 GiB) last
+        self.assertEqual(h.blkid(f"{dev}p1", "LABEL"), "ephemeral0")
+        self.assertEqual(h.blkid(f"{dev}p2", "TYPE"), "swap")
+        self.assertEqual(h.blkid(f"{dev}p3", "LABEL"), "config-2")
+        self.assertEqual(h.blkid(f"{dev}p4", "UUID"), result["fs_uuid"])
+        self.assertEqual(h.device_sha256(f"{dev}p4", 256 * MiB),
+                         result["digest"])
+        # Ironic recorded the root partition's UUID from get_partition_uuids
+        internal = result["node"]["driver_internal_info"]
+        self.assertEqual(internal.get("root_uuid_or_disk_id"),
+                         result["fs_uuid"])
+        self.assertIn("running command standby.get_partition_uuids",
+                      result["agent_log"])
