@@ -132,6 +132,9 @@ class AgentService(MultiService):
                                        config.tls_min_version)
             http = HTTPClient(Agent(reactor, contextFactory=policy,
                                          pool=pool))
+            self._tls_policy: Any = policy
+        else:
+            self._tls_policy = None
         self.http = http
         self.context = AgentContext(
             config=config,
@@ -139,6 +142,7 @@ class AgentService(MultiService):
             process=ProcessRunner(reactor, reactor),
             guard=DeviceGuard(config.device_allowlist),
             http=http,
+            tls_policy=self._tls_policy,
             force_heartbeat=self.force_heartbeat,
         )
         self._hardware = hardware

@@ -27,6 +27,8 @@ class AgentContext:
     guard: DeviceGuard
     #: treq-like client for image and checksum downloads.
     http: Any = None
+    #: the TLS policy of ``http`` (for proxied connections)
+    tls_policy: Any = None
     hardware: Any = None  # HardwareManagers, once loaded
     extensions: Mapping[str, Any] = attrs.field(factory=dict)
     #: The node as the last lookup (or command) gave it.

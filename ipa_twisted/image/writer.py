@@ -64,6 +64,7 @@ async def download_to_device(
     permitted = tuple(context.lookup_config.get("permitted_image_formats")
                       or formats.DEFAULT_PERMITTED)
     context.guard.check(device)
+    http, headers = _client(context, url, image_info, headers)
     device_size = await context.in_thread(blockio.device_size, device)
     progress = Progress(clock, image_id, device, total=None)
     gate = FormatGate(clock, device, algo, image_info.get("disk_format"),
@@ -107,7 +108,7 @@ async def download_to_device(
                      else "")
             try:
                 await stream_body(
-                    context.http, clock, url, gate, image_id,
+                    http, clock, url, gate, image_id,
                     config.image_download_connection_timeout,
                     headers=headers, offset=gate.received,
                     on_response=on_response)
@@ -127,7 +128,7 @@ async def download_to_device(
         written, digest = await gate.finish()
         target = gate.target
         while isinstance(target, Qcow2Target) and target.stream.missed:
-            await _refetch(context, url, target, image_id)
+            await _refetch(context, http, url, target)
         await gate.finalize()
     except BaseException as e:
         try:
@@ -146,8 +147,37 @@ async def download_to_device(
                        attempt)
 
 
-async def _refetch(context: Any, url: str, target: Qcow2Target,
-                   image_id: str) -> None:
+def _client(context: Any, url: str, image_info: Mapping[str, Any],
+            headers: Mapping[str, str] | None
+            ) -> tuple[Any, dict[str, str]]:
+    """The HTTP client for this image (through a proxy when image_info
+    says so) and the headers to send."""
+    from urllib.parse import urlparse
+
+    from ipa_twisted.image.proxy import client_through, proxy_for
+    from ipa_twisted.tls import client_policy
+
+    out = dict(headers or {})
+    proxies = image_info.get("proxies")
+    if proxies is not None and not isinstance(proxies, dict):
+        raise errors.InvalidCommandParamsError("proxies must be an object")
+    proxy = proxy_for(url, proxies, image_info.get("no_proxy"))
+    if proxy is None:
+        return context.http, out
+    config = context.config
+    policy = context.tls_policy or client_policy(
+        config.insecure, config.cafile, config.certfile, config.keyfile,
+        config.tls_min_version)
+    client, extra = client_through(context.reactor, proxy,
+                                   urlparse(url).scheme, policy)
+    log.info("downloading {url} through the proxy {proxy}", url=url,
+             proxy=proxy.split("@")[-1])
+    out.update(extra)
+    return client, out
+
+
+async def _refetch(context: Any, http: Any, url: str,
+                   target: Qcow2Target) -> None:
     """Fetch again, by byte range, what went by before it was known to be
     needed (qcow2 tables behind their data)."""
     missed = target.stream.take_missed()
@@ -155,7 +185,7 @@ async def _refetch(context: Any, url: str, target: Qcow2Target,
              "tables that map them)", n=len(missed))
     timeout = context.config.image_download_connection_timeout
     for item in missed:
-        data = await fetch_range(context.http, context.reactor, url,
+        data = await fetch_range(http, context.reactor, url,
                                  item.host, item.length, timeout)
         if data is None:
             raise errors.InvalidImage(

@@ -16,16 +16,20 @@ from typing import Any
 import zstandard
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
+from twisted.web import proxy
 from twisted.web.server import NOT_DONE_YET, Site
 
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
 from ipa_twisted.context import AgentContext
 from ipa_twisted.hardware.disks import DeviceGuard
+from ipa_twisted.image.proxy import bypass, proxy_for
 from ipa_twisted.image.writer import download_to_device, retry_pause
 from ipa_twisted.testing import FakeProcessRunner
 from tests.integration import harness as h
@@ -84,7 +88,7 @@ class Files(Resource):
         return data
 
 
-class PipelineTests(TestCase):
+class _PipelineBase(TestCase):
     def setUp(self) -> None:
         self.server = Files()
         port = reactor.listenTCP(0, Site(self.server), interface="127.0.0.1")
@@ -123,8 +127,9 @@ class PipelineTests(TestCase):
         with open(self.disk, "rb") as f:
             return f.read(n)
 
-    # -------------------------------------------------------------- formats
 
+
+class PipelineTests(_PipelineBase):
     async def test_raw(self) -> None:
         result = await self.write(self.serve("disk.img", RAW))
         self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
@@ -251,3 +256,116 @@ class PipelineTests(TestCase):
         self.assertEqual(retry_pause(3, 100), 100)
 
 
+
+
+class _Pipe(Protocol):
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+
+    def dataReceived(self, data: bytes) -> None:
+        self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class ConnectProxy(Protocol):
+    """A minimal CONNECT proxy (what corporate proxies do for https)."""
+
+    seen: list[str] = []
+
+    def connectionMade(self) -> None:
+        self.buf = b""
+        self.pipe: _Pipe | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.transport.write(data)
+            return
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf:
+            return
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        method, target, _ = head.split(b"\r\n")[0].split(b" ", 2)
+        ConnectProxy.seen.append(head.decode())
+        host, port = target.decode().rsplit(":", 1)
+        self.pipe = _Pipe(self)
+        d = connectProtocol(TCP4ClientEndpoint(reactor, host, int(port)),
+                            self.pipe)
+
+        def ready(_: Any) -> None:
+            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                self.pipe.transport.write(rest)
+
+        d.addCallback(ready)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.pipe is not None and self.pipe.transport is not None:
+            self.pipe.transport.loseConnection()
+
+
+class ProxyTests(_PipelineBase):
+    def test_no_proxy_rules(self) -> None:
+        self.assertTrue(bypass("images.example.com", "example.com"))
+        self.assertTrue(bypass("10.1.2.3", "10.0.0.0/8,foo"))
+        self.assertTrue(bypass("x", "*"))
+        self.assertFalse(bypass("example.org", "example.com,.net"))
+        self.assertEqual(proxy_for("http://a/x", {"http": "http://p:3128"},
+                                   None), "http://p:3128")
+        self.assertIsNone(proxy_for("https://a/x", {"http": "http://p"},
+                                    None))
+        self.assertIsNone(proxy_for("http://a.lan/x", {"http": "http://p"},
+                                    "lan"))
+
+    async def test_http_proxy(self) -> None:
+        seen: list[bytes] = []
+
+        class Recording(proxy.ProxyRequest):
+            def process(self) -> None:
+                seen.append(self.uri)
+                super().process()
+
+        class Channel(proxy.Proxy):
+            requestFactory = Recording
+
+        from twisted.web.http import HTTPFactory
+
+        factory = HTTPFactory()
+        factory.protocol = Channel  # type: ignore[assignment]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        info = self.serve("disk.img", RAW)
+        info["proxies"] = {"http": f"http://127.0.0.1:{port.getHost().port}"}
+        result = await self.write(info)
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
+        self.assertEqual(seen, [(self.base + "disk.img").encode()])
+
+    async def test_https_through_connect(self) -> None:
+        from ipa_twisted import tls
+
+        cert = tls.save_certificate(
+            tls.generate_certificate("127.0.0.1", "images"),
+            os.path.abspath(self.mktemp()))
+        options = tls.server_options(cert.cert_pem, cert.key_pem)
+        https = reactor.listenSSL(0, Site(self.server), options,
+                                  interface="127.0.0.1")
+        self.addCleanup(https.stopListening)
+        ConnectProxy.seen = []
+        proxy_port = reactor.listenTCP(0, Factory.forProtocol(ConnectProxy),
+                                       interface="127.0.0.1")
+        self.addCleanup(proxy_port.stopListening)
+        self.context.tls_policy = tls.client_policy(cafile=cert.cert_path)
+        self.server.files["disk.img"] = RAW
+        url = f"https://127.0.0.1:{https.getHost().port}/disk.img"
+        result = await self.write({
+            "id": "img", "urls": [url], "disk_format": "raw",
+            "proxies": {"https":
+                        f"http://u:p@127.0.0.1:{proxy_port.getHost().port}"}})
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+        connect, = ConnectProxy.seen
+        self.assertTrue(connect.startswith(
+            f"CONNECT 127.0.0.1:{https.getHost().port} HTTP/1.1"))
+        self.assertIn("Proxy-Authorization: Basic dTpw", connect)
