@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "ipa_twisted.extensions"
 def builtin_extensions() -> dict[str, type]:
     """Our own extensions, for when the package's entry points are not
     installed (running from a source tree)."""
+    from ipa_twisted.commands.image import ImageExtension
     from ipa_twisted.commands.log import LogExtension
     from ipa_twisted.commands.poll import PollExtension
     from ipa_twisted.commands.standby import StandbyExtension
@@ -30,7 +31,7 @@ def builtin_extensions() -> dict[str, type]:
 
     return {cls.name: cls for cls in (
         CleanExtension, DeployExtension, ServiceExtension, StandbyExtension,
-        PollExtension, LogExtension,
+        PollExtension, LogExtension, ImageExtension,
     )}
 
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 packages=(parted gdisk udev util-linux fdisk psmisc dmidecode lshw ipmitool
           qemu-utils iproute2 dosfstools mtools libarchive-tools e2fsprogs
-          genisoimage gzip curl python3-venv python3-pip)
+          genisoimage gzip curl debootstrap gcc libc6-dev python3-venv
+          python3-pip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

@@ -619,6 +619,67 @@ def make_fs_image(path: str, size: int, label: str = "root") -> tuple[str, str]:
     return file_sha256(path), fs_uuid
 
 
+def debian_root() -> str:
+    """A minimal Debian 12 root tree with GRUB (debootstrap, made once and
+    kept as a tarball in the cache); returns the tarball's path."""
+    tarball = os.path.join(cache_dir(), "debian-bookworm-grub.tar")
+    if os.path.exists(tarball):
+        return tarball
+    if shutil.which("debootstrap") is None:
+        raise Unavailable("needs debootstrap (tools/setup-host.sh)")
+    with open(tarball + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(tarball):
+            return tarball
+        tmp = tempfile.mkdtemp(prefix="debootstrap-")
+        try:
+            say("debootstrap: a minimal Debian with GRUB (once)")
+            result = run(["debootstrap", "--variant=minbase",
+                          "--include=grub-pc-bin,grub2-common", "bookworm",
+                          tmp, "http://deb.debian.org/debian"], check=False)
+            if result.returncode != 0:
+                raise Unavailable(f"debootstrap failed: "
+                                  f"{result.stderr.strip()[-300:]}")
+            run(["tar", "-C", tmp, "-cf", tarball + ".part", "."])
+            os.rename(tarball + ".part", tarball)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tarball
+
+
+def make_os_image(path: str, size: int,
+                  files: dict[str, bytes] | None = None) -> tuple[str, str]:
+    """An ext4 image of the Debian tree (plus ``files``, absolute path in
+    the image to content): (sha256, fs uuid)."""
+    tree = path + ".d"
+    os.makedirs(tree, exist_ok=True)
+    run(["tar", "-C", tree, "-xf", debian_root()])
+    for name, text in (files or {}).items():
+        target = os.path.join(tree, name.lstrip("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(text)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, path])
+    shutil.rmtree(tree, ignore_errors=True)
+    fs_uuid = run(["blkid", "-o", "value", "-s", "UUID", path]).stdout.strip()
+    return file_sha256(path), fs_uuid
+
+
+def build_loop_geometry_shim(workdir: str) -> str:
+    """Compile shims/loop_geometry.c (see its header) into ``workdir``."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise Unavailable("no C compiler (apt install gcc libc6-dev) to "
+                          "build the loop geometry shim")
+    source = os.path.join(os.path.dirname(__file__), "shims",
+                          "loop_geometry.c")
+    target = os.path.join(workdir, "loop_geometry.so")
+    run([cc, "-shared", "-fPIC", "-O2", "-o", target, source, "-ldl"])
+    return target
+
+
 def blkid(device: str, tag: str) -> str:
     return run(["blkid", "-p", "-o", "value", "-s", tag, device],
                check=False).stdout.strip()

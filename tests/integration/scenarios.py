@@ -106,34 +106,61 @@ def publish_image(env: Environment, image_size: int, kind: str
 def deploy_partition_image(env: Environment) -> dict[str, Any]:
     """A partition image (ext4) with swap, ephemeral and a config drive,
     deployed by a real Ironic."""
-    api = env.api
     image = os.path.join(env.workdir, "www", "root.img")
     digest, fs_uuid = h.make_fs_image(image, 256 * MiB)
     drive = h.make_config_drive(env.workdir, {"uuid": "e2e", "name": "e2e"})
-    env.ironic.enroll("e2e-part", {"name": env.device})
-    api.provision("e2e-part", "manage")
-    api.wait_for_state("e2e-part", {"manageable"}, 60)
-    api.provision("e2e-part", "provide")
-    api.wait_for_state("e2e-part", {"available"}, 60)
-    api.call("PATCH", "/v1/nodes/e2e-part", [
+    return _deploy_partition(env, "e2e-part", "root.img", digest, fs_uuid,
+                             {"root_gb": 1, "swap_mb": 64, "ephemeral_gb": 1},
+                             drive)
+
+
+def deploy_bootable_partition_image(env: Environment) -> dict[str, Any]:
+    """A Debian root filesystem (debootstrap) as a partition image; Ironic
+    then asks the agent to install GRUB into it (BIOS)."""
+    image = os.path.join(env.workdir, "www", "debian.img")
+    shim = h.build_loop_geometry_shim(env.workdir)
+    with open(shim, "rb") as f:
+        library = f.read()
+    # see tests/integration/shims/loop_geometry.c: GRUB on a loop device
+    digest, fs_uuid = h.make_os_image(
+        image, 700 * MiB, files={
+            "/usr/local/lib/loop_geometry.so": library,
+            "/etc/ld.so.preload": b"/usr/local/lib/loop_geometry.so\n"})
+    return _deploy_partition(env, "e2e-grub", "debian.img", digest, fs_uuid,
+                             {"root_gb": 1}, None)
+
+
+def _deploy_partition(env: Environment, name: str, image: str, digest: str,
+                      fs_uuid: str, sizes: dict[str, int],
+                      drive: str | None) -> dict[str, Any]:
+    api = env.api
+    env.ironic.enroll(name, {"name": env.device})
+    api.provision(name, "manage")
+    api.wait_for_state(name, {"manageable"}, 60)
+    api.provision(name, "provide")
+    api.wait_for_state(name, {"available"}, 60)
+    api.call("PATCH", f"/v1/nodes/{name}", [
         {"op": "add", "path": "/instance_info", "value": {
-            "image_source": env.ironic.image_url("root.img"),
+            "image_source": env.ironic.image_url(image),
             "image_os_hash_algo": "sha256", "image_os_hash_value": digest,
             "image_disk_format": "raw",
             "kernel": env.ironic.image_url("deploy.kernel"),
             "ramdisk": env.ironic.image_url("deploy.initrd"),
-            "root_gb": 1, "swap_mb": 64, "ephemeral_gb": 1}}])
+            **sizes}}])
     t0 = time.monotonic()
-    api.provision("e2e-part", "active", configdrive=drive)
-    api.wait_for_state("e2e-part", {"wait call-back"}, 60)
-    agent = env.agent("part-agent")
+    if drive is None:
+        api.provision(name, "active")
+    else:
+        api.provision(name, "active", configdrive=drive)
+    api.wait_for_state(name, {"wait call-back"}, 60)
+    agent = env.agent(f"{name}-agent")
     try:
-        node = api.wait_for_state("e2e-part", {"active"}, 300)
+        node = api.wait_for_state(name, {"active"}, 300)
     except Exception:
         h.say(env.logs_tail(agent))
         raise
     took = time.monotonic() - t0
-    h.say(f"partition image deployed in {took:.1f} s")
+    h.say(f"partition image {image} deployed in {took:.1f} s")
     log = agent.read_log()
     agent.stop()
     return {"node": node, "digest": digest, "fs_uuid": fs_uuid,

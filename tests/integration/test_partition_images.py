@@ -21,7 +21,7 @@ TOKEN = "p" * 40
 META = {"uuid": "5a3c0b6e-6e04-4c3c-8a6e-2f4d1c9f7e11", "name": "e2e"}
 
 
-class PartitionImageTests(SynchronousTestCase):
+class _Sandbox(SynchronousTestCase):
     def setUp(self) -> None:
         try:
             h.require_prerequisites()
@@ -79,6 +79,9 @@ class PartitionImageTests(SynchronousTestCase):
         info.update(extra)
         return info
 
+
+
+class PartitionImageTests(_Sandbox):
     def test_bios_mbr_partition_image_with_config_drive(self) -> None:
         device = self.loop()
         digest, fs_uuid = h.make_fs_image(os.path.join(self.www, "root.img"),
@@ -205,3 +208,56 @@ class PartitionImageTests(SynchronousTestCase):
         meta = h.run(["mtype", "-i", part,
                       "::/openstack/latest/meta_data.json"]).stdout
         self.assertIn(META["uuid"], meta)
+
+
+
+class BootloaderTests(_Sandbox):
+    """install_bootloader, BIOS: a real Debian root filesystem (debootstrap)
+    deployed as a partition image, then GRUB installed from inside it."""
+
+    def test_bios_grub_in_a_chroot(self) -> None:
+        # GRUB 2.06 learns where a partition starts from HDIO_GETGEO (or
+        # device-mapper); the loop driver does not answer it and this kernel
+        # has no device-mapper.  A preload shim answers from sysfs as a disk
+        # driver would (tests/integration/shims/loop_geometry.c).  It lives
+        # in the test's OS image only (/etc/ld.so.preload), so it affects
+        # grub-install in the chroot and nothing of the agent's own.
+        try:
+            shim = h.build_loop_geometry_shim(self.workdir)
+            with open(shim, "rb") as f:
+                library = f.read()
+            digest, fs_uuid = h.make_os_image(
+                os.path.join(self.www, "debian.img"), 700 * MiB,
+                files={"/usr/local/lib/loop_geometry.so": library,
+                       "/etc/ld.so.preload":
+                           b"/usr/local/lib/loop_geometry.so\n"})
+        except h.Unavailable as e:
+            unavailable(e)
+        device = self.loop()
+        self.agent(device)
+        info = self.partition_info("debian.img", digest, swap_mb=0,
+                                   ephemeral_mb=0, root_mb=800)
+        result = self.prepare(info)
+        self.assertEqual(result["command_status"], "SUCCEEDED", result)
+        params = {"root_uuid": fs_uuid, "efi_system_part_uuid": None,
+                  "prep_boot_part_uuid": None, "target_boot_mode": "bios"}
+        # Ironic has not allowed BIOS bootloader installs: refused, as IPA
+        refused = agent_api.command(self.netns, TOKEN,
+                                    "image.install_bootloader", **params)
+        self.assertEqual(refused["command_status"], "FAILED")
+        self.assertEqual(refused["command_error"]["type"], "InvalidImage")
+        body = agent_api.command(self.netns, TOKEN, "poll.set_node_info",
+                                 node_info={"node": {"uuid": "n"}, "config": {
+                                     "enable_bios_bootloader_install": True}})
+        self.assertEqual(body["command_status"], "SUCCEEDED")
+        done = agent_api.command(self.netns, TOKEN,
+                                 "image.install_bootloader", **params)
+        self.assertEqual(done["command_status"], "SUCCEEDED", done)
+        with open(device, "rb") as f:
+            mbr = f.read(512)
+        self.assertIn(b"GRUB", mbr)          # GRUB's boot code in the MBR
+        self.assertEqual(mbr[510:512], b"\x55\xaa")
+        root = f"{device}p1"
+        listing = h.run(["debugfs", "-R", "ls -l /boot/grub", root]).stdout
+        self.assertIn("grub.cfg", listing)
+        self.assertIn("i386-pc", listing)

@@ -1,6 +1,7 @@
-"""A real Ironic 39.0.0 deploys a partition image with a config drive
-through our agent (Ironic configured with manage_agent_boot = false: the
-bootloader step needs a bootable image, see the image-pipeline issue)."""
+"""A real Ironic 39.0.0 deploys partition images through our agent: one
+with a config drive, swap and ephemeral (no OS in it, so Ironic runs with
+manage_agent_boot = false and skips the bootloader step), and a Debian root
+filesystem into which Ironic has the agent install GRUB (BIOS)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,32 @@ class PartitionDeployTests(SynchronousTestCase):
                          result["fs_uuid"])
         self.assertIn("running command standby.get_partition_uuids",
                       result["agent_log"])
+
+
+class BootablePartitionDeployTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        try:
+            self.env = scenarios.Environment()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def test_ironic_has_grub_installed(self) -> None:
+        try:
+            result = scenarios.deploy_bootable_partition_image(self.env)
+        except h.Unavailable as e:
+            unavailable(e)
+        self.assertEqual(result["node"]["provision_state"], "active")
+        dev = self.env.device
+        self.assertEqual(h.blkid(f"{dev}p1", "UUID"), result["fs_uuid"])
+        self.assertIn("running command image.install_bootloader",
+                      result["agent_log"])
+        with open(dev, "rb") as f:
+            mbr = f.read(512)
+        self.assertIn(b"GRUB", mbr)
+        listing = h.run(["debugfs", "-R", "ls -l /boot/grub",
+                         f"{dev}p1"]).stdout
+        self.assertIn("grub.cfg", listing)
+        cfg = h.run(["debugfs", "-R", "cat /boot/grub/grub.cfg",
+                     f"{dev}p1"]).stdout
+        self.assertIn(result["fs_uuid"], cfg)
