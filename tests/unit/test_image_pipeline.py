@@ -369,3 +369,57 @@ class ProxyTests(_PipelineBase):
         self.assertTrue(connect.startswith(
             f"CONNECT 127.0.0.1:{https.getHost().port} HTTP/1.1"))
         self.assertIn("Proxy-Authorization: Basic dTpw", connect)
+
+
+class HTTPSTests(_PipelineBase):
+    """Images over HTTPS, verified with the agent's TLS settings
+    (``--cafile``, ``--insecure``)."""
+
+    def https(self) -> tuple[str, str]:
+        from ipa_twisted import tls
+
+        cert = tls.save_certificate(
+            tls.generate_certificate("127.0.0.1", "images"),
+            os.path.abspath(self.mktemp()))
+        options = tls.server_options(cert.cert_pem, cert.key_pem)
+        port = reactor.listenSSL(0, Site(self.server), options,
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.server.files["disk.img"] = RAW
+        return (f"https://127.0.0.1:{port.getHost().port}/disk.img",
+                cert.cert_path)
+
+    def client(self, policy: Any) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.context.http = HTTPClient(Agent(reactor, contextFactory=policy,
+                                             pool=pool))
+
+    async def test_trusted_by_cafile(self) -> None:
+        from ipa_twisted import tls
+
+        url, ca = self.https()
+        self.client(tls.client_policy(cafile=ca))
+        result = await self.write({"id": "i", "urls": [url],
+                                   "disk_format": "raw"})
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
+        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
+
+    async def test_untrusted_certificate_fails_clearly(self) -> None:
+        from ipa_twisted import tls
+
+        url, _ = self.https()
+        self.client(tls.client_policy())
+        with self.assertRaises(errors.ImageDownloadError) as caught:
+            await self.write({"id": "i", "urls": [url], "disk_format": "raw"})
+        self.assertIn("certificate", str(caught.exception.details).lower())
+        self.assertNotEqual(self.disk_bytes(len(RAW)), RAW)
+
+    async def test_insecure_skips_verification(self) -> None:
+        from ipa_twisted import tls
+
+        url, _ = self.https()
+        self.client(tls.client_policy(insecure=True))
+        result = await self.write({"id": "i", "urls": [url],
+                                   "disk_format": "raw"})
+        self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
