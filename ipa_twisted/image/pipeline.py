@@ -40,7 +40,8 @@ from zope.interface import implementer
 from ipa_twisted import errors
 from ipa_twisted.image import formats
 from ipa_twisted.image.qcow2 import Qcow2Error, Qcow2Stream
-from ipa_twisted.image.sink import DeviceSink, PositionalWriter, SinkError
+from ipa_twisted.image.sink import (DeviceSink, Pausable,
+                                   PositionalWriter, SinkError)
 
 log = Logger()
 
@@ -50,39 +51,7 @@ OUT_CHUNK = 4 * 1024 * 1024
 _EOF = object()
 
 
-class _Pausable:
-    """A consumer's side of back-pressure: pause/resume its producer."""
-
-    def __init__(self) -> None:
-        self._producer: Any = None
-        self._paused = False
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer = producer
-        if self._paused:
-            producer.pauseProducing()
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-
-    def _pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            if self._producer is not None:
-                self._producer.pauseProducing()
-
-    def _resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()
-
-
-class FormatGate(_Pausable):
+class FormatGate(Pausable):
     """Detects the format from the first bytes, then passes everything to
     the right target."""
 
@@ -220,7 +189,7 @@ class _QueueReader(io.RawIOBase):
 
 
 @implementer(IPushProducer)
-class DecompressStage(_Pausable):
+class DecompressStage(Pausable):
     """Hash and inflate in one thread; feed the inflated bytes downstream
     (pausing when downstream is paused)."""
 
@@ -317,10 +286,6 @@ class DecompressStage(_Pausable):
         self._done.callback(None)
 
     @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @property
     def error(self) -> BaseException | None:
         return self._failure or self._down.error
 
@@ -380,7 +345,7 @@ class _HashThread:
         self._reactor.callFromThread(self.done.callback, digest)
 
 
-class Qcow2Target(_Pausable):
+class Qcow2Target(Pausable):
     """qcow2 -> disk: hash the file in a thread, parse it on the reactor,
     write clusters at their guest offsets in another thread."""
 

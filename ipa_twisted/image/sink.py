@@ -25,7 +25,7 @@ import threading
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 log = Logger()
@@ -60,7 +60,40 @@ def _open_device(path: str, offset: int, direct: bool) -> tuple[int, bool]:
     return fd, False
 
 
-class DeviceSink:
+class Pausable:
+    """A consumer's side of back-pressure: pause/resume its producer
+    (the pipeline's stages and the device sink share it)."""
+
+    def __init__(self) -> None:
+        self._producer: Any = None
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self._producer is not None:
+                self._producer.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+
+
+class DeviceSink(Pausable):
     """An ``IConsumer`` that writes to ``path`` from ``offset``.
 
     ``write()`` is called on the reactor thread; ``finish()`` flushes the
@@ -90,8 +123,7 @@ class DeviceSink:
         self._pending = [0] * depth  # workers still using each buffer
         self._current: int | None = None
         self._fill = 0
-        self._producer: IPushProducer | None = None
-        self._paused = False
+        super().__init__()
         self._failed: BaseException | None = None
         self._finishing: Deferred[tuple[int, str | None]] | None = None
         self.received = 0
@@ -176,29 +208,9 @@ class DeviceSink:
 
     # ------------------------------------------------------ reactor side
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self._producer = producer
-        if self._paused:
-            producer.pauseProducing()
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-
-    def _pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            if self._producer is not None:
-                self._producer.pauseProducing()
-
     def _resume(self) -> None:
-        if self._paused and self._failed is None:
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+        if self._failed is None:  # a failed sink keeps its producer paused
+            super()._resume()
 
     @property
     def error(self) -> BaseException | None:
