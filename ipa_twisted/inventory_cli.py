@@ -18,10 +18,11 @@ from twisted.internet.task import react
 from twisted.python import usage
 
 from ipa_twisted import encoding
-from ipa_twisted.config import ConfigError, Config, load_config
+from ipa_twisted.config import ConfigError, Config
+from ipa_twisted.options import SourceOptions
 
 
-class Options(usage.Options):
+class Options(SourceOptions):
     synopsis = "[--pretty] [options]"
     optFlags = [
         ["pretty", None, "Indent the JSON."],
@@ -32,36 +33,15 @@ class Options(usage.Options):
         ["device-allowlist", None, None,
          "List only these block devices (comma separated)."],
         ["lldp-timeout", None, None, "How long to listen for LLDP (s)."],
-        ["cmdline-file", None, "/proc/cmdline",
-         "Where to read the kernel command line from."],
-        ["config-dir", None, None, "Directory of *.conf files."],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["config-file"] = []
-
-    def opt_config_file(self, path: str) -> None:
-        """INI file to read options from; repeatable."""
-        self["config-file"].append(path)
-
-    def resolve(self) -> Config:
-        cmdline = ""
-        try:
-            with open(self["cmdline-file"]) as f:
-                cmdline = f.read()
-        except OSError:
-            if self["cmdline-file"] != "/proc/cmdline":
-                raise ConfigError(
-                    f"cannot read --cmdline-file {self['cmdline-file']}")
-        cli: dict[str, Any] = {
+    def cli_values(self) -> dict[str, Any]:
+        return {
             "device_allowlist": self["device-allowlist"],
             "lldp_timeout": self["lldp-timeout"],
             "collect_lldp": True if self["collect-lldp"] else None,
             "debug": True if self["debug"] else None,
         }
-        return load_config(cli, self["config-file"], self["config-dir"],
-                           cmdline)
 
 
 async def collect(reactor: Any, config: Config) -> dict[str, Any]:

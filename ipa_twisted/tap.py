@@ -11,12 +11,12 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.python import usage
 
-from ipa_twisted.config import OPTIONS, ConfigError, Config, load_config
+from ipa_twisted.config import OPTIONS, ConfigError, Config
+from ipa_twisted.options import SourceOptions
 
 
-class Options(usage.Options):
+class Options(SourceOptions):
     synopsis = "[options]"
     longdesc = (
         "ipa-twisted: a bare-metal provisioning agent for OpenStack Ironic. "
@@ -27,11 +27,6 @@ class Options(usage.Options):
     optParameters: list[list[Any]] = [
         [o.flag, None, None, o.help + f" [default: {o.default!r}]"]
         for o in OPTIONS if not o.is_bool
-    ] + [
-        ["config-dir", None, None,
-         "Read every *.conf file of this directory (after --config-file)."],
-        ["cmdline-file", None, "/proc/cmdline",
-         "Where to read the kernel command line from."],
     ]
     optFlags: list[list[Any]] = [
         flag
@@ -45,12 +40,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["config-file"] = []
         self.config: Config | None = None
-
-    def opt_config_file(self, path: str) -> None:
-        """Read options from this INI file ([DEFAULT] section); repeatable."""
-        self["config-file"].append(path)
 
     def cli_values(self) -> dict[str, str | bool | None]:
         values: dict[str, str | bool | None] = {}
@@ -63,22 +53,6 @@ class Options(usage.Options):
             else:
                 values[o.name] = self.get(o.flag)
         return values
-
-    def resolve(self) -> Config:
-        """The configuration, or ConfigError with a one-line message."""
-        cmdline = ""
-        path = self["cmdline-file"]
-        if path:
-            try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    cmdline = f.read()
-            except OSError as e:
-                if path != "/proc/cmdline":
-                    raise ConfigError(
-                        f"cannot read --cmdline-file {path}: {e.strerror}"
-                    ) from None
-        return load_config(self.cli_values(), self["config-file"],
-                           self["config-dir"], cmdline)
 
 
 def makeService(options: Options) -> IService:

@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import react
 from twisted.python import usage
 
-from ipa_twisted.config import Config, ConfigError, load_config
+from ipa_twisted.config import Config, ConfigError
+from ipa_twisted.options import SourceOptions
 from ipa_twisted.inspection import inspector
 from ipa_twisted.inspection.daemon import IntrospectionDaemon
 
@@ -41,7 +42,7 @@ def dashed(argv: list[str]) -> list[str]:
     return out
 
 
-class Options(usage.Options):
+class Options(SourceOptions):
     synopsis = "[options]"
     optFlags = [
         ["introspection-daemon", None, "Keep posting, every interval."],
@@ -50,25 +51,13 @@ class Options(usage.Options):
         ["debug", None, "Log debug messages."],
     ]
     optParameters = [[name.replace("_", "-"), None, None, f"Option {name}."]
-                     for name in PARAMETERS] + [
-        ["cmdline-file", None, "/proc/cmdline",
-         "Where to read the kernel command line from."],
-        ["config-dir", None, None, "Directory of *.conf files."],
-    ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["config-file"] = []
-
-    def opt_config_file(self, path: str) -> None:
-        """INI file to read options from; repeatable."""
-        self["config-file"].append(path)
+                     for name in PARAMETERS]
 
     def parseOptions(self, options: Any = None) -> None:
         super().parseOptions(dashed(list(options if options is not None
                                          else sys.argv[1:])))
 
-    def resolve(self) -> Config:
+    def cli_values(self) -> dict[str, Any]:
         cli: dict[str, Any] = {}
         for name in PARAMETERS:
             value = self[name.replace("_", "-")]
@@ -79,16 +68,7 @@ class Options(usage.Options):
         for flag in ("insecure", "use-mdns", "debug"):
             if self[flag]:
                 cli[flag.replace("-", "_")] = True
-        cmdline = ""
-        try:
-            with open(self["cmdline-file"]) as f:
-                cmdline = f.read()
-        except OSError:
-            if self["cmdline-file"] != "/proc/cmdline":
-                raise ConfigError(
-                    f"cannot read --cmdline-file {self['cmdline-file']}")
-        return load_config(cli, self["config-file"], self["config-dir"],
-                           cmdline)
+        return cli
 
 
 def build_context(reactor: Any, config: Config) -> Any:
