@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.integration import harness as h
 
@@ -14,3 +14,24 @@ def unavailable(e: h.Unavailable) -> None:
     if os.environ.get("IPA_TWISTED_REQUIRE_E2E") == "1":
         raise AssertionError(f"e2e prerequisite missing in CI: {e}")
     raise SkipTest(str(e))
+
+
+class SandboxTestCase(SynchronousTestCase):
+    """A test with its own work directory and network namespace (and, when
+    ``disk_size`` is set, a loop device of that size as ``self.device``),
+    all undone at the end."""
+
+    disk_size: int | None = None
+
+    def setUp(self) -> None:
+        try:
+            h.require_prerequisites()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.cleanups = h.Cleanups()
+        self.addCleanup(self.cleanups.run)
+        self.workdir = h.workdir(self.cleanups)
+        self.netns = h.make_netns(self.cleanups)
+        if self.disk_size is not None:
+            self.device = h.make_loop_device(self.cleanups, self.workdir,
+                                             self.disk_size)

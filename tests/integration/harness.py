@@ -343,13 +343,8 @@ class Ironic:
                 os.path.join(self.workdir, "ironic.stderr"), "w"),
             start_new_session=True)
         self._cleanups.add("ironic", lambda: stop_process(self.proc))
-        self.www = subprocess.Popen(
-            ns + [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
-                  str(self.http_port), "--directory",
-                  os.path.join(self.workdir, "www")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        self._cleanups.add("image server", lambda: stop_process(self.www))
+        self.www = serve_http(self._cleanups, self.netns, self.http_port,
+                              os.path.join(self.workdir, "www"))
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -459,6 +454,33 @@ def child_pid(pid: int) -> int | None:
     except OSError:
         return None
     return int(children[0]) if children else None
+
+
+def serve_http(cleanups: Cleanups, netns: str, port: int,
+               directory: str | None = None,
+               argv: list[str] | None = None) -> subprocess.Popen[Any]:
+    """An HTTP server on 127.0.0.1:``port`` inside ``netns``: Python's
+    http.server for ``directory``, or the server ``argv`` starts.  Returns
+    once the port accepts connections."""
+    if argv is None:
+        argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                str(port), "--directory", str(directory)]
+    proc = subprocess.Popen(["ip", "netns", "exec", netns] + argv,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    cleanups.add(f"HTTP server :{port}", lambda: stop_process(proc))
+    deadline = time.monotonic() + 30
+    while True:
+        with in_netns(netns):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"HTTP server {argv} exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"HTTP server {argv} not listening on {port}")
+        time.sleep(0.1)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:

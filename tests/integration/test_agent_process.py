@@ -16,7 +16,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import harness as h
-from tests.integration.base import unavailable
+from tests.integration.base import SandboxTestCase, unavailable
 
 TOKEN = "s" * 40
 
@@ -68,17 +68,11 @@ class CommandLineTests(SynchronousTestCase):
         self.assertNotIn("Traceback", result.stderr)
 
 
-class SandboxedAgentTests(SynchronousTestCase):
+class SandboxedAgentTests(SandboxTestCase):
+    disk_size = 1 << 30
+
     def setUp(self) -> None:
-        try:
-            h.require_prerequisites()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.cleanups = h.Cleanups()
-        self.addCleanup(self.cleanups.run)
-        self.workdir = h.workdir(self.cleanups)
-        self.netns = h.make_netns(self.cleanups)
-        self.device = h.make_loop_device(self.cleanups, self.workdir, 1 << 30)
+        super().setUp()
 
     def agent(self, api_url: str | None, *extra: str) -> h.Agent:
         return h.Agent(self.cleanups, self.netns, self.workdir, self.device,

@@ -7,47 +7,31 @@ write fails, as a dying disk's do.)"""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import agent_api
 from tests.integration import harness as h
-from tests.integration.base import unavailable
+from tests.integration.base import SandboxTestCase
 
 MiB = 1024 * 1024
 TOKEN = "f" * 40
 
 
-class FaultTests(SynchronousTestCase):
+class FaultTests(SandboxTestCase):
     def setUp(self) -> None:
-        try:
-            h.require_prerequisites()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.cleanups = h.Cleanups()
-        self.addCleanup(self.cleanups.run)
-        self.workdir = h.workdir(self.cleanups)
-        self.netns = h.make_netns(self.cleanups)
+        super().setUp()
         self.www = os.path.join(self.workdir, "www")
         os.makedirs(self.www)
 
     def serve(self, rate: int | None = None) -> str:
         port = 8090
-        if rate is None:
-            argv = [sys.executable, "-m", "http.server", "--bind",
-                    "127.0.0.1", str(port), "--directory", self.www]
-        else:
+        argv = None
+        if rate is not None:
             argv = [sys.executable, os.path.join(h.HERE, "slow_http.py"),
                     os.path.join(self.www, "disk.img"), str(port), str(rate)]
-        proc = subprocess.Popen(["ip", "netns", "exec", self.netns] + argv,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        self.cleanups.add("image server", lambda: h.stop_process(proc))
-        time.sleep(1.0)
+        h.serve_http(self.cleanups, self.netns, port, self.www, argv)
         return f"http://127.0.0.1:{port}/disk.img"
 
     def agent(self, device: str) -> h.Agent:

@@ -11,12 +11,11 @@ import struct
 import sys
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.hardware import lldp
 from tests.integration import agent_api
 from tests.integration import harness as h
-from tests.integration.base import unavailable
+from tests.integration.base import SandboxTestCase
 
 TOKEN = "i" * 40
 NIC_TYPES = {
@@ -37,19 +36,13 @@ DISK_TYPES = {
 }
 
 
-class InventoryTests(SynchronousTestCase):
+class InventoryTests(SandboxTestCase):
+    disk_size = 2 << 30
+
     def setUp(self) -> None:
-        try:
-            h.require_prerequisites()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.cleanups = h.Cleanups()
-        self.addCleanup(self.cleanups.run)
-        self.workdir = h.workdir(self.cleanups)
-        self.netns = h.make_netns(self.cleanups)
+        super().setUp()
         h.run(["ip", "netns", "exec", self.netns, "ip", "addr", "add",
                "192.0.2.20/24", "dev", "ipa0.10"])
-        self.device = h.make_loop_device(self.cleanups, self.workdir, 2 << 30)
         self.cmdline = os.path.join(self.workdir, "cmdline-bootif")
         with open(self.cmdline, "w") as f:
             f.write("BOOTIF=01-52-54-00-12-34-56\n")

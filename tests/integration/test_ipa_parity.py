@@ -12,31 +12,27 @@ import json
 import os
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import harness as h
-from tests.integration.base import unavailable
+from tests.integration.base import SandboxTestCase, unavailable
 
 DUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                     "ipa_inventory_dump.py")
 
 
-class IPAParityTests(SynchronousTestCase):
+class IPAParityTests(SandboxTestCase):
+    disk_size = 3 << 30
+
     def setUp(self) -> None:
+        super().setUp()
         try:
-            h.require_prerequisites()
             self.ipa = h.ipa_venv()
         except h.Unavailable as e:
             unavailable(e)
-        self.cleanups = h.Cleanups()
-        self.addCleanup(self.cleanups.run)
-        self.workdir = h.workdir(self.cleanups)
-        self.netns = h.make_netns(self.cleanups)
         ns = ["ip", "netns", "exec", self.netns]
         h.run(ns + ["ip", "addr", "add", "192.0.2.10/24", "dev", "ipa0.10"])
         h.run(ns + ["ip", "-6", "addr", "add", "fd00:12::10/64", "dev",
                     "ipa0.10", "nodad"])
-        self.device = h.make_loop_device(self.cleanups, self.workdir, 3 << 30)
         self.stubs = os.path.join(self.workdir, "stubs")
         self.cmdline = os.path.join(self.workdir, "cmdline")
         with open(self.cmdline, "w") as f:

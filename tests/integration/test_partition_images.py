@@ -5,41 +5,25 @@ tools (blkid, parted, bsdtar, mtools)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import agent_api
 from tests.integration import harness as h
-from tests.integration.base import unavailable
+from tests.integration.base import SandboxTestCase, unavailable
 
 MiB = 1024 * 1024
 TOKEN = "p" * 40
 META = {"uuid": "5a3c0b6e-6e04-4c3c-8a6e-2f4d1c9f7e11", "name": "e2e"}
 
 
-class _Sandbox(SynchronousTestCase):
+class _Sandbox(SandboxTestCase):
     def setUp(self) -> None:
-        try:
-            h.require_prerequisites()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.cleanups = h.Cleanups()
-        self.addCleanup(self.cleanups.run)
-        self.workdir = h.workdir(self.cleanups)
-        self.netns = h.make_netns(self.cleanups)
+        super().setUp()
         self.www = os.path.join(self.workdir, "www")
         os.makedirs(self.www)
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-m",
-             "http.server", "--bind", "127.0.0.1", "8091", "--directory",
-             self.www], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        self.cleanups.add("image server", lambda: h.stop_process(proc))
-        time.sleep(0.8)
+        h.serve_http(self.cleanups, self.netns, 8091, self.www)
 
     def loop(self, sector: int = 512) -> str:
         backing = os.path.join(self.workdir, f"disk-{sector}.img")

@@ -8,28 +8,21 @@ import os
 import subprocess
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import agent_api
 from tests.integration import harness as h
-from tests.integration.base import unavailable
+from tests.integration.base import SandboxTestCase
 
 TOKEN = "e" * 40
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
                        os.pardir, "examples", "ipa-twisted-example-manager")
 
 
-class ThirdPartyManagerTests(SynchronousTestCase):
+class ThirdPartyManagerTests(SandboxTestCase):
+    disk_size = 1 << 30
+
     def setUp(self) -> None:
-        try:
-            h.require_prerequisites()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.cleanups = h.Cleanups()
-        self.addCleanup(self.cleanups.run)
-        self.workdir = h.workdir(self.cleanups)
-        self.netns = h.make_netns(self.cleanups)
-        self.device = h.make_loop_device(self.cleanups, self.workdir, 1 << 30)
+        super().setUp()
         self.site = os.path.join(self.workdir, "site")
         result = subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
