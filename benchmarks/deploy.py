@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -173,13 +172,7 @@ def main() -> int:
             with open(path, "rb") as f:
                 while f.read(16 * MiB):
                     pass
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m",
-             "http.server", "--bind", "127.0.0.1", "8089", "--directory",
-             www], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        cleanups.add("http server", lambda: h.stop_process(server))
-        time.sleep(1)
+        h.serve_http(cleanups, netns, 8089, www)
         base = "http://127.0.0.1:8089/"
         agent = h.Agent(cleanups, netns, work, device, None,
                         ["--standalone", "--agent-token", TOKEN,

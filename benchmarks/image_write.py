@@ -65,12 +65,7 @@ def main() -> int:
             while f.read(16 * MiB):
                 pass
         port = 8089
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m",
-             "http.server", "--bind", "127.0.0.1", str(port), "--directory",
-             www], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        cleanups.add("http server", lambda: h.stop_process(server))
+        h.serve_http(cleanups, netns, port, www)
         url = f"http://127.0.0.1:{port}/disk.img"
         agent = h.Agent(cleanups, netns, work, device, None,
                         ["--standalone", "--agent-token", TOKEN,
