@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(parted gdisk udev util-linux fdisk psmisc dmidecode lshw ipmitool
           qemu-utils iproute2 dosfstools mtools libarchive-tools e2fsprogs
           genisoimage gzip curl debootstrap gcc libc6-dev python3-venv
-          python3-pip)
+          python3-pip qemu-system-x86 ovmf busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

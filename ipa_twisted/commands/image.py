@@ -5,6 +5,9 @@ the EFI system partition is found on the disk (or by the UUID Ironic
 gives), its boot loaders are found (``BOOT<ARCH>.CSV`` files first, then
 shim, then grub, then the removable-media path), and one NVRAM boot entry
 per loader is (re)made with ``efibootmgr``.  Whole-disk images stop there.
+A partition image's ESP is empty (the agent made it): the image's own GRUB
+is installed into it first (``grub-install --target=x86_64-efi
+--no-nvram`` in a chroot, then ``grub-mkconfig``), then registered.
 
 BIOS, for partition images: the root filesystem (by its UUID) is mounted,
 ``/dev``, ``/proc``, ``/sys`` and ``/run`` are bound into it, and the
@@ -32,6 +35,8 @@ log = Logger()
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 EFI_ARCH = {"x86_64": "x64", "aarch64": "aa64", "i686": "ia32",
             "riscv64": "riscv64"}
+GRUB_EFI_TARGET = {"x86_64": "x86_64-efi", "aarch64": "arm64-efi",
+                   "i686": "i386-efi", "riscv64": "riscv64-efi"}
 
 
 class BootloaderError(errors.AgentError):
@@ -119,10 +124,13 @@ class ImageExtension(Extension):
                        target_boot_mode: str) -> None:
         device = await self.agent.hardware.dispatch("get_os_install_device")
         self.agent.guard.check(device)
+        partition_image = bool(root_uuid) and \
+            not str(root_uuid).startswith("0x")
         if os.path.isdir("/sys/firmware/efi") and shutil.which("efibootmgr"):
-            if await self._efi(device, efi_uuid):
+            if await self._efi(device, efi_uuid,
+                               str(root_uuid) if partition_image else None):
                 return
-        if not root_uuid or str(root_uuid).startswith("0x"):
+        if not partition_image:
             log.info("whole-disk image: no bootloader to install in BIOS "
                      "mode")
             return
@@ -158,47 +166,74 @@ class ImageExtension(Extension):
             rows.append(row)
         return rows
 
-    async def _efi(self, device: str, efi_uuid: Any) -> bool:
+    async def _efi(self, device: str, efi_uuid: Any,
+                   root_uuid: str | None) -> bool:
+        """UEFI: register the ESP's boot loaders in NVRAM.  For a partition
+        image whose ESP has none yet (the agent made it empty), the image's
+        own GRUB is installed into it first.  False when the disk has no
+        ESP, or (whole-disk image) no loader on it."""
         parts = await self._partitions(device)
-        esp = next((p for p in parts
-                    if p.get("PARTTYPE", "").lower() in (ESP_GUID, "0xef")),
-                   None)
-        if esp is None and efi_uuid:
-            esp = next((p for p in parts if efi_uuid in
+        esp = None
+        if efi_uuid:
+            esp = next((p for p in parts if str(efi_uuid) in
                         (p.get("UUID"), p.get("PARTUUID"))), None)
+        if esp is None:
+            esp = next((p for p in parts if p.get("PARTTYPE", "").lower()
+                        in (ESP_GUID, "0xef")), None)
         if esp is None:
             log.info("no EFI system partition on {dev}", dev=device)
             return False
         part = f"/dev/{esp['NAME']}"
         number = esp.get("NUMBER") or "".join(
             ch for ch in esp["NAME"][::-1] if ch.isdigit())[::-1] or "1"
+        loaders = await self._esp_loaders(part)
+        if not loaders and root_uuid:
+            log.info("no boot loader on {part} yet: installing the image's "
+                     "GRUB into it", part=part)
+            await self._grub(device, root_uuid, esp=part)
+            loaders = await self._esp_loaders(part)
+            if not loaders:
+                raise BootloaderError(
+                    f"grub-install left no boot loader on {part}")
+        if not loaders:
+            log.info("no boot loader on {part}", part=part)
+            return False
+        try:
+            listing = await self._run(["efibootmgr", "-v"])
+            for path, label in loaders:
+                for line in listing.splitlines():
+                    if line.startswith("Boot") and \
+                            f" {label}\t" in line + "\t":
+                        await self._run(["efibootmgr", "-b", line[4:8],
+                                         "-B"])
+                await self._run(["efibootmgr", "-v", "-c", "-d", device,
+                                 "-p", number, "-w", "-L", label, "-l",
+                                 efi_path(path)])
+                log.info("UEFI boot entry {label} -> {path} on {part}",
+                         label=label, path=path, part=part)
+        except ProcessError as e:
+            raise BootloaderError(
+                f"{' '.join(e.argv)}: {e.reason}") from None
+        return True
+
+    async def _esp_loaders(self, part: str) -> list[tuple[str, str]]:
         mnt = tempfile.mkdtemp(prefix="esp-")
         try:
             await self._run(["mount", part, mnt])
             try:
-                arch = EFI_ARCH.get(os.uname().machine, "x64")
-                loaders = find_loaders(mnt, arch)
+                return find_loaders(mnt, EFI_ARCH.get(os.uname().machine,
+                                                      "x64"))
             finally:
                 await self._run(["umount", mnt])
         finally:
             os.rmdir(mnt)
-        if not loaders:
-            log.info("no boot loader on {part}", part=part)
-            return False
-        listing = await self._run(["efibootmgr", "-v"])
-        for path, label in loaders:
-            for line in listing.splitlines():
-                if line.startswith("Boot") and f" {label}\t" in line + "\t":
-                    number_old = line[4:8]
-                    await self._run(["efibootmgr", "-b", number_old, "-B"])
-            await self._run(["efibootmgr", "-v", "-c", "-d", device, "-p",
-                             number, "-w", "-L", label, "-l",
-                             efi_path(path)])
-            log.info("UEFI boot entry {label} -> {path} on {part}",
-                     label=label, path=path, part=part)
-        return True
 
-    async def _grub(self, device: str, root_uuid: str) -> None:
+    async def _grub(self, device: str, root_uuid: str,
+                    esp: str | None = None) -> None:
+        """The image's own GRUB, from a chroot into its root filesystem:
+        for BIOS into ``device``'s boot sector; for UEFI (``esp``) into
+        the ESP mounted at /boot/efi, without touching NVRAM (the caller
+        registers what it finds there)."""
         parts = await self._partitions(device)
         root = next((p for p in parts if root_uuid in
                      (p.get("UUID"), p.get("PARTUUID"))), None)
@@ -211,6 +246,11 @@ class ImageExtension(Extension):
         try:
             await self._run(["mount", part, mnt])
             mounted.append(mnt)
+            if esp is not None:
+                target = os.path.join(mnt, "boot", "efi")
+                os.makedirs(target, exist_ok=True)
+                await self._run(["mount", esp, target])
+                mounted.append(target)
             for fs in ("/dev", "/proc", "/sys", "/run"):
                 target = os.path.join(mnt, fs.lstrip("/"))
                 os.makedirs(target, exist_ok=True)
@@ -220,10 +260,17 @@ class ImageExtension(Extension):
                 os.path.join(mnt, "usr/sbin/grub2-install")) else "grub"
             cfg = "/boot/grub2/grub.cfg" if tool == "grub2" \
                 else "/boot/grub/grub.cfg"
-            log.info("installing {tool} on {dev} (root {part})", tool=tool,
-                     dev=device, part=part)
-            await self._run(["chroot", mnt, f"{tool}-install", device],
-                            timeout=1800.0)
+            if esp is None:
+                argv = [f"{tool}-install", device]
+            else:
+                target_name = GRUB_EFI_TARGET.get(os.uname().machine,
+                                                  "x86_64-efi")
+                argv = [f"{tool}-install", f"--target={target_name}",
+                        "--efi-directory=/boot/efi", "--no-nvram"]
+            log.info("installing {tool} on {dev} (root {part}{esp})",
+                     tool=tool, dev=device, part=part,
+                     esp=f", ESP {esp}" if esp else "")
+            await self._run(["chroot", mnt] + argv, timeout=1800.0)
             await self._run(["chroot", mnt, f"{tool}-mkconfig", "-o", cfg],
                             timeout=1800.0)
         except ProcessError as e:

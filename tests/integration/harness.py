@@ -642,9 +642,10 @@ def make_fs_image(path: str, size: int, label: str = "root") -> tuple[str, str]:
 
 
 def debian_root() -> str:
-    """A minimal Debian 12 root tree with GRUB (debootstrap, made once and
-    kept as a tarball in the cache); returns the tarball's path."""
-    tarball = os.path.join(cache_dir(), "debian-bookworm-grub.tar")
+    """A minimal Debian 12 root tree with GRUB for BIOS and UEFI
+    (debootstrap, made once and kept as a tarball in the cache); returns
+    the tarball's path."""
+    tarball = os.path.join(cache_dir(), "debian-bookworm-grub-pc-efi.tar")
     if os.path.exists(tarball):
         return tarball
     if shutil.which("debootstrap") is None:
@@ -657,8 +658,9 @@ def debian_root() -> str:
         try:
             say("debootstrap: a minimal Debian with GRUB (once)")
             result = run(["debootstrap", "--variant=minbase",
-                          "--include=grub-pc-bin,grub2-common", "bookworm",
-                          tmp, "http://deb.debian.org/debian"], check=False)
+                          "--include=grub-pc-bin,grub-efi-amd64-bin,"
+                          "grub2-common", "bookworm", tmp,
+                          "http://deb.debian.org/debian"], check=False)
             if result.returncode != 0:
                 raise Unavailable(f"debootstrap failed: "
                                   f"{result.stderr.strip()[-300:]}")
