@@ -1,102 +1,97 @@
 """image.install_bootloader on a UEFI machine, proved by booting.
 
 The agent runs inside a QEMU/OVMF guest (tests/integration/uefi_vm.py) with
-its own NVRAM and a loop device of this machine as its only disk.  It
-writes a real Debian partition image, installs the image's GRUB into the
-ESP it made and registers it with efibootmgr; then the same machine is
-powered on with no kernel, and the firmware must start that entry, and
-GRUB must read the grub.cfg that grub-mkconfig wrote on the root
-partition (a custom.cfg there prints a line and halts the machine).
+its own NVRAM and a loop device of this machine as its only disk.  After
+the deploy the NVRAM file is read (BootOrder, Boot#### entries), and the
+same machine is powered on with no kernel: the firmware must start the
+entry the agent made, and the GRUB it names must run its configuration
+(which prints a line and halts the machine).
+
+- a partition image of a real Debian root: the agent makes the ESP, installs
+  the image's own GRUB into it (chroot) and registers it;
+- a whole-disk UEFI image (ESP with a BOOTX64.CSV, as cloud images ship),
+  deployed by a real Ironic 39 in UEFI boot mode: the agent registers the
+  entry the CSV names.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.integration import agent_api
 from tests.integration import harness as h
+from tests.integration import scenarios
 from tests.integration import uefi_vm
 from tests.integration.base import SandboxTestCase, unavailable
 
 MiB = 1024 ** 2
+GiB = 1024 ** 3
 TOKEN = "u" * 40
 MARK = "ipa-twisted-uefi-boot"
 
 GUEST = """#!/bin/sh
-# The test UEFI guest's init: the agent, like a ramdisk would run it.
+# The test UEFI guest's init: the agent, as a ramdisk would run it.
 mods=$(sed -n 's/.*ipa_guest_modules=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 mkdir -p /lib/modules && mount --bind "$mods/lib/modules" /lib/modules
 modprobe -a virtio_blk virtio_net efivarfs vfat nls_cp437 nls_ascii ext4
 mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 mount -t tmpfs tmpfs /run
 ip link set lo up && ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
+ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 echo "guest: disks: $(ls /sys/block)"
 cd /tmp
 {python} -m http.server --bind 127.0.0.1 --directory {www} 8080 \\
     >/dev/null 2>&1 &
 : > /tmp/cmdline
-{twistd} --nodaemon --pidfile= --logfile=- ipa --standalone \\
-    --agent-token {token} --listen-host 0.0.0.0 \\
+{twistd} --nodaemon --pidfile= --logfile=- ipa \\
     --device-allowlist /dev/vda --cmdline-file /tmp/cmdline \\
-    --disk-wait-attempts 2 --disk-wait-delay 1
+    --disk-wait-attempts 2 --disk-wait-delay 1 {agent_args}
 echo "guest: the agent exited ($?)"
 echo o > /proc/sysrq-trigger
 sleep 30
 """
 
 
-class GuestAgent:
-    """The agent API of the guest, through QEMU's forwarded port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def call(self, method: str, path: str, body: Any = None,
-             timeout: float = 600) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
-                                     data=data, method=method)
+def start_guest(test: Any, machine: uefi_vm.UefiMachine, www: str,
+                agent_args: list[str], port: int,
+                restrict: bool = True, wait: bool = True) -> None:
+    """Boot ``machine`` as a ramdisk running our agent with ``agent_args``;
+    (``wait``) returns when its plain-HTTP API answers on ``port`` (in the
+    namespace)."""
+    script = os.path.join(machine.workdir, "guest.sh")
+    with open(script, "w") as f:
+        f.write(GUEST.format(
+            python=sys.executable, www=www,
+            twistd=os.path.join(os.path.dirname(sys.executable), "twistd"),
+            agent_args=" ".join(agent_args)))
+    start = time.monotonic()
+    machine.boot_ramdisk(script, port, restrict=restrict)
+    while wait and time.monotonic() - start < 300:
+        if machine.proc is not None and machine.proc.poll() is not None:
+            break
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def wait_up(self, machine: uefi_vm.UefiMachine, timeout: float) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if machine.proc is not None and machine.proc.poll() is not None:
-                break
-            try:
-                status, _ = self.call("GET", "/v1/status", timeout=5)
-                if status == 200:
-                    return time.monotonic() - start
-            except (OSError, ValueError):
-                pass
-            time.sleep(1)
-        raise AssertionError(f"the guest's agent did not answer within "
-                             f"{timeout:.0f} s; serial:\n"
-                             f"{machine.read_serial()[-3000:]}")
-
-    def command(self, name: str, wait: bool = True, **params: Any) -> Any:
-        status, body = self.call(
-            "POST", f"/v1/commands/?wait={str(wait).lower()}"
-                    f"&agent_token={TOKEN}",
-            {"name": name, "params": params})
-        if status != 200:
-            raise AssertionError(f"{name}: HTTP {status}: {body}")
-        return body
+            status, _, _ = agent_api.call(machine.netns, "GET", "/v1/status",
+                                          port=port, timeout=5)
+            if status == 200:
+                h.say(f"UEFI guest: agent API up "
+                      f"{time.monotonic() - start:.1f} s after power on")
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
+    if wait:
+        test.fail(f"the guest's agent did not answer; serial:\n"
+                  f"{machine.read_serial()[-3000:]}")
 
 
-class UefiBootloaderTests(SandboxTestCase):
-    disk_size = 5 * 1024 * MiB  # the agent ignores disks under 4 GiB
+class StandaloneUefiTests(SandboxTestCase):
+    disk_size = 5 * GiB  # the agent ignores disks under 4 GiB
 
     def setUp(self) -> None:
         super().setUp()
@@ -108,20 +103,15 @@ class UefiBootloaderTests(SandboxTestCase):
             unavailable(e)
         self.www = os.path.join(self.workdir, "www")
         os.makedirs(self.www)
+        self.port = h.free_port()
 
-    def guest(self, machine: uefi_vm.UefiMachine) -> GuestAgent:
-        script = os.path.join(self.workdir, "guest.sh")
-        bindir = os.path.dirname(sys.executable)
-        with open(script, "w") as f:
-            f.write(GUEST.format(python=sys.executable, www=self.www,
-                                 twistd=os.path.join(bindir, "twistd"),
-                                 token=TOKEN))
-        port = h.free_port()
-        machine.boot_ramdisk(script, port)
-        agent = GuestAgent(port)
-        took = agent.wait_up(machine, 300)
-        h.say(f"UEFI guest: agent API up {took:.1f} s after power on")
-        return agent
+    def command(self, name: str, wait: bool = True, **params: Any) -> Any:
+        status, _, body = agent_api.call(
+            self.netns, "POST", f"/v1/commands/?wait={json.dumps(wait)}"
+                                f"&agent_token={TOKEN}",
+            {"name": name, "params": params}, port=self.port, timeout=600)
+        self.assertEqual(status, 200, f"{name}: {body}")
+        return body
 
     def test_partition_image_grub_registered_and_booted(self) -> None:
         digest, fs_uuid = h.make_os_image(
@@ -133,50 +123,137 @@ class UefiBootloaderTests(SandboxTestCase):
                     f'echo "{MARK}: root=$root prefix=$prefix"\n'
                     f'sleep 1\nhalt\n'.encode()})
         machine = uefi_vm.UefiMachine(self.cleanups, self.workdir,
-                                      self.device)
-        agent = self.guest(machine)
-        body = agent.command("poll.set_node_info", node_info={"node": {
+                                      self.device, self.netns)
+        start_guest(self, machine, self.www,
+                    ["--standalone", "--agent-token", TOKEN,
+                     "--listen-host", "0.0.0.0"], self.port)
+        body = self.command("poll.set_node_info", node_info={"node": {
             "uuid": "uefi-node", "instance_info": {
                 "deploy_boot_mode": "uefi"}}})
         self.assertEqual(body["command_status"], "SUCCEEDED", body)
         start = time.monotonic()
-        body = agent.command("standby.prepare_image", image_info={
+        body = self.command("standby.prepare_image", image_info={
             "id": "root.img", "urls": ["http://127.0.0.1:8080/root.img"],
             "os_hash_algo": "sha256", "os_hash_value": digest,
             "disk_format": "raw", "image_type": "partition",
             "root_mb": 800, "swap_mb": 0, "ephemeral_mb": 0,
-            "ephemeral_format": "ext4",
-            "deploy_boot_mode": "uefi", "preserve_ephemeral": False})
+            "ephemeral_format": "ext4", "deploy_boot_mode": "uefi",
+            "preserve_ephemeral": False})
         self.assertEqual(body["command_status"], "SUCCEEDED", body)
         h.say(f"UEFI guest: partition image written in "
               f"{time.monotonic() - start:.1f} s")
-        uuids = agent.command("standby.get_partition_uuids")[
-            "command_result"]
+        uuids = self.command("standby.get_partition_uuids")["command_result"]
         self.assertEqual(uuids["root uuid"], fs_uuid)
         efi_uuid = uuids["efi system partition uuid"]
         self.assertTrue(efi_uuid, uuids)
-        start = time.monotonic()
-        body = agent.command("image.install_bootloader", root_uuid=fs_uuid,
-                             efi_system_part_uuid=efi_uuid,
-                             target_boot_mode="uefi")
-        self.assertEqual(body["command_status"], "SUCCEEDED", body)
-        h.say(f"UEFI guest: install_bootloader took "
-              f"{time.monotonic() - start:.1f} s")
+        for attempt in (1, 2):  # a second run replaces, never duplicates
+            start = time.monotonic()
+            body = self.command("image.install_bootloader",
+                                root_uuid=fs_uuid,
+                                efi_system_part_uuid=efi_uuid,
+                                target_boot_mode="uefi")
+            self.assertEqual(body["command_status"], "SUCCEEDED", body)
+            h.say(f"UEFI guest: install_bootloader #{attempt} took "
+                  f"{time.monotonic() - start:.1f} s")
         log = machine.read_serial()
+        self.assertIn("installing the image's GRUB into it", log)
         self.assertRegex(log, r"UEFI boot entry debian -> "
                               r"EFI/debian/grubx64\.efi")
         # as Ironic does: no waiting for the result of a power off
-        agent.command("standby.power_off", wait=False)
-        machine.wait_for_exit(120)
+        self.command("standby.power_off", wait=False)
+        self.assertEqual(machine.wait_for_exit(120), 0)
 
-        # power on again with no kernel: the firmware's boot manager must
-        # start our entry, GRUB must find the root partition by itself
+        order, entries = uefi_vm.boot_entries(machine.vars)
+        ours = [n for n, (label, _) in entries.items() if label == "debian"]
+        self.assertEqual(len(ours), 1, entries)
+        self.assertEqual(order[0], ours[0], (order, entries))
+        self.assertEqual(entries[ours[0]][1], "\\EFI\\debian\\grubx64.efi")
+
+        # power on with no kernel: the firmware must start our entry, and
+        # GRUB must find the root partition by itself
         machine.boot_disk()
-        machine.wait_for_serial(r'BdsDxe: starting Boot[0-9A-F]{4} "debian"',
-                                180)
+        machine.wait_for_serial(
+            rf'BdsDxe: starting Boot{ours[0]:04X} "debian"', 180)
         match = machine.wait_for_serial(rf"{MARK}: root=(\S+)", 180)
-        self.assertIn("gpt", match.group(1))
+        self.assertRegex(match.group(1), r"^hd0,gpt\d+$")
         self.assertEqual(machine.wait_for_exit(60), 0)
-        if shutil.which("sgdisk"):
-            table = h.run(["sgdisk", "-p", self.device]).stdout
-            self.assertIn("EF00", table)
+
+
+class IronicUefiDeployTests(SynchronousTestCase):
+    """A real Ironic deploys a whole-disk image to the UEFI guest."""
+
+    def setUp(self) -> None:
+        try:
+            uefi_vm.require_qemu()
+            uefi_vm.guest_kernel()
+            h.debian_root()
+            self.env = scenarios.Environment()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def test_whole_disk_image_entry_from_csv_boots(self) -> None:
+        env, api = self.env, self.env.api
+        label = "Debian from CSV"
+        www = os.path.join(env.workdir, "www")
+        digest = uefi_vm.make_uefi_disk_image(
+            os.path.join(www, "uefi.img"), 256 * MiB, label,
+            f'echo "{MARK}: $cmdpath"\nsleep 1\nhalt\n')
+        # The guest reaches the namespace's loopback as 10.0.2.2; give the
+        # namespace that address too, so that one image URL works for both
+        # Ironic and the agent.
+        h.run(["ip", "netns", "exec", env.netns, "ip", "addr", "add",
+               "10.0.2.2/32", "dev", "lo"])
+        h.serve_http(env.cleanups, env.netns, 8090, argv=[
+            sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8090",
+            "--directory", www])
+        env.ironic.enroll("uefi-node", {"name": "/dev/vda"})
+        api.call("PATCH", "/v1/nodes/uefi-node", [
+            {"op": "add", "path": "/properties/capabilities",
+             "value": "boot_mode:uefi"}])
+        api.provision("uefi-node", "manage")
+        api.wait_for_state("uefi-node", {"manageable"}, 60)
+        api.provision("uefi-node", "provide")
+        api.wait_for_state("uefi-node", {"available"}, 60)
+        api.call("PATCH", "/v1/nodes/uefi-node", [
+            {"op": "add", "path": "/instance_info", "value": {
+                "image_source": "http://10.0.2.2:8090/uefi.img",
+                "image_os_hash_algo": "sha256",
+                "image_os_hash_value": digest, "image_disk_format": "raw"}}])
+        start = time.monotonic()
+        api.provision("uefi-node", "active")
+        api.wait_for_state("uefi-node", {"wait call-back"}, 60)
+
+        machine = uefi_vm.UefiMachine(env.cleanups, env.workdir, env.device,
+                                      env.netns)
+        port = h.free_port()
+        start_guest(self, machine, www,
+                    ["--api-url", "http://10.0.2.2:6385",
+                     "--advertise-host", "127.0.0.1",
+                     "--advertise-port", str(port)], port, restrict=False,
+                    wait=False)  # Ironic has it use TLS: Ironic waits
+        try:
+            node = api.wait_for_state("uefi-node", {"active"}, 600)
+        except RuntimeError:
+            h.say(env.logs_tail())
+            h.say(machine.read_serial()[-4000:])
+            raise
+        h.say(f"UEFI guest: node active {time.monotonic() - start:.1f} s "
+              f"after the deploy request")
+        self.assertEqual(node["provision_state"], "active")
+        log = machine.read_serial()
+        self.assertIn("running command image.install_bootloader", log)
+        self.assertIn(f"UEFI boot entry {label} -> EFI/debian/grubx64.efi",
+                      log)
+        machine.stop()  # the fake power interface does not power it off
+
+        order, entries = uefi_vm.boot_entries(machine.vars)
+        ours = [n for n, (name, _) in entries.items() if name == label]
+        self.assertEqual(len(ours), 1, entries)
+        self.assertEqual(order[0], ours[0], (order, entries))
+        machine.boot_disk()
+        machine.wait_for_serial(
+            rf'BdsDxe: starting Boot{ours[0]:04X} "{label}"', 180)
+        match = machine.wait_for_serial(rf"{MARK}: (\S+)", 180)
+        self.assertRegex(match.group(1), r"^\(hd0[^)]*\)/EFI/debian$")
+        self.assertEqual(machine.wait_for_exit(60), 0)

@@ -25,8 +25,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
+import tempfile
 import time
+import uuid
 
 from tests.integration import harness as h
 
@@ -62,10 +65,10 @@ exec $B switch_root /newroot /bin/sh "$script"
 
 
 def require_qemu() -> None:
-    missing = [p for p in (OVMF_CODE, OVMF_VARS, "/bin/busybox")
-               if not os.path.exists(p)]
-    if shutil.which("qemu-system-x86_64") is None:
-        missing.append("qemu-system-x86_64")
+    missing = [p for p in (OVMF_CODE, OVMF_VARS) if not os.path.exists(p)]
+    for tool in ("qemu-system-x86_64", "busybox"):
+        if shutil.which(tool) is None:
+            missing.append(tool)
     if missing:
         raise h.Unavailable(f"a UEFI test machine needs {', '.join(missing)} "
                             f"(apt install qemu-system-x86 ovmf "
@@ -130,7 +133,15 @@ def build_initramfs(root: str, version: str, path: str) -> None:
     shutil.rmtree(tree, ignore_errors=True)
     for d in ("bin", "modules"):
         os.makedirs(os.path.join(tree, d))
-    shutil.copy("/bin/busybox", os.path.join(tree, "bin", "busybox"))
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    shutil.copy(busybox, os.path.join(tree, "bin", "busybox"))
+    # a dynamically linked busybox (Debian's "busybox" package) brings
+    # its libraries along
+    libs = h.run(["ldd", busybox], check=False).stdout
+    for lib in re.findall(r"(/\S+) \(0x", libs):
+        target = os.path.join(tree, lib.lstrip("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(lib, target)
     for mod in order:
         shutil.copy(os.path.join(modules, mod),
                     os.path.join(tree, "modules", os.path.basename(mod)))
@@ -147,9 +158,10 @@ class UefiMachine:
     """One test machine: its NVRAM file, its disk, its serial log."""
 
     def __init__(self, cleanups: h.Cleanups, workdir: str, disk: str,
-                 memory_mb: int = 1536) -> None:
+                 netns: str, memory_mb: int = 1536) -> None:
         require_qemu()
         self.cleanups = cleanups
+        self.netns = netns
         self.workdir = workdir
         self.disk = disk
         self.memory_mb = memory_mb
@@ -162,7 +174,8 @@ class UefiMachine:
     def _start(self, extra: list[str]) -> None:
         self.boots += 1
         self.serial = os.path.join(self.workdir, f"serial-{self.boots}.log")
-        argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg",
+        argv = ["ip", "netns", "exec", self.netns,
+                "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg",
                 "-cpu", "max", "-smp", "2", "-m", str(self.memory_mb),
                 "-nodefaults", "-display", "none", "-no-reboot",
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
@@ -178,10 +191,13 @@ class UefiMachine:
         self.cleanups.add(f"qemu boot {self.boots}", self.stop)
 
     def boot_ramdisk(self, script: str, api_port: int,
-                     guest_port: int = 9999) -> None:
+                     guest_port: int = 9999, mac: str = h.NODE_MAC,
+                     restrict: bool = True) -> None:
         """Boot the kernel and initramfs; ``script`` (a path on this
-        machine) is the guest's init; ``api_port`` on this machine's
-        loopback reaches ``guest_port`` in the guest."""
+        machine) is the guest's init.  QEMU runs in the test's namespace:
+        ``api_port`` on its loopback reaches ``guest_port`` in the guest,
+        and (``restrict=False``) the guest reaches the namespace's loopback
+        as 10.0.2.2, and nothing else (the namespace has no way out)."""
         vmlinuz, root, version = guest_kernel()
         initrd = os.path.join(self.workdir, "initramfs.cpio")
         if not os.path.exists(initrd):
@@ -192,9 +208,9 @@ class UefiMachine:
                        f"ipa_guest_modules={root}",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
                        "readonly=on,multidevs=remap",
-            "-netdev", f"user,id=net0,restrict=on,"
+            "-netdev", f"user,id=net0,restrict={'on' if restrict else 'off'},"
                        f"hostfwd=tcp:127.0.0.1:{api_port}-:{guest_port}",
-            "-device", "virtio-net-pci,netdev=net0"])
+            "-device", f"virtio-net-pci,netdev=net0,mac={mac}"])
 
     def boot_disk(self) -> None:
         """Power on with no kernel: the firmware boots from NVRAM."""
@@ -232,3 +248,111 @@ class UefiMachine:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             h.stop_process(self.proc, timeout=10)
+
+
+def make_uefi_disk_image(path: str, size: int, label: str,
+                         grub_cfg: str) -> str:
+    """A whole-disk image as a UEFI cloud image has it: GPT, an ESP with
+    EFI/debian/grubx64.efi and a BOOTX64.CSV naming it (as shim's fallback
+    reads it), and an empty second partition.  The GRUB is the Debian
+    tree's own, made standalone with ``grub_cfg`` built in.  Returns the
+    image's sha256."""
+    tree = tempfile.mkdtemp(prefix="uefi-image-")
+    try:
+        h.run(["tar", "-C", tree, "-xf", h.debian_root()])
+        with open(os.path.join(tree, "tmp", "embedded.cfg"), "w") as f:
+            f.write(grub_cfg)
+        h.run(["chroot", tree, "grub-mkstandalone", "-O", "x86_64-efi",
+               "-o", "/tmp/grubx64.efi",
+               "boot/grub/grub.cfg=/tmp/embedded.cfg"])
+        csv = os.path.join(tree, "tmp", "BOOTX64.CSV")
+        with open(csv, "wb") as f:
+            f.write(f"grubx64.efi,{label},,This is the boot entry for "
+                    f"{label}\n".encode("utf-16"))
+        esp = path + ".esp"
+        esp_mib = 64
+        h.run(["mkfs.vfat", "-C", "-n", "ESP", esp, str(esp_mib * 1024)])
+        h.run(["mmd", "-i", esp, "::/EFI", "::/EFI/debian"])
+        h.run(["mcopy", "-i", esp, os.path.join(tree, "tmp", "grubx64.efi"),
+               csv, "::/EFI/debian/"])
+        with open(path, "wb") as f:
+            f.truncate(size)
+        h.run(["sgdisk", "-n", f"1:2048:+{esp_mib}M", "-t", "1:EF00",
+               "-c", "1:EFI System", "-n", "2:0:0", "-t", "2:8300", path])
+        h.run(["dd", f"if={esp}", f"of={path}", "bs=1M", "seek=1",
+               "conv=notrunc,fsync", "status=none"])
+        os.unlink(esp)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return h.file_sha256(path)
+
+
+# ------------------------------------------------------------ the NVRAM file
+
+GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c").bytes_le
+AUTH_STORE = uuid.UUID("aaf32c78-947b-439a-a180-2e144ec37792").bytes_le
+VAR_ADDED = 0x3F
+VAR_IN_DELETED_TRANSITION = 0x3E
+
+
+def nvram_variables(path: str) -> dict[str, bytes]:
+    """The live EFI global variables in an OVMF_VARS file (the variable
+    store that follows the firmware volume header; a copy being replaced
+    counts only when no newer copy was added)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[40:44] != b"_FVH":
+        raise ValueError(f"{path}: not a firmware volume")
+    fv_header = struct.unpack_from("<H", data, 0x30)[0]
+    auth = data[fv_header:fv_header + 16] == AUTH_STORE
+    store_size = struct.unpack_from("<I", data, fv_header + 16)[0]
+    pos, end = fv_header + 28, fv_header + store_size
+    added: dict[str, bytes] = {}
+    replaced: dict[str, bytes] = {}
+    while pos + 32 <= end:
+        start_id, state = struct.unpack_from("<HB", data, pos)
+        if start_id != 0x55AA:
+            break
+        if auth:  # + MonotonicCount, TimeStamp, PubKeyIndex
+            name_size, data_size = struct.unpack_from("<II", data, pos + 36)
+            guid, header = data[pos + 44:pos + 60], 60
+        else:
+            name_size, data_size = struct.unpack_from("<II", data, pos + 8)
+            guid, header = data[pos + 16:pos + 32], 32
+        body = pos + header
+        name = data[body:body + name_size].decode("utf-16-le").rstrip("\0")
+        value = data[body + name_size:body + name_size + data_size]
+        if guid == GLOBAL_VARIABLE and state == VAR_ADDED:
+            added[name] = value
+        elif guid == GLOBAL_VARIABLE and state == VAR_IN_DELETED_TRANSITION:
+            replaced[name] = value
+        pos = (body + name_size + data_size + 3) & ~3
+    return {**replaced, **added}
+
+
+def boot_entries(path: str) -> tuple[list[int], dict[int, tuple[str, str]]]:
+    """BootOrder, and each Boot#### entry's (description, file path; ""
+    when the entry names no file)."""
+    variables = nvram_variables(path)
+    raw = variables.get("BootOrder", b"")
+    order = list(struct.unpack(f"<{len(raw) // 2}H", raw))
+    entries: dict[int, tuple[str, str]] = {}
+    for name, value in variables.items():
+        if not re.fullmatch(r"Boot[0-9A-F]{4}", name):
+            continue
+        path_len = struct.unpack_from("<H", value, 4)[0]
+        i = 6
+        while value[i:i + 2] != b"\0\0":
+            i += 2
+        description = value[6:i].decode("utf-16-le")
+        nodes, j, file_path = value[i + 2:i + 2 + path_len], 0, ""
+        while j + 4 <= len(nodes):
+            kind, sub, length = struct.unpack_from("<BBH", nodes, j)
+            if kind == 0x04 and sub == 0x04:  # media, file path
+                file_path = nodes[j + 4:j + length].decode(
+                    "utf-16-le").rstrip("\0")
+            if kind == 0x7F or length < 4:
+                break
+            j += length
+        entries[int(name[4:], 16)] = (description, file_path)
+    return order, entries
