@@ -283,6 +283,14 @@ class StandbyExtension(Extension):
                                        self.agent.guard, device)
             log.warn("wiped the partition tables of {dev} after a failed "
                      "write", dev=device)
+        except blockio.WipeError as e:
+            if "start" in e.failed:
+                log.error("could not wipe {dev} after a failed write: {e}",
+                          dev=device, e=e)
+            else:
+                log.warn("wiped the start of {dev} (its partition table) "
+                         "after a failed write; its end could not be zeroed: "
+                         "{e}", dev=device, e=e.failed["end"])
         except Exception as e:
             log.error("could not wipe {dev} after a failed write: {e}",
                       dev=device, e=e)

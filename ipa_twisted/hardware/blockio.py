@@ -95,13 +95,35 @@ def zero_range(guard: DeviceGuard, path: str, offset: int, length: int
         os.close(fd)
 
 
+class WipeError(OSError):
+    """One end of a disk or both could not be zeroed; ``failed`` maps
+    "start"/"end" to the error."""
+
+    def __init__(self, path: str, failed: dict[str, OSError]) -> None:
+        first = next(iter(failed.values()))
+        super().__init__(first.errno, "could not zero the "
+                         + " and the ".join(failed) + f" of {path}: "
+                         + "; ".join(str(e) for e in failed.values()))
+        self.failed = failed
+
+
 def wipe_head_and_tail(guard: DeviceGuard, path: str,
                        amount: int = MiB) -> None:
     """Zero the first and last ``amount`` bytes: MBR, both GPT headers and
-    tables, most filesystem superblocks."""
+    tables, most filesystem superblocks.  Both ends are tried even when
+    one fails (a dying disk may still take the start, which is what keeps
+    it from booting); then WipeError says which failed."""
     size = device_size(path)
     head = min(amount, size)
-    zero_range(guard, path, 0, head)
+    regions = [("start", 0, head)]
     if size > head:
         tail = min(amount, size - head)
-        zero_range(guard, path, size - tail, tail)
+        regions.append(("end", size - tail, tail))
+    failed: dict[str, OSError] = {}
+    for name, offset, length in regions:
+        try:
+            zero_range(guard, path, offset, length)
+        except OSError as e:
+            failed[name] = e
+    if failed:
+        raise WipeError(path, failed)

@@ -241,7 +241,9 @@ def parse_lsblk(
             parent = _str(row.get("pkname")) or parent_kname(kname, sys_block)
             if parent is None or not guard.listed(parent):
                 continue
-        elif kind == "loop":
+        elif kind in ("loop", "dm"):
+            # never a machine's disk by themselves: listed only when the
+            # allow-list names them (tests; an operator who means it)
             if not guard.restricted or not guard.listed(kname):
                 continue
         else:

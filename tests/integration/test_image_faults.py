@@ -1,19 +1,22 @@
 """Image writes that go wrong, with a sandboxed agent and real disks:
 a disk that fails mid-write, a wrong checksum, and the progress of a slow
-download.  (This kernel has no device-mapper, so the failing disk is a
-loop device whose backing file lives on a small tmpfs: past its size every
-write fails, as a dying disk's do.)"""
+download.  Two failing disks: a loop device whose backing file lives on a
+small tmpfs (past its size every write fails), and a device-mapper
+``error`` target in the QEMU test machine (this machine's kernel has no
+device-mapper)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from typing import Any
 
 
 from tests.integration import agent_api
 from tests.integration import harness as h
-from tests.integration.base import SandboxTestCase
+from tests.integration import uefi_vm
+from tests.integration.base import SandboxTestCase, unavailable
 
 MiB = 1024 * 1024
 TOKEN = "f" * 40
@@ -74,7 +77,7 @@ class FaultTests(SandboxTestCase):
         # the agent tried to make the disk unbootable (on a dead disk that
         # may fail too: it says so)
         self.assertRegex(agent.read_log(), r"wiped the partition tables of|"
-                         r"could not wipe")
+                         r"wiped the start of|could not wipe")
 
     def test_wrong_checksum_fails_and_wipes(self) -> None:
         device = h.make_loop_device(self.cleanups, self.workdir, 5 << 30)
@@ -117,3 +120,94 @@ class FaultTests(SandboxTestCase):
         self.assertIn("percent", seen)
         self.assertIn("MiB/s, ETA", agent.read_log())
         self.assertEqual(h.device_sha256(device, 48 * MiB), digest)
+
+
+class DeviceMapperFaultTests(SandboxTestCase):
+    """Disks that fail under the agent, made with device-mapper targets
+    (``error``: every sector past 64 MiB answers EIO; ``flakey``: every
+    write fails).  This machine's kernel has no device-mapper, so the agent
+    runs in the QEMU test machine (tests/integration/uefi_vm.py), whose
+    Debian kernel has it, over its virtio disk (a loop device here)."""
+
+    disk_size = 5 << 30
+
+    def setUp(self) -> None:
+        super().setUp()
+        try:
+            uefi_vm.require_qemu()
+            uefi_vm.guest_kernel()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.www = os.path.join(self.workdir, "www")
+        os.makedirs(self.www)
+
+    def write_to_dm(self, table: str) -> tuple[uefi_vm.UefiMachine, str,
+                                               dict[str, Any]]:
+        """Boot the machine with dm device "dying" (``table``, where
+        $sectors is the virtio disk's size) as the agent's only disk and
+        have the agent write a 160 MiB image to it: (machine, the image's
+        path, the command's result)."""
+        image = os.path.join(self.www, "disk.img")
+        digest = h.make_disk_image(image, 160 * MiB)
+        setup = (
+            "modprobe -a dm-mod dm-flakey\n"
+            "sectors=$(blockdev --getsz /dev/vda)\n"
+            f'printf "{table}" | dmsetup create --noudevsync dying\n'
+            "dmsetup mknodes\n"  # no udev: lsblk needs /dev/mapper/dying
+            "echo \"dm table: $(dmsetup table dying | tr '\\n' ';')\"\n")
+        machine = uefi_vm.UefiMachine(self.cleanups, self.workdir,
+                                      self.device, self.netns)
+        port = h.free_port()
+        uefi_vm.start_agent(self, machine, self.www,
+                            ["--standalone", "--agent-token", TOKEN,
+                             "--listen-host", "0.0.0.0",
+                             "--device-allowlist", "/dev/dm-0",
+                             "--image-download-connection-retries", "1"],
+                            port, setup=setup)
+        machine.wait_for_serial(r"dm table: 0 \d+ ", 5)
+        status, _, body = agent_api.call(
+            self.netns, "POST", f"/v1/commands/?wait=true&agent_token={TOKEN}",
+            {"name": "standby.prepare_image", "params": {"image_info": {
+                "id": "img", "urls": ["http://127.0.0.1:8080/disk.img"],
+                "os_hash_algo": "sha256", "os_hash_value": digest,
+                "disk_format": "raw"}}}, port=port, timeout=300)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["command_status"], "FAILED", body)
+        self.assertEqual(body["command_error"]["type"], "ImageWriteError")
+        self.assertIn("Input/output error", body["command_error"]["details"])
+        machine.wait_for_serial("picked root device /dev/dm-0", 5)
+        machine.wait_for_serial(r"writing /dev/dm-0: Input/output error", 5)
+        return machine, image, body
+
+    def test_error_target_past_64_mib(self) -> None:
+        good = 64 * MiB // 512
+        machine, image, _ = self.write_to_dm(
+            f"0 {good} linear /dev/vda 0\\n"
+            f"{good} $((sectors - {good})) error\\n")
+        machine.wait_for_serial(rf"dm table: 0 {good} linear \d+:0 0;"
+                                rf"{good} \d+ error", 5)
+        # the first 64 MiB still work: the partition table was wiped there,
+        # the end of the disk could not be
+        machine.wait_for_serial(r"wiped the start of /dev/dm-0 \(its "
+                                r"partition table\) after a failed write; "
+                                r"its end could not be zeroed", 5)
+        machine.stop()
+        pttype = h.run(["blkid", "--probe", "--match-tag", "PTTYPE",
+                        "--output", "value", self.device], check=False)
+        self.assertEqual(pttype.stdout.strip(), "")
+        # what lies before the failing sector is the image's
+        with open(self.device, "rb") as disk, open(image, "rb") as src:
+            disk.seek(MiB)
+            src.seek(MiB)
+            self.assertEqual(disk.read(8 * MiB), src.read(8 * MiB))
+
+    def test_flakey_target_failing_every_write(self) -> None:
+        # a disk that reads but takes no write at all: up 0 s, down 1 h
+        machine, _, _ = self.write_to_dm(
+            "0 $sectors flakey /dev/vda 0 0 3600 1 error_writes\\n")
+        machine.wait_for_serial(r"dm table: 0 \d+ flakey \d+:0 0 0 3600 1 "
+                                r"error_writes", 5)
+        # nothing can make it unbootable: the agent says so
+        machine.wait_for_serial(r"could not wipe /dev/dm-0 after a failed "
+                                r"write: .*could not zero the start and the "
+                                r"end of /dev/dm-0", 5)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -34,61 +35,6 @@ MiB = 1024 ** 2
 GiB = 1024 ** 3
 TOKEN = "u" * 40
 MARK = "ipa-twisted-uefi-boot"
-
-GUEST = """#!/bin/sh
-# The test UEFI guest's init: the agent, as a ramdisk would run it.
-mods=$(sed -n 's/.*ipa_guest_modules=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
-mkdir -p /lib/modules && mount --bind "$mods/lib/modules" /lib/modules
-modprobe -a virtio_blk virtio_net efivarfs vfat nls_cp437 nls_ascii ext4
-mount -t efivarfs efivarfs /sys/firmware/efi/efivars
-mount -t tmpfs tmpfs /run
-ip link set lo up && ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
-echo "guest: disks: $(ls /sys/block)"
-cd /tmp
-{python} -m http.server --bind 127.0.0.1 --directory {www} 8080 \\
-    >/dev/null 2>&1 &
-: > /tmp/cmdline
-{twistd} --nodaemon --pidfile= --logfile=- ipa \\
-    --device-allowlist /dev/vda --cmdline-file /tmp/cmdline \\
-    --disk-wait-attempts 2 --disk-wait-delay 1 {agent_args}
-echo "guest: the agent exited ($?)"
-echo o > /proc/sysrq-trigger
-sleep 30
-"""
-
-
-def start_guest(test: Any, machine: uefi_vm.UefiMachine, www: str,
-                agent_args: list[str], port: int,
-                restrict: bool = True, wait: bool = True) -> None:
-    """Boot ``machine`` as a ramdisk running our agent with ``agent_args``;
-    (``wait``) returns when its plain-HTTP API answers on ``port`` (in the
-    namespace)."""
-    script = os.path.join(machine.workdir, "guest.sh")
-    with open(script, "w") as f:
-        f.write(GUEST.format(
-            python=sys.executable, www=www,
-            twistd=os.path.join(os.path.dirname(sys.executable), "twistd"),
-            agent_args=" ".join(agent_args)))
-    start = time.monotonic()
-    machine.boot_ramdisk(script, port, restrict=restrict)
-    while wait and time.monotonic() - start < 300:
-        if machine.proc is not None and machine.proc.poll() is not None:
-            break
-        try:
-            status, _, _ = agent_api.call(machine.netns, "GET", "/v1/status",
-                                          port=port, timeout=5)
-            if status == 200:
-                h.say(f"UEFI guest: agent API up "
-                      f"{time.monotonic() - start:.1f} s after power on")
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(1)
-    if wait:
-        test.fail(f"the guest's agent did not answer; serial:\n"
-                  f"{machine.read_serial()[-3000:]}")
-
 
 class StandaloneUefiTests(SandboxTestCase):
     disk_size = 5 * GiB  # the agent ignores disks under 4 GiB
@@ -124,7 +70,7 @@ class StandaloneUefiTests(SandboxTestCase):
                     f'sleep 1\nhalt\n'.encode()})
         machine = uefi_vm.UefiMachine(self.cleanups, self.workdir,
                                       self.device, self.netns)
-        start_guest(self, machine, self.www,
+        uefi_vm.start_agent(self, machine, self.www,
                     ["--standalone", "--agent-token", TOKEN,
                      "--listen-host", "0.0.0.0"], self.port)
         body = self.command("poll.set_node_info", node_info={"node": {
@@ -155,10 +101,9 @@ class StandaloneUefiTests(SandboxTestCase):
             self.assertEqual(body["command_status"], "SUCCEEDED", body)
             h.say(f"UEFI guest: install_bootloader #{attempt} took "
                   f"{time.monotonic() - start:.1f} s")
-        log = machine.read_serial()
-        self.assertIn("installing the image's GRUB into it", log)
-        self.assertRegex(log, r"UEFI boot entry debian -> "
-                              r"EFI/debian/grubx64\.efi")
+        machine.wait_for_serial("installing the image's GRUB into it", 5)
+        machine.wait_for_serial(r"UEFI boot entry debian -> "
+                                r"EFI/debian/grubx64\.efi", 5)
         # as Ironic does: no waiting for the result of a power off
         self.command("standby.power_off", wait=False)
         self.assertEqual(machine.wait_for_exit(120), 0)
@@ -227,7 +172,7 @@ class IronicUefiDeployTests(SynchronousTestCase):
         machine = uefi_vm.UefiMachine(env.cleanups, env.workdir, env.device,
                                       env.netns)
         port = h.free_port()
-        start_guest(self, machine, www,
+        uefi_vm.start_agent(self, machine, www,
                     ["--api-url", "http://10.0.2.2:6385",
                      "--advertise-host", "127.0.0.1",
                      "--advertise-port", str(port)], port, restrict=False,
@@ -241,10 +186,9 @@ class IronicUefiDeployTests(SynchronousTestCase):
         h.say(f"UEFI guest: node active {time.monotonic() - start:.1f} s "
               f"after the deploy request")
         self.assertEqual(node["provision_state"], "active")
-        log = machine.read_serial()
-        self.assertIn("running command image.install_bootloader", log)
-        self.assertIn(f"UEFI boot entry {label} -> EFI/debian/grubx64.efi",
-                      log)
+        machine.wait_for_serial("running command image.install_bootloader", 5)
+        machine.wait_for_serial(rf"UEFI boot entry {re.escape(label)} -> "
+                                rf"EFI/debian/grubx64\.efi", 5)
         machine.stop()  # the fake power interface does not power it off
 
         order, entries = uefi_vm.boot_entries(machine.vars)

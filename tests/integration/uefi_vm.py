@@ -27,10 +27,13 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
+from tests.integration import agent_api
 from tests.integration import harness as h
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -248,6 +251,64 @@ class UefiMachine:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             h.stop_process(self.proc, timeout=10)
+
+
+GUEST = """#!/bin/sh
+# The test UEFI guest's init: the agent, as a ramdisk would run it.
+mods=$(sed -n 's/.*ipa_guest_modules=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+mkdir -p /lib/modules && mount --bind "$mods/lib/modules" /lib/modules
+modprobe -a virtio_blk virtio_net efivarfs vfat nls_cp437 nls_ascii ext4
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+mount -t tmpfs tmpfs /run
+ip link set lo up && ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+echo "guest: disks: $(ls /sys/block)"
+cd /tmp
+{setup}
+{python} -m http.server --bind 127.0.0.1 --directory {www} 8080 \\
+    >/dev/null 2>&1 &
+: > /tmp/cmdline
+{twistd} --nodaemon --pidfile= --logfile=- ipa \\
+    --device-allowlist /dev/vda --cmdline-file /tmp/cmdline \\
+    --disk-wait-attempts 2 --disk-wait-delay 1 {agent_args}
+echo "guest: the agent exited ($?)"
+echo o > /proc/sysrq-trigger
+sleep 30
+"""
+
+
+def start_agent(test: Any, machine: UefiMachine, www: str,
+                agent_args: list[str], port: int,
+                restrict: bool = True, wait: bool = True,
+                setup: str = "") -> None:
+    """Boot ``machine`` as a ramdisk running our agent with ``agent_args``;
+    (``wait``) returns when its plain-HTTP API answers on ``port`` (in the
+    namespace).  ``setup`` is shell run in the guest before the agent
+    starts; ``www`` is served in the guest on 127.0.0.1:8080."""
+    script = os.path.join(machine.workdir, "guest.sh")
+    with open(script, "w") as f:
+        f.write(GUEST.format(
+            python=sys.executable, www=www,
+            twistd=os.path.join(os.path.dirname(sys.executable), "twistd"),
+            agent_args=" ".join(agent_args), setup=setup))
+    start = time.monotonic()
+    machine.boot_ramdisk(script, port, restrict=restrict)
+    while wait and time.monotonic() - start < 300:
+        if machine.proc is not None and machine.proc.poll() is not None:
+            break
+        try:
+            status, _, _ = agent_api.call(machine.netns, "GET", "/v1/status",
+                                          port=port, timeout=5)
+            if status == 200:
+                h.say(f"test machine: agent API up "
+                      f"{time.monotonic() - start:.1f} s after power on")
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
+    if wait:
+        test.fail(f"the guest's agent did not answer; serial:\n"
+                  f"{machine.read_serial()[-3000:]}")
 
 
 def make_uefi_disk_image(path: str, size: int, label: str,

@@ -36,6 +36,19 @@ class ParseTests(SynchronousTestCase):
         # An empty loop device (size 0) is never listed.
         self.assertEqual(self.names(DeviceGuard(["/dev/loop5"])), [])
 
+    def test_device_mapper_only_when_allow_listed(self) -> None:
+        # A dm device over a virtio disk (the fault tests' dying disk):
+        # never a disk by itself, listed when the allow-list names it.
+        output = load("lsblk", "qemu-virtio-dm.txt")
+
+        def names(guard: DeviceGuard) -> list[str]:
+            return [d.name for d in parse_lsblk(output, guard,
+                                                sys_block=self.sys)]
+
+        self.assertEqual(names(DeviceGuard(None)), ["/dev/vda"])
+        self.assertEqual(names(DeviceGuard(["/dev/dm-0"])), ["/dev/dm-0"])
+        self.assertEqual(names(DeviceGuard(["/dev/vda"])), ["/dev/vda"])
+
     def test_fields(self) -> None:
         dev, = parse_lsblk(self.output, DeviceGuard(["/dev/loop0"]),
                            sys_block=self.sys)
@@ -118,3 +131,39 @@ class RootDeviceTests(SynchronousTestCase):
         with self.assertRaises(errors.DeviceNotFound) as cm:
             choose_root_device(self.devices, {"colour": "red"})
         self.assertIn("failed to validate", str(cm.exception))
+
+
+class WipeTests(SynchronousTestCase):
+    """wipe_head_and_tail on a dying disk: the start still gets zeroed."""
+
+    def setUp(self) -> None:
+        from ipa_twisted.hardware import blockio
+        self.blockio = blockio
+        self.path = self.mktemp()
+        with open(self.path, "wb") as f:
+            f.write(b"\xff" * (4 * 1024 * 1024))
+        self.real = blockio.zero_range
+
+    def test_both_ends(self) -> None:
+        self.blockio.wipe_head_and_tail(DeviceGuard(None), self.path)
+        with open(self.path, "rb") as f:
+            data = f.read()
+        mib = 1024 * 1024
+        self.assertEqual(data[:mib] + data[-mib:], bytes(2 * mib))
+        self.assertEqual(data[mib:-mib], b"\xff" * (2 * mib))
+
+    def test_failing_end_still_wipes_the_start(self) -> None:
+        def zero_range(guard: DeviceGuard, path: str, offset: int,
+                       length: int) -> None:
+            if offset > 0:
+                raise OSError(5, "Input/output error")
+            self.real(guard, path, offset, length)
+
+        self.patch(self.blockio, "zero_range", zero_range)
+        with self.assertRaises(self.blockio.WipeError) as caught:
+            self.blockio.wipe_head_and_tail(DeviceGuard(None), self.path)
+        self.assertEqual(list(caught.exception.failed), ["end"])
+        self.assertEqual(caught.exception.errno, 5)
+        self.assertIn("could not zero the end of", str(caught.exception))
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(1024 * 1024), bytes(1024 * 1024))
