@@ -83,6 +83,19 @@ def find_loaders(esp: str, arch: str = "x64") -> list[tuple[str, str]]:
     return []
 
 
+def failure_text(e: ProcessError) -> str:
+    """The command, how it failed and the end of what it said."""
+    text = f"{' '.join(e.argv)}: {e.reason}"
+    said = (e.result.err or e.result.out).strip() if e.result else ""
+    return f"{text}: {said[-500:]}" if said else text
+
+
+def uefi_firmware() -> bool:
+    """Did this ramdisk boot by UEFI, with efibootmgr at hand?"""
+    return os.path.isdir("/sys/firmware/efi") and \
+        shutil.which("efibootmgr") is not None
+
+
 def efi_path(path: str) -> str:
     return "\\" + path.replace("/", "\\")
 
@@ -118,7 +131,8 @@ class ImageExtension(Extension):
                 return
             if isinstance(e, errors.AgentError):
                 raise
-            raise BootloaderError(str(e)) from e
+            raise BootloaderError(failure_text(e) if isinstance(
+                e, ProcessError) else str(e)) from e
 
     async def _install(self, root_uuid: Any, efi_uuid: Any,
                        target_boot_mode: str) -> None:
@@ -126,7 +140,7 @@ class ImageExtension(Extension):
         self.agent.guard.check(device)
         partition_image = bool(root_uuid) and \
             not str(root_uuid).startswith("0x")
-        if os.path.isdir("/sys/firmware/efi") and shutil.which("efibootmgr"):
+        if uefi_firmware():
             if await self._efi(device, efi_uuid,
                                str(root_uuid) if partition_image else None):
                 return
@@ -212,8 +226,7 @@ class ImageExtension(Extension):
                 log.info("UEFI boot entry {label} -> {path} on {part}",
                          label=label, path=path, part=part)
         except ProcessError as e:
-            raise BootloaderError(
-                f"{' '.join(e.argv)}: {e.reason}") from None
+            raise BootloaderError(failure_text(e)) from None
         return True
 
     async def _esp_loaders(self, part: str) -> list[tuple[str, str]]:
@@ -274,8 +287,7 @@ class ImageExtension(Extension):
             await self._run(["chroot", mnt, f"{tool}-mkconfig", "-o", cfg],
                             timeout=1800.0)
         except ProcessError as e:
-            raise BootloaderError(
-                f"{' '.join(e.argv)}: {e.reason}") from None
+            raise BootloaderError(failure_text(e)) from None
         finally:
             for path in reversed(mounted):
                 try:
