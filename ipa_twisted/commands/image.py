@@ -1,13 +1,18 @@
 """The image extension: ``install_bootloader``.
 
-UEFI (when the ramdisk itself booted by UEFI and ``efibootmgr`` is there):
-the EFI system partition is found on the disk (or by the UUID Ironic
-gives), its boot loaders are found (``BOOT<ARCH>.CSV`` files first, then
+UEFI (``target_boot_mode``, by default how the ramdisk booted): the EFI
+system partition is the one whose UUID Ironic gives, else the first by
+type; its boot loaders are found (``BOOT<ARCH>.CSV`` files first, then
 shim, then grub, then the removable-media path), and one NVRAM boot entry
-per loader is (re)made with ``efibootmgr``.  Whole-disk images stop there.
-A partition image's ESP is empty (the agent made it): the image's own GRUB
-is installed into it first (``grub-install --target=x86_64-efi
---no-nvram`` in a chroot, then ``grub-mkconfig``), then registered.
+per loader is (re)made with ``efibootmgr`` (an entry with the same label is
+replaced).  Whole-disk images stop there.  A partition image's ESP is empty
+(the agent made it): what the image ships in its own /boot/efi (shim,
+signed GRUB) is copied into it; if that is no boot loader, the image's GRUB
+is installed into it (``grub-install --target=x86_64-efi --no-nvram``, and
+again with ``--removable`` for the fallback path, then ``grub-mkconfig``,
+in a chroot).  A failed install removes what it wrote on the ESP.  When
+the ramdisk cannot write NVRAM (not booted by UEFI, or no efibootmgr) only
+the removable-media path is installed.
 
 BIOS, for partition images: the root filesystem (by its UUID) is mounted,
 ``/dev``, ``/proc``, ``/sys`` and ``/run`` are bound into it, and the
@@ -19,10 +24,12 @@ run in a chroot.  As in IPA this only happens when Ironic allows it
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, AsyncIterator
 
 from twisted.logger import Logger
 
@@ -35,6 +42,9 @@ log = Logger()
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 EFI_ARCH = {"x86_64": "x64", "aarch64": "aa64", "i686": "ia32",
             "riscv64": "riscv64"}
+#: a Boot#### line of ``efibootmgr [-v]``: number, label (up to the tab
+#: that starts the device path, or the end of the line)
+BOOT_ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})\*?\s+(.*?)(?:\t|$)")
 GRUB_EFI_TARGET = {"x86_64": "x86_64-efi", "aarch64": "arm64-efi",
                    "i686": "i386-efi", "riscv64": "riscv64-efi"}
 
@@ -114,7 +124,7 @@ class ImageExtension(Extension):
     async def install_bootloader(self, root_uuid: Any = None,
                                  efi_system_part_uuid: Any = None,
                                  prep_boot_part_uuid: Any = None,
-                                 target_boot_mode: str = "bios",
+                                 target_boot_mode: str | None = None,
                                  ignore_bootloader_failure: Any = None
                                  ) -> None:
         ignore = ignore_bootloader_failure
@@ -135,24 +145,27 @@ class ImageExtension(Extension):
                 e, ProcessError) else str(e)) from e
 
     async def _install(self, root_uuid: Any, efi_uuid: Any,
-                       target_boot_mode: str) -> None:
+                       target_boot_mode: str | None) -> None:
         device = await self.agent.hardware.dispatch("get_os_install_device")
         self.agent.guard.check(device)
         partition_image = bool(root_uuid) and \
             not str(root_uuid).startswith("0x")
-        if uefi_firmware():
+        nvram = uefi_firmware()
+        mode = target_boot_mode or ("uefi" if nvram else "bios")
+        if mode == "uefi":
             if await self._efi(device, efi_uuid,
-                               str(root_uuid) if partition_image else None):
+                               str(root_uuid) if partition_image else None,
+                               nvram):
                 return
         if not partition_image:
-            log.info("whole-disk image: no bootloader to install in BIOS "
-                     "mode")
+            log.info("whole-disk image: no bootloader to install ({mode} "
+                     "mode)", mode=mode)
             return
         if not self.agent.lookup_config.get("enable_bios_bootloader_install"):
             raise errors.InvalidImage(
                 "installing a BIOS bootloader for a partition image is "
                 "disabled (Ironic's [agent]enable_bios_bootloader_install)")
-        await self._grub(device, str(root_uuid))
+        await self._bios_grub(device, str(root_uuid))
 
     async def _partitions(self, device: str) -> list[dict[str, str]]:
         """The partitions of ``device`` with their identifiers.
@@ -180,17 +193,20 @@ class ImageExtension(Extension):
             rows.append(row)
         return rows
 
-    async def _efi(self, device: str, efi_uuid: Any,
-                   root_uuid: str | None) -> bool:
-        """UEFI: register the ESP's boot loaders in NVRAM.  For a partition
-        image whose ESP has none yet (the agent made it empty), the image's
-        own GRUB is installed into it first.  False when the disk has no
-        ESP, or (whole-disk image) no loader on it."""
+    async def _efi(self, device: str, efi_uuid: Any, root_uuid: str | None,
+                   nvram: bool) -> bool:
+        """UEFI: register the ESP's boot loaders in NVRAM (``nvram``).  A
+        partition image's empty ESP is filled first.  False when the disk
+        has no ESP, or (whole-disk image) no loader on it."""
         parts = await self._partitions(device)
         esp = None
         if efi_uuid:
             esp = next((p for p in parts if str(efi_uuid) in
                         (p.get("UUID"), p.get("PARTUUID"))), None)
+            if esp is None:
+                log.warn("no partition with UUID {uuid} on {dev}: looking "
+                         "for an EFI system partition by type",
+                         uuid=efi_uuid, dev=device)
         if esp is None:
             esp = next((p for p in parts if p.get("PARTTYPE", "").lower()
                         in (ESP_GUID, "0xef")), None)
@@ -198,27 +214,30 @@ class ImageExtension(Extension):
             log.info("no EFI system partition on {dev}", dev=device)
             return False
         part = f"/dev/{esp['NAME']}"
-        number = esp.get("NUMBER") or "".join(
-            ch for ch in esp["NAME"][::-1] if ch.isdigit())[::-1] or "1"
-        loaders = await self._esp_loaders(part)
+        trailing = re.search(r"(\d+)$", esp["NAME"])
+        number = esp.get("NUMBER") or (trailing.group(1) if trailing
+                                       else "1")
+        async with self._mounted(part) as mnt:
+            loaders = find_loaders(mnt, efi_arch())
         if not loaders and root_uuid:
-            log.info("no boot loader on {part} yet: installing the image's "
-                     "GRUB into it", part=part)
-            await self._grub(device, root_uuid, esp=part)
-            loaders = await self._esp_loaders(part)
-            if not loaders:
-                raise BootloaderError(
-                    f"grub-install left no boot loader on {part}")
+            loaders = await self._fill_esp(device, root_uuid, part,
+                                           removable_only=not nvram)
         if not loaders:
             log.info("no boot loader on {part}", part=part)
             return False
+        if not nvram:
+            log.warn("this ramdisk cannot write UEFI variables (not booted "
+                     "by UEFI, or no efibootmgr): no boot entry made; the "
+                     "firmware must find {path} on {part} by itself",
+                     path=loaders[0][0], part=part)
+            return True
         try:
             listing = await self._run(["efibootmgr", "-v"])
             for path, label in loaders:
                 for line in listing.splitlines():
-                    if line.startswith("Boot") and \
-                            f" {label}\t" in line + "\t":
-                        await self._run(["efibootmgr", "-b", line[4:8],
+                    entry = BOOT_ENTRY.match(line)
+                    if entry and entry.group(2).strip() == label:
+                        await self._run(["efibootmgr", "-b", entry.group(1),
                                          "-B"])
                 await self._run(["efibootmgr", "-v", "-c", "-d", device,
                                  "-p", number, "-w", "-L", label, "-l",
@@ -229,70 +248,151 @@ class ImageExtension(Extension):
             raise BootloaderError(failure_text(e)) from None
         return True
 
-    async def _esp_loaders(self, part: str) -> list[tuple[str, str]]:
-        mnt = tempfile.mkdtemp(prefix="esp-")
-        try:
-            await self._run(["mount", part, mnt])
+    async def _fill_esp(self, device: str, root_uuid: str, esp: str,
+                        removable_only: bool) -> list[tuple[str, str]]:
+        """A partition image's empty ESP: copy in what the image ships in
+        its /boot/efi; if that holds no boot loader, install the image's
+        GRUB.  Returns the loaders found on the ESP afterwards.  On failure
+        what was written on the ESP is removed again, so that a later try
+        does not take a half-made install for a finished one."""
+        async with self._mounted_root(device, root_uuid) as root, \
+                self._mounted(esp) as esp_dir:
+            before = tree_of(esp_dir)
             try:
-                return find_loaders(mnt, EFI_ARCH.get(os.uname().machine,
-                                                      "x64"))
-            finally:
-                await self._run(["umount", mnt])
-        finally:
-            os.rmdir(mnt)
+                image_esp = os.path.join(root, "boot", "efi")
+                if os.path.isdir(image_esp) and os.listdir(image_esp):
+                    log.info("copying the image's /boot/efi onto {esp}",
+                             esp=esp)
+                    await self._run(["cp", "-rL", "--", image_esp + "/.",
+                                     esp_dir], timeout=600.0)
+                    loaders = find_loaders(esp_dir, efi_arch())
+                    if loaders:
+                        return loaders
+                os.makedirs(image_esp, exist_ok=True)
+                await self._run(["mount", "--bind", esp_dir, image_esp])
+                try:
+                    await self._efi_grub_install(root, device, esp,
+                                                 removable_only)
+                finally:
+                    await self._umount(image_esp)
+                return find_loaders(esp_dir, efi_arch())
+            except BaseException:
+                for path in sorted(tree_of(esp_dir) - before, reverse=True):
+                    full = os.path.join(esp_dir, path)
+                    with contextlib.suppress(OSError):
+                        if os.path.isdir(full) and not os.path.islink(full):
+                            os.rmdir(full)
+                        else:
+                            os.unlink(full)
+                raise
 
-    async def _grub(self, device: str, root_uuid: str,
-                    esp: str | None = None) -> None:
-        """The image's own GRUB, from a chroot into its root filesystem:
-        for BIOS into ``device``'s boot sector; for UEFI (``esp``) into
-        the ESP mounted at /boot/efi, without touching NVRAM (the caller
-        registers what it finds there)."""
+    async def _efi_grub_install(self, root: str, device: str, esp: str,
+                                removable_only: bool) -> None:
+        tool = grub_tool(root)
+        target = GRUB_EFI_TARGET.get(os.uname().machine, "x86_64-efi")
+        base = ["chroot", root, f"{tool}-install", f"--target={target}",
+                "--efi-directory=/boot/efi", "--no-nvram"]
+        log.info("installing {tool} for UEFI on {esp} (disk {dev})",
+                 tool=tool, esp=esp, dev=device)
+        try:
+            if not removable_only:
+                await self._run(base, timeout=1800.0)
+            # the fallback path too, for firmware that loses its entries
+            await self._run(base + ["--removable"], timeout=1800.0)
+            await self._run(["chroot", root, f"{tool}-mkconfig", "-o",
+                             grub_cfg(tool)], timeout=1800.0)
+        except ProcessError as e:
+            raise BootloaderError(failure_text(e)) from None
+
+    async def _bios_grub(self, device: str, root_uuid: str) -> None:
+        """The image's own GRUB into ``device``'s boot sector."""
+        async with self._mounted_root(device, root_uuid) as root:
+            tool = grub_tool(root)
+            argv = ["chroot", root, f"{tool}-install"]
+            if os.uname().machine in ("x86_64", "i686"):
+                # never guess from the ramdisk's firmware: BIOS is asked for
+                argv.append("--target=i386-pc")
+            log.info("installing {tool} on {dev} (BIOS)", tool=tool,
+                     dev=device)
+            try:
+                await self._run(argv + [device], timeout=1800.0)
+                await self._run(["chroot", root, f"{tool}-mkconfig", "-o",
+                                 grub_cfg(tool)], timeout=1800.0)
+            except ProcessError as e:
+                raise BootloaderError(failure_text(e)) from None
+
+    @contextlib.asynccontextmanager
+    async def _mounted(self, part: str) -> AsyncIterator[str]:
+        """``part`` mounted on a fresh directory, unmounted (lazily if it
+        must) and the directory removed afterwards."""
+        where = tempfile.mkdtemp(prefix="ipa-mnt-")
+        try:
+            try:
+                await self._run(["mount", part, where])
+            except ProcessError as e:
+                raise BootloaderError(failure_text(e)) from None
+            try:
+                yield where
+            finally:
+                await self._umount(where)
+        finally:
+            try:
+                os.rmdir(where)
+            except OSError as e:
+                log.warn("could not remove {dir}: {e}", dir=where, e=e)
+
+    @contextlib.asynccontextmanager
+    async def _mounted_root(self, device: str, root_uuid: str
+                            ) -> AsyncIterator[str]:
+        """The image's root filesystem (by UUID or PARTUUID) mounted, with
+        /dev, /proc, /sys and /run bound in, ready for a chroot."""
         parts = await self._partitions(device)
         root = next((p for p in parts if root_uuid in
                      (p.get("UUID"), p.get("PARTUUID"))), None)
         if root is None:
             raise errors.DeviceNotFound(
                 f"no partition with UUID {root_uuid} on {device}")
-        part = f"/dev/{root['NAME']}"
-        mnt = tempfile.mkdtemp(prefix="root-")
-        mounted: list[str] = []
+        async with self._mounted(f"/dev/{root['NAME']}") as mnt:
+            bound: list[str] = []
+            try:
+                for fs in ("/dev", "/proc", "/sys", "/run"):
+                    target = os.path.join(mnt, fs.lstrip("/"))
+                    os.makedirs(target, exist_ok=True)
+                    await self._run(["mount", "--bind", fs, target])
+                    bound.append(target)
+                yield mnt
+            finally:
+                for target in reversed(bound):
+                    await self._umount(target)
+
+    async def _umount(self, path: str) -> None:
         try:
-            await self._run(["mount", part, mnt])
-            mounted.append(mnt)
-            if esp is not None:
-                target = os.path.join(mnt, "boot", "efi")
-                os.makedirs(target, exist_ok=True)
-                await self._run(["mount", esp, target])
-                mounted.append(target)
-            for fs in ("/dev", "/proc", "/sys", "/run"):
-                target = os.path.join(mnt, fs.lstrip("/"))
-                os.makedirs(target, exist_ok=True)
-                await self._run(["mount", "--bind", fs, target])
-                mounted.append(target)
-            tool = "grub2" if os.path.exists(
-                os.path.join(mnt, "usr/sbin/grub2-install")) else "grub"
-            cfg = "/boot/grub2/grub.cfg" if tool == "grub2" \
-                else "/boot/grub/grub.cfg"
-            if esp is None:
-                argv = [f"{tool}-install", device]
-            else:
-                target_name = GRUB_EFI_TARGET.get(os.uname().machine,
-                                                  "x86_64-efi")
-                argv = [f"{tool}-install", f"--target={target_name}",
-                        "--efi-directory=/boot/efi", "--no-nvram"]
-            log.info("installing {tool} on {dev} (root {part}{esp})",
-                     tool=tool, dev=device, part=part,
-                     esp=f", ESP {esp}" if esp else "")
-            await self._run(["chroot", mnt] + argv, timeout=1800.0)
-            await self._run(["chroot", mnt, f"{tool}-mkconfig", "-o", cfg],
-                            timeout=1800.0)
+            await self._run(["umount", path])
         except ProcessError as e:
-            raise BootloaderError(failure_text(e)) from None
-        finally:
-            for path in reversed(mounted):
-                try:
-                    await self._run(["umount", path])
-                except ProcessError:
-                    await self.agent.process.run(["umount", "-l", path],
-                                                 check=False)
-            os.rmdir(mnt)
+            log.warn("umount {path} failed ({e}); detaching it lazily",
+                     path=path, e=e.reason)
+            await self.agent.process.run(["umount", "-l", path],
+                                         check=False)
+
+
+def efi_arch() -> str:
+    return EFI_ARCH.get(os.uname().machine, "x64")
+
+
+def grub_tool(root: str) -> str:
+    """grub2 (RHEL-like images) or grub (Debian-like)."""
+    return "grub2" if os.path.exists(
+        os.path.join(root, "usr/sbin/grub2-install")) else "grub"
+
+
+def grub_cfg(tool: str) -> str:
+    return "/boot/grub2/grub.cfg" if tool == "grub2" else "/boot/grub/grub.cfg"
+
+
+def tree_of(top: str) -> set[str]:
+    """Every path under ``top``, relative to it."""
+    found: set[str] = set()
+    for base, dirs, files in os.walk(top):
+        for name in dirs + files:
+            found.add(os.path.relpath(os.path.join(base, name), top))
+    return found

@@ -101,13 +101,22 @@ class StandaloneUefiTests(SandboxTestCase):
             self.assertEqual(body["command_status"], "SUCCEEDED", body)
             h.say(f"UEFI guest: install_bootloader #{attempt} took "
                   f"{time.monotonic() - start:.1f} s")
-        machine.wait_for_serial("installing the image's GRUB into it", 5)
+        machine.wait_for_serial("installing grub for UEFI on /dev/vda1", 5)
         machine.wait_for_serial(r"UEFI boot entry debian -> "
                                 r"EFI/debian/grubx64\.efi", 5)
         # as Ironic does: no waiting for the result of a power off
         self.command("standby.power_off", wait=False)
         self.assertEqual(machine.wait_for_exit(120), 0)
 
+        # the ESP (partition 1) holds GRUB twice: the registered path and
+        # the removable-media fallback
+        start = int(h.run(["partx", "-g", "-o", "START", "-n", "1",
+                           self.device]).stdout)
+        esp = f"{self.device}@@{start * 512}"
+        for folder, loader in (("::/EFI/debian", "grubx64.efi"),
+                               ("::/EFI/BOOT", "BOOTX64.EFI")):
+            listing = h.run(["mdir", "-b", "-i", esp, folder]).stdout
+            self.assertIn(f"{folder[2:]}/{loader}", listing)
         order, entries = uefi_vm.boot_entries(machine.vars)
         ours = [n for n, (label, _) in entries.items() if label == "debian"]
         self.assertEqual(len(ours), 1, entries)

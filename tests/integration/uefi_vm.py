@@ -173,8 +173,10 @@ class UefiMachine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial = ""
         self.boots = 0
+        cleanups.add("qemu", self.stop)
 
     def _start(self, extra: list[str]) -> None:
+        self.stop()  # one machine, one power switch
         self.boots += 1
         self.serial = os.path.join(self.workdir, f"serial-{self.boots}.log")
         argv = ["ip", "netns", "exec", self.netns,
@@ -188,10 +190,10 @@ class UefiMachine:
                           f"cache=writethrough",
                 "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
                 "-serial", f"file:{self.serial}"] + extra
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL,
-            stderr=open(self.serial + ".qemu", "w"), start_new_session=True)
-        self.cleanups.add(f"qemu boot {self.boots}", self.stop)
+        with open(self.serial + ".qemu", "w") as stderr:
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=stderr,
+                start_new_session=True)
 
     def boot_ramdisk(self, script: str, api_port: int,
                      guest_port: int = 9999, mac: str = h.NODE_MAC,
@@ -403,7 +405,7 @@ def boot_entries(path: str) -> tuple[list[int], dict[int, tuple[str, str]]]:
             continue
         path_len = struct.unpack_from("<H", value, 4)[0]
         i = 6
-        while value[i:i + 2] != b"\0\0":
+        while i + 2 <= len(value) and value[i:i + 2] != b"\0\0":
             i += 2
         description = value[6:i].decode("utf-16-le")
         nodes, j, file_path = value[i + 2:i + 2 + path_len], 0, ""

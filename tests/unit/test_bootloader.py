@@ -89,13 +89,15 @@ class FakeDisk:
     def __init__(self, runner: FakeProcessRunner,
                  trees: dict[str, dict[str, bytes]],
                  listing: str = "efibootmgr-v-before.txt",
-                 create_exit: int = 0) -> None:
+                 create_exit: int = 0,
+                 failing: dict[str, str] | None = None) -> None:
         self.trees = trees
+        self.failing = failing or {}
         self.mounted: dict[str, str] = {}
         self.listing = load("uefi", listing)
         self.create_exit = create_exit
         for tool in ("mount", "umount", "chroot", "lsblk", "blkid",
-                     "efibootmgr"):
+                     "efibootmgr", "cp"):
             runner.handlers[tool] = getattr(self, tool)
 
     @staticmethod
@@ -104,7 +106,12 @@ class FakeDisk:
         return ProcessResult(tuple(argv), code, out.encode(), err.encode())
 
     def mount(self, argv: Sequence[str]) -> ProcessResult:
-        if argv[1] != "--bind":
+        if argv[1] == "--bind" and argv[2] in self.mounted:
+            # a bind of a (fake) mounted partition: a symlink stands in
+            os.rmdir(argv[3])
+            os.symlink(argv[2], argv[3])
+            self.mounted[argv[3]] = "bind"
+        elif argv[1] != "--bind":
             part, where = argv[1], argv[2]
             for name, data in self.trees.get(part, {}).items():
                 path = os.path.join(where, name)
@@ -117,7 +124,10 @@ class FakeDisk:
     def umount(self, argv: Sequence[str]) -> ProcessResult:
         where = argv[-1]
         part = self.mounted.pop(where, None)
-        if part is not None:
+        if part == "bind":
+            os.unlink(where)
+            os.mkdir(where)
+        elif part is not None:
             tree = self.trees.setdefault(part, {})
             for base, _, files in os.walk(where):
                 for name in files:
@@ -130,12 +140,23 @@ class FakeDisk:
 
     def chroot(self, argv: Sequence[str]) -> ProcessResult:
         root, tool = argv[1], argv[2]
+        if tool in self.failing:
+            return self.ok(argv, code=1,
+                           err=f"{tool}: error: {self.failing[tool]}\n")
         written = {"grub-install": "boot/efi/EFI/debian/grubx64.efi",
                    "grub-mkconfig": "boot/grub/grub.cfg"}[tool]
+        if "--removable" in argv:
+            written = "boot/efi/EFI/BOOT/BOOTX64.EFI"
         path = os.path.join(root, written)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(b"written by " + tool.encode())
+        return self.ok(argv)
+
+    def cp(self, argv: Sequence[str]) -> ProcessResult:
+        assert tuple(argv[1:3]) == ("-rL", "--"), argv
+        source, target = argv[3], argv[4]
+        shutil.copytree(source, target, dirs_exist_ok=True)
         return self.ok(argv)
 
     def lsblk(self, argv: Sequence[str]) -> ProcessResult:
@@ -215,15 +236,16 @@ class InstallBootloaderUefiTests(SynchronousTestCase):
                               efi_system_part_uuid="F064-641A")
         self.assertEqual(result.status, "SUCCEEDED", result.error)
         chroots = [c[1:] for c in self.calls("chroot")]
+        install = ("grub-install", "--target=x86_64-efi",
+                   "--efi-directory=/boot/efi", "--no-nvram")
         self.assertEqual(chroots, [
-            ("grub-install", "--target=x86_64-efi",
-             "--efi-directory=/boot/efi", "--no-nvram"),
+            install, install + ("--removable",),
             ("grub-mkconfig", "-o", "/boot/grub/grub.cfg")])
-        # the ESP was mounted at /boot/efi of the root, and kept what
+        # the ESP was bound at /boot/efi of the root, and kept what
         # grub-install wrote there
-        self.assertEqual(disk.trees["/dev/vda1"],
-                         {"EFI/debian/grubx64.efi": b"written by "
-                                                    b"grub-install"})
+        self.assertEqual(disk.trees["/dev/vda1"], {
+            "EFI/debian/grubx64.efi": b"written by grub-install",
+            "EFI/BOOT/BOOTX64.EFI": b"written by grub-install"})
         self.assertIn("boot/grub/grub.cfg", disk.trees["/dev/vda2"])
         self.assertEqual(self.calls("efibootmgr")[-1],
                          ("-v", "-c", "-d", "/dev/vda", "-p", "1", "-w",
@@ -271,3 +293,57 @@ class InstallBootloaderUefiTests(SynchronousTestCase):
                               target_boot_mode="bios")
         self.assertEqual(result.status, "SUCCEEDED", result.error)
         self.assertEqual(self.process.calls, [])
+
+    def test_partition_image_shipping_its_esp_content(self) -> None:
+        # e.g. a RHEL-like image: signed shim and GRUB in /boot/efi
+        shipped = {f"boot/efi/{k}": v for k, v in CSV_LOADER.items()}
+        disk = FakeDisk(self.process, {"/dev/vda1": {},
+                                       "/dev/vda2": shipped})
+        result = self.install(root_uuid=ROOT_PARTUUID)
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual(self.calls("chroot"), [])
+        self.assertIn(("-rL", "--"), [c[:2] for c in self.calls("cp")])
+        self.assertEqual(self.calls("efibootmgr")[-1][7:9],
+                         ("-L", "Debian from CSV"))
+        self.assertEqual(disk.mounted, {})
+
+    def test_failed_grub_install_leaves_nothing_behind(self) -> None:
+        disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {}},
+                        failing={"grub-mkconfig": "disk not found"})
+        result = self.install(root_uuid=ROOT_PARTUUID)
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "BootloaderError")
+        self.assertIn("grub-mkconfig: error: disk not found",
+                      result.error["details"])
+        # grub-install had written two loaders: both gone again, so that a
+        # retry installs anew instead of registering a GRUB without config
+        self.assertEqual(disk.trees["/dev/vda1"], {})
+        self.assertEqual(disk.mounted, {})
+        self.assertEqual(self.calls("efibootmgr"), [])
+        umounts = self.calls("umount")
+        self.assertEqual(len(umounts), len(set(umounts)))
+
+    def test_ramdisk_without_uefi_variables(self) -> None:
+        # UEFI is asked for, but this ramdisk booted by BIOS: only the
+        # removable-media path, and no NVRAM entry
+        self.patch(image, "uefi_firmware", lambda: False)
+        disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {}})
+        result = self.install(root_uuid=ROOT_PARTUUID)
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual([c[-1] for c in self.calls("chroot")],
+                         ["--removable", "/boot/grub/grub.cfg"])
+        self.assertEqual(disk.trees["/dev/vda1"],
+                         {"EFI/BOOT/BOOTX64.EFI": b"written by grub-install"})
+        self.assertEqual(self.calls("efibootmgr"), [])
+
+    def test_only_the_exact_label_is_replaced(self) -> None:
+        # "Other debian" and the inactive "debian (old)" stay
+        FakeDisk(self.process, {"/dev/vda1": {
+            "EFI/debian/grubx64.efi": b"MZ"}},
+            listing="efibootmgr-v-similar-labels.txt")
+        result = self.install(root_uuid="0x00000000")
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual(self.calls("efibootmgr")[:2],
+                         [("-v",), ("-b", "0002", "-B")])
+        self.assertEqual(self.calls("efibootmgr")[2][7:9], ("-L", "debian"))
+        self.assertEqual(len(self.calls("efibootmgr")), 3)

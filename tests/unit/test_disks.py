@@ -167,3 +167,19 @@ class WipeTests(SynchronousTestCase):
         self.assertIn("could not zero the end of", str(caught.exception))
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(1024 * 1024), bytes(1024 * 1024))
+
+    def test_failing_start_is_said(self) -> None:
+        def zero_range(guard: DeviceGuard, path: str, offset: int,
+                       length: int) -> None:
+            if offset == 0:
+                raise OSError(5, "Input/output error")
+            self.real(guard, path, offset, length)
+
+        self.patch(self.blockio, "zero_range", zero_range)
+        with self.assertRaises(self.blockio.WipeError) as caught:
+            self.blockio.wipe_head_and_tail(DeviceGuard(None), self.path)
+        self.assertEqual(list(caught.exception.failed), ["start"])
+        with open(self.path, "rb") as f:
+            data = f.read()
+        self.assertEqual(data[-1024 * 1024:], bytes(1024 * 1024))
+        self.assertEqual(data[:1024 * 1024], b"\xff" * (1024 * 1024))
