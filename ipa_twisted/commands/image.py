@@ -151,7 +151,12 @@ class ImageExtension(Extension):
         partition_image = bool(root_uuid) and \
             not str(root_uuid).startswith("0x")
         nvram = uefi_firmware()
-        mode = target_boot_mode or ("uefi" if nvram else "bios")
+        current = "uefi" if os.path.isdir("/sys/firmware/efi") else "bios"
+        mode = target_boot_mode or current
+        if mode != current:
+            log.warn("boot mode mismatch: the instance is to boot by {mode}, "
+                     "this ramdisk booted by {current}; installing for "
+                     "{mode}", mode=mode, current=current)
         if mode == "uefi":
             if await self._efi(device, efi_uuid,
                                str(root_uuid) if partition_image else None,
