@@ -262,6 +262,13 @@ class IronicAPI:
         self.call("PUT", f"/v1/nodes/{name}/states/provision",
                   {"target": target, **extra})
 
+    def make_available(self, name: str) -> None:
+        """An enrolled node through manage and provide to available."""
+        self.provision(name, "manage")
+        self.wait_for_state(name, {"manageable"}, 60)
+        self.provision(name, "provide")
+        self.wait_for_state(name, {"available"}, 60)
+
     def wait_for_state(self, name: str, states: set[str], timeout: float,
                        fail_states: set[str] = frozenset({"deploy failed",
                                                           "clean failed",

@@ -135,10 +135,7 @@ def _deploy_partition(env: Environment, name: str, image: str, digest: str,
                       drive: str | None) -> dict[str, Any]:
     api = env.api
     env.ironic.enroll(name, {"name": env.device})
-    api.provision(name, "manage")
-    api.wait_for_state(name, {"manageable"}, 60)
-    api.provision(name, "provide")
-    api.wait_for_state(name, {"available"}, 60)
+    api.make_available(name)
     api.call("PATCH", f"/v1/nodes/{name}", [
         {"op": "add", "path": "/instance_info", "value": {
             "image_source": env.ironic.image_url(image),
@@ -179,10 +176,7 @@ def deploy(env: Environment, image_size: int = 256 * MiB, kind: str = "raw"
     node = env.ironic.enroll("e2e-node", {"name": env.device})
     h.say(f"enrolled node {node['uuid']} (root device hint name="
           f"{env.device}, port {h.NODE_MAC})")
-    api.provision("e2e-node", "manage")
-    api.wait_for_state("e2e-node", {"manageable"}, 60)
-    api.provision("e2e-node", "provide")
-    api.wait_for_state("e2e-node", {"available"}, 60)
+    api.make_available("e2e-node")
     api.call("PATCH", "/v1/nodes/e2e-node", [
         {"op": "add", "path": "/instance_info", "value": {
             "image_source": env.ironic.image_url(name),
@@ -321,10 +315,7 @@ def active_node(env: Environment, name: str = "e2e-active") -> dict[str, Any]:
     env.ironic.enroll(name, {"name": env.device}, **FAKE_NODE)
     h.run(["ip", "netns", "exec", env.netns, "ip", "addr", "add",
            "192.0.2.10/24", "dev", "ipa0.10"])
-    api.provision(name, "manage")
-    api.wait_for_state(name, {"manageable"}, 60)
-    api.provision(name, "provide")
-    api.wait_for_state(name, {"available"}, 60)
+    api.make_available(name)
     api.provision(name, "active")
     return api.wait_for_state(name, {"active"}, 60)
 

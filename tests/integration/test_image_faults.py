@@ -16,7 +16,7 @@ from typing import Any
 from tests.integration import agent_api
 from tests.integration import harness as h
 from tests.integration import uefi_vm
-from tests.integration.base import SandboxTestCase, unavailable
+from tests.integration.base import SandboxTestCase
 
 MiB = 1024 * 1024
 TOKEN = "f" * 40
@@ -122,24 +122,12 @@ class FaultTests(SandboxTestCase):
         self.assertEqual(h.device_sha256(device, 48 * MiB), digest)
 
 
-class DeviceMapperFaultTests(SandboxTestCase):
+class DeviceMapperFaultTests(uefi_vm.MachineTestCase):
     """Disks that fail under the agent, made with device-mapper targets
     (``error``: every sector past 64 MiB answers EIO; ``flakey``: every
     write fails).  This machine's kernel has no device-mapper, so the agent
     runs in the QEMU test machine (tests/integration/uefi_vm.py), whose
     Debian kernel has it, over its virtio disk (a loop device here)."""
-
-    disk_size = 5 << 30
-
-    def setUp(self) -> None:
-        super().setUp()
-        try:
-            uefi_vm.require_qemu()
-            uefi_vm.guest_kernel()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.www = os.path.join(self.workdir, "www")
-        os.makedirs(self.www)
 
     def write_to_dm(self, table: str) -> tuple[uefi_vm.UefiMachine, str,
                                                dict[str, Any]]:
@@ -155,22 +143,19 @@ class DeviceMapperFaultTests(SandboxTestCase):
             f'printf "{table}" | dmsetup create --noudevsync dying\n'
             "dmsetup mknodes\n"  # no udev: lsblk needs /dev/mapper/dying
             "echo \"dm table: $(dmsetup table dying | tr '\\n' ';')\"\n")
-        machine = uefi_vm.UefiMachine(self.cleanups, self.workdir,
-                                      self.device, self.netns)
-        port = h.free_port()
-        uefi_vm.start_agent(self, machine, self.www,
-                            ["--standalone", "--agent-token", TOKEN,
-                             "--listen-host", "0.0.0.0",
-                             "--device-allowlist", "/dev/dm-0",
-                             "--image-download-connection-retries", "1"],
-                            port, setup=setup)
+        machine = self.machine
+        self.start_agent(["--standalone", "--agent-token", TOKEN,
+                          "--listen-host", "0.0.0.0",
+                          "--device-allowlist", "/dev/dm-0",
+                          "--image-download-connection-retries", "1"],
+                         setup=setup)
         machine.wait_for_serial(r"dm table: 0 \d+ ", 5)
         status, _, body = agent_api.call(
             self.netns, "POST", f"/v1/commands/?wait=true&agent_token={TOKEN}",
             {"name": "standby.prepare_image", "params": {"image_info": {
                 "id": "img", "urls": ["http://127.0.0.1:8080/disk.img"],
                 "os_hash_algo": "sha256", "os_hash_value": digest,
-                "disk_format": "raw"}}}, port=port, timeout=300)
+                "disk_format": "raw"}}}, port=self.port, timeout=300)
         self.assertEqual(status, 200, body)
         self.assertEqual(body["command_status"], "FAILED", body)
         self.assertEqual(body["command_error"]["type"], "ImageWriteError")

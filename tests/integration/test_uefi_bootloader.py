@@ -29,27 +29,32 @@ from tests.integration import agent_api
 from tests.integration import harness as h
 from tests.integration import scenarios
 from tests.integration import uefi_vm
-from tests.integration.base import SandboxTestCase, unavailable
+from tests.integration.base import unavailable
 
 MiB = 1024 ** 2
-GiB = 1024 ** 3
 TOKEN = "u" * 40
 MARK = "ipa-twisted-uefi-boot"
 
-class StandaloneUefiTests(SandboxTestCase):
-    disk_size = 5 * GiB  # the agent ignores disks under 4 GiB
+def assert_boots(test: Any, machine: uefi_vm.UefiMachine, label: str,
+                 path: str) -> str:
+    """The machine's NVRAM has one entry ``label`` for ``path``, first in
+    BootOrder; powered on with no kernel, the firmware starts it and the
+    loader prints MARK and halts.  Returns what followed MARK."""
+    order, entries = uefi_vm.boot_entries(machine.vars)
+    ours = [n for n, (name, _) in entries.items() if name == label]
+    test.assertEqual(len(ours), 1, entries)
+    test.assertEqual(order[0], ours[0], (order, entries))
+    test.assertEqual(entries[ours[0]][1], path)
+    machine.boot_disk()
+    machine.wait_for_serial(
+        rf'BdsDxe: starting Boot{ours[0]:04X} "{re.escape(label)}"', 180)
+    match = machine.wait_for_serial(rf"{MARK}: ([^\r\n]+)[\r\n]", 180)
+    test.assertEqual(machine.wait_for_exit(60), 0)
+    return match.group(1)
 
-    def setUp(self) -> None:
-        super().setUp()
-        try:
-            uefi_vm.require_qemu()
-            uefi_vm.guest_kernel()
-            h.debian_root()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.www = os.path.join(self.workdir, "www")
-        os.makedirs(self.www)
-        self.port = h.free_port()
+
+class StandaloneUefiTests(uefi_vm.MachineTestCase):
+    needs_debian_root = True
 
     def command(self, name: str, wait: bool = True, **params: Any) -> Any:
         status, _, body = agent_api.call(
@@ -68,11 +73,9 @@ class StandaloneUefiTests(SandboxTestCase):
                 "/boot/grub/custom.cfg":
                     f'echo "{MARK}: root=$root prefix=$prefix"\n'
                     f'sleep 1\nhalt\n'.encode()})
-        machine = uefi_vm.UefiMachine(self.cleanups, self.workdir,
-                                      self.device, self.netns)
-        uefi_vm.start_agent(self, machine, self.www,
-                    ["--standalone", "--agent-token", TOKEN,
-                     "--listen-host", "0.0.0.0"], self.port)
+        machine = self.machine
+        self.start_agent(["--standalone", "--agent-token", TOKEN,
+                          "--listen-host", "0.0.0.0"])
         body = self.command("poll.set_node_info", node_info={"node": {
             "uuid": "uefi-node", "instance_info": {
                 "deploy_boot_mode": "uefi"}}})
@@ -117,20 +120,12 @@ class StandaloneUefiTests(SandboxTestCase):
                                ("::/EFI/BOOT", "BOOTX64.EFI")):
             listing = h.run(["mdir", "-b", "-i", esp, folder]).stdout
             self.assertIn(f"{folder[2:]}/{loader}", listing)
-        order, entries = uefi_vm.boot_entries(machine.vars)
-        ours = [n for n, (label, _) in entries.items() if label == "debian"]
-        self.assertEqual(len(ours), 1, entries)
-        self.assertEqual(order[0], ours[0], (order, entries))
-        self.assertEqual(entries[ours[0]][1], "\\EFI\\debian\\grubx64.efi")
-
         # power on with no kernel: the firmware must start our entry, and
         # GRUB must find the root partition by itself
-        machine.boot_disk()
-        machine.wait_for_serial(
-            rf'BdsDxe: starting Boot{ours[0]:04X} "debian"', 180)
-        match = machine.wait_for_serial(rf"{MARK}: root=(\S+)", 180)
-        self.assertRegex(match.group(1), r"^hd0,gpt\d+$")
-        self.assertEqual(machine.wait_for_exit(60), 0)
+        said = assert_boots(self, machine, "debian",
+                            "\\EFI\\debian\\grubx64.efi")
+        self.assertRegex(said, r"^root=hd0,gpt\d+ "
+                               r"prefix=\(hd0,gpt\d+\)/boot/grub$")
 
 
 class IronicUefiDeployTests(SynchronousTestCase):
@@ -165,10 +160,7 @@ class IronicUefiDeployTests(SynchronousTestCase):
         api.call("PATCH", "/v1/nodes/uefi-node", [
             {"op": "add", "path": "/properties/capabilities",
              "value": "boot_mode:uefi"}])
-        api.provision("uefi-node", "manage")
-        api.wait_for_state("uefi-node", {"manageable"}, 60)
-        api.provision("uefi-node", "provide")
-        api.wait_for_state("uefi-node", {"available"}, 60)
+        api.make_available("uefi-node")
         api.call("PATCH", "/v1/nodes/uefi-node", [
             {"op": "add", "path": "/instance_info", "value": {
                 "image_source": "http://10.0.2.2:8090/uefi.img",
@@ -200,13 +192,6 @@ class IronicUefiDeployTests(SynchronousTestCase):
                                 rf"EFI/debian/grubx64\.efi", 5)
         machine.stop()  # the fake power interface does not power it off
 
-        order, entries = uefi_vm.boot_entries(machine.vars)
-        ours = [n for n, (name, _) in entries.items() if name == label]
-        self.assertEqual(len(ours), 1, entries)
-        self.assertEqual(order[0], ours[0], (order, entries))
-        machine.boot_disk()
-        machine.wait_for_serial(
-            rf'BdsDxe: starting Boot{ours[0]:04X} "{label}"', 180)
-        match = machine.wait_for_serial(rf"{MARK}: (\S+)", 180)
-        self.assertRegex(match.group(1), r"^\(hd0[^)]*\)/EFI/debian$")
-        self.assertEqual(machine.wait_for_exit(60), 0)
+        said = assert_boots(self, machine, label,
+                            "\\EFI\\debian\\grubx64.efi")
+        self.assertRegex(said, r"^\(hd0[^)]*\)/EFI/debian$")

@@ -35,6 +35,7 @@ from typing import Any
 
 from tests.integration import agent_api
 from tests.integration import harness as h
+from tests.integration.base import SandboxTestCase, unavailable
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -311,6 +312,35 @@ def start_agent(test: Any, machine: UefiMachine, www: str,
     if wait:
         test.fail(f"the guest's agent did not answer; serial:\n"
                   f"{machine.read_serial()[-3000:]}")
+
+
+class MachineTestCase(SandboxTestCase):
+    """A sandboxed test whose agent runs in a test machine: ``self.machine``
+    (its disk a 5 GiB loop device), ``self.www`` (served in the guest on
+    127.0.0.1:8080), ``self.port`` (the agent API, forwarded)."""
+
+    disk_size = 5 << 30  # the agent ignores disks under 4 GiB
+    #: the test builds images from the debootstrap'd Debian tree
+    needs_debian_root = False
+
+    def setUp(self) -> None:
+        super().setUp()
+        try:
+            require_qemu()
+            guest_kernel()
+            if self.needs_debian_root:
+                h.debian_root()
+        except h.Unavailable as e:
+            unavailable(e)
+        self.www = os.path.join(self.workdir, "www")
+        os.makedirs(self.www)
+        self.port = h.free_port()
+        self.machine = UefiMachine(self.cleanups, self.workdir, self.device,
+                                   self.netns)
+
+    def start_agent(self, agent_args: list[str], setup: str = "") -> None:
+        start_agent(self, self.machine, self.www, agent_args, self.port,
+                    setup=setup)
 
 
 def make_uefi_disk_image(path: str, size: int, label: str,
