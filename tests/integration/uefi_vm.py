@@ -22,6 +22,7 @@ proof the tests look for.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -84,26 +85,34 @@ def guest_kernel() -> tuple[str, str, str]:
     (vmlinuz, tree holding lib/modules/VERSION, VERSION)."""
     base = os.path.join(h.cache_dir(), "guest-kernel")
     done = os.path.join(base, "ready")
-    if not os.path.exists(done):
-        shutil.rmtree(base, ignore_errors=True)
-        os.makedirs(base)
-        deps = h.run(["apt-cache", "depends", "linux-image-amd64"]).stdout
-        match = re.search(r"Depends: (linux-image-[\w.+-]+)", deps)
-        if not match:
-            raise h.Unavailable("apt knows no linux-image-amd64 package "
-                                "(apt-get update)")
-        h.say(f"guest kernel: downloading {match.group(1)} (once)")
-        result = h.run(["apt-get", "download", match.group(1)], cwd=base,
-                       check=False)
-        debs = [n for n in os.listdir(base) if n.endswith(".deb")]
-        if not debs:
-            raise h.Unavailable(f"apt-get download {match.group(1)} failed: "
-                                f"{result.stderr.strip()[-300:]}")
-        deb = os.path.join(base, debs[0])
-        h.run(["dpkg-deb", "-x", deb, os.path.join(base, "root")])
-        os.unlink(deb)
-        with open(done, "w") as f:
-            f.write(match.group(1) + "\n")
+    with open(base + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time
+        if not os.path.exists(done):
+            shutil.rmtree(base, ignore_errors=True)
+            os.makedirs(base)
+            match = None
+            for attempt in (1, 2):
+                deps = h.run(["apt-cache", "depends", "linux-image-amd64"],
+                             check=False).stdout
+                match = re.search(r"Depends: (linux-image-[\w.+-]+)", deps)
+                if match or attempt == 2:
+                    break
+                h.run(["apt-get", "update", "-qq"], check=False)  # no lists yet
+            if not match:
+                raise h.Unavailable("apt knows no linux-image-amd64 package "
+                                    "(apt-get update)")
+            h.say(f"guest kernel: downloading {match.group(1)} (once)")
+            result = h.run(["apt-get", "download", match.group(1)], cwd=base,
+                           check=False)
+            debs = [n for n in os.listdir(base) if n.endswith(".deb")]
+            if not debs:
+                raise h.Unavailable(f"apt-get download {match.group(1)} failed: "
+                                    f"{result.stderr.strip()[-300:]}")
+            deb = os.path.join(base, debs[0])
+            h.run(["dpkg-deb", "-x", deb, os.path.join(base, "root")])
+            os.unlink(deb)
+            with open(done, "w") as f:
+                f.write(match.group(1) + "\n")
     root = os.path.join(base, "root")
     version = os.listdir(os.path.join(root, "lib", "modules"))[0]
     modules = os.path.join(root, "lib", "modules", version)
