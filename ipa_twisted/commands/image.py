@@ -110,6 +110,19 @@ def efi_path(path: str) -> str:
     return "\\" + path.replace("/", "\\")
 
 
+def _check_install_params(extension: Any, **params: Any) -> None:
+    """Bad input is the client's mistake: HTTP 400 before anything runs."""
+    mode = params.get("target_boot_mode")
+    if mode not in (None, "uefi", "bios"):
+        raise errors.InvalidCommandParamsError(
+            f"target_boot_mode must be uefi or bios, not {mode!r}")
+    for name in ("root_uuid", "efi_system_part_uuid", "prep_boot_part_uuid"):
+        value = params.get(name)
+        if value is not None and not isinstance(value, str):
+            raise errors.InvalidCommandParamsError(
+                f"{name} must be a string, not {value!r}")
+
+
 class ImageExtension(Extension):
     name = "image"
 
@@ -120,7 +133,7 @@ class ImageExtension(Extension):
         out: str = result.out
         return out
 
-    @async_command("install_bootloader")
+    @async_command("install_bootloader", validator=_check_install_params)
     async def install_bootloader(self, root_uuid: Any = None,
                                  efi_system_part_uuid: Any = None,
                                  prep_boot_part_uuid: Any = None,

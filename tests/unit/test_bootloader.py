@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from ipa_twisted import errors
 from ipa_twisted.commands import image
 from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.commands.image import efi_path, find_loaders
@@ -347,3 +348,12 @@ class InstallBootloaderUefiTests(SynchronousTestCase):
                          [("-v",), ("-b", "0002", "-B")])
         self.assertEqual(self.calls("efibootmgr")[2][7:9], ("-L", "debian"))
         self.assertEqual(len(self.calls("efibootmgr")), 3)
+
+    def test_bad_parameters_are_refused_before_anything_runs(self) -> None:
+        for params in ({"target_boot_mode": "legacy"},
+                       {"root_uuid": 42},
+                       {"efi_system_part_uuid": ["x"]}):
+            with self.assertRaises(errors.InvalidCommandParamsError):
+                self.runner.execute("image.install_bootloader", params)
+        self.assertEqual(self.process.calls, [])
+        self.assertEqual(self.runner.list(), [])
