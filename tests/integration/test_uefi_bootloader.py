@@ -53,7 +53,9 @@ def assert_boots(test: Any, machine: uefi_vm.UefiMachine, label: str,
     return match.group(1)
 
 
-class StandaloneUefiTests(uefi_vm.MachineTestCase):
+class _StandaloneAgent(uefi_vm.MachineTestCase):
+    """The agent in the test machine, driven by the test as Ironic would."""
+
     needs_debian_root = True
 
     def command(self, name: str, wait: bool = True, **params: Any) -> Any:
@@ -64,18 +66,14 @@ class StandaloneUefiTests(uefi_vm.MachineTestCase):
         self.assertEqual(status, 200, f"{name}: {body}")
         return body
 
-    def test_partition_image_grub_registered_and_booted(self) -> None:
+    def deploy_partition_image(self, files: dict[str, bytes],
+                               setup: str = "") -> tuple[str, str]:
+        """Boot the machine, have its agent write a Debian partition image
+        (with ``files``) in UEFI mode: (root fs UUID, ESP UUID)."""
         digest, fs_uuid = h.make_os_image(
-            os.path.join(self.www, "root.img"), 700 * MiB, files={
-                "/etc/default/grub": b"GRUB_TIMEOUT=3\n"
-                                     b"GRUB_DISTRIBUTOR=Debian\n"
-                                     b"GRUB_TERMINAL=console\n",
-                "/boot/grub/custom.cfg":
-                    f'echo "{MARK}: root=$root prefix=$prefix"\n'
-                    f'sleep 1\nhalt\n'.encode()})
-        machine = self.machine
+            os.path.join(self.www, "root.img"), 700 * MiB, files=files)
         self.start_agent(["--standalone", "--agent-token", TOKEN,
-                          "--listen-host", "0.0.0.0"])
+                          "--listen-host", "0.0.0.0"], setup=setup)
         body = self.command("poll.set_node_info", node_info={"node": {
             "uuid": "uefi-node", "instance_info": {
                 "deploy_boot_mode": "uefi"}}})
@@ -95,6 +93,19 @@ class StandaloneUefiTests(uefi_vm.MachineTestCase):
         self.assertEqual(uuids["root uuid"], fs_uuid)
         efi_uuid = uuids["efi system partition uuid"]
         self.assertTrue(efi_uuid, uuids)
+        return fs_uuid, efi_uuid
+
+
+class StandaloneUefiTests(_StandaloneAgent):
+    def test_partition_image_grub_registered_and_booted(self) -> None:
+        fs_uuid, efi_uuid = self.deploy_partition_image({
+            "/etc/default/grub": b"GRUB_TIMEOUT=3\n"
+                                 b"GRUB_DISTRIBUTOR=Debian\n"
+                                 b"GRUB_TERMINAL=console\n",
+            "/boot/grub/custom.cfg":
+                f'echo "{MARK}: root=$root prefix=$prefix"\n'
+                f'sleep 1\nhalt\n'.encode()})
+        machine = self.machine
         for attempt in (1, 2):  # a second run replaces, never duplicates
             start = time.monotonic()
             body = self.command("image.install_bootloader",
@@ -195,3 +206,61 @@ class IronicUefiDeployTests(SynchronousTestCase):
         said = assert_boots(self, machine, label,
                             "\\EFI\\debian\\grubx64.efi")
         self.assertRegex(said, r"^\(hd0[^)]*\)/EFI/debian$")
+
+
+class SecureBootTests(_StandaloneAgent):
+    """Secure Boot on (OVMF with Microsoft's keys): the ramdisk itself comes
+    up through Debian's signed shim, GRUB and kernel; the image ships
+    Debian's signed shim and GRUB in /boot/efi with a BOOTX64.CSV, as an
+    installed Debian does; the firmware must start the shim entry the
+    agent made and the chain must reach the image's root partition."""
+
+    secure_boot = True
+
+    def setUp(self) -> None:
+        super().setUp()
+        try:
+            self.shim, self.grub = uefi_vm.signed_loaders()
+        except h.Unavailable as e:
+            unavailable(e)
+
+    def test_shim_entry_from_the_images_csv_boots(self) -> None:
+        with open(self.shim, "rb") as f:
+            shim = f.read()
+        with open(self.grub, "rb") as f:
+            grub = f.read()
+        label = "debian (shim)"
+        fs_uuid, efi_uuid = self.deploy_partition_image({
+            "/boot/efi/EFI/debian/shimx64.efi": shim,
+            "/boot/efi/EFI/debian/grubx64.efi": grub,
+            "/boot/efi/EFI/debian/BOOTX64.CSV":
+                f"shimx64.efi,{label},,This is the boot entry for "
+                f"debian\n".encode("utf-16"),
+            # what grub-install writes beside a signed GRUB: find the root
+            # filesystem, read its configuration
+            "/boot/efi/EFI/debian/grub.cfg":
+                b"search --no-floppy --set=root --file "
+                b"/boot/grub/ipa-twisted-sb.cfg\n"
+                b"source ($root)/boot/grub/ipa-twisted-sb.cfg\n",
+            "/boot/grub/ipa-twisted-sb.cfg":
+                f'echo "{MARK}: secure root=$root"\nsleep 1\nhalt\n'
+                .encode()},
+            setup="echo \"secure boot: $(od -An -t u1 /sys/firmware/efi/"
+                  "efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c)"
+                  "\"\n")
+        machine = self.machine
+        # the ramdisk ran with Secure Boot on (attributes 6, value 1)
+        machine.wait_for_serial(r"secure boot: +6 +0 +0 +0 +1\b", 5)
+        body = self.command("image.install_bootloader", root_uuid=fs_uuid,
+                            efi_system_part_uuid=efi_uuid,
+                            target_boot_mode="uefi")
+        self.assertEqual(body["command_status"], "SUCCEEDED", body)
+        machine.wait_for_serial("copying the image's /boot/efi onto "
+                                "/dev/vda1", 5)
+        machine.wait_for_serial(rf"UEFI boot entry {re.escape(label)} -> "
+                                r"EFI/debian/shimx64\.efi", 5)
+        self.command("standby.power_off", wait=False)
+        self.assertEqual(machine.wait_for_exit(120), 0)
+        said = assert_boots(self, machine, label,
+                            "\\EFI\\debian\\shimx64.efi")
+        self.assertRegex(said, r"^secure root=hd0,gpt\d+$")

@@ -40,10 +40,15 @@ from tests.integration.base import SandboxTestCase, unavailable
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# Secure Boot: the SMM build, and variables with Microsoft's keys enrolled
+# and Secure Boot on (Debian's ovmf package)
+OVMF_CODE_SB = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_SB = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
 
 # Modules the initramfs loads to reach the 9p root; the rest are loaded by
 # the guest script with modprobe from the kernel's own module tree.
 EARLY_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay"]
+MiB = 1024 ** 2
 
 INIT = r"""#!/bin/busybox sh
 # initramfs /init of the test UEFI guest (tests/integration/uefi_vm.py)
@@ -121,6 +126,63 @@ def guest_kernel() -> tuple[str, str, str]:
     return os.path.join(root, "boot", f"vmlinuz-{version}"), root, version
 
 
+def signed_loaders() -> tuple[str, str]:
+    """Debian's shim (signed by Microsoft) and GRUB (signed by Debian),
+    from shim-signed and grub-efi-amd64-signed, unpacked once into the
+    cache: (shimx64.efi, grubx64.efi)."""
+    base = os.path.join(h.cache_dir(), "signed-loaders")
+    shim = os.path.join(base, "usr/lib/shim/shimx64.efi.signed")
+    grub = os.path.join(base, "usr/lib/grub/x86_64-efi-signed/"
+                              "grubx64.efi.signed")
+    with open(base + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (os.path.exists(shim) and os.path.exists(grub)):
+            os.makedirs(base, exist_ok=True)
+            h.say("Secure Boot loaders: downloading shim-signed and "
+                  "grub-efi-amd64-signed (once)")
+            result = h.run(["apt-get", "download", "shim-signed",
+                            "grub-efi-amd64-signed"], cwd=base, check=False)
+            debs = [n for n in os.listdir(base) if n.endswith(".deb")]
+            if len(debs) != 2:
+                raise h.Unavailable(f"apt-get download shim-signed "
+                                    f"grub-efi-amd64-signed failed: "
+                                    f"{result.stderr.strip()[-300:]}")
+            for deb in debs:
+                h.run(["dpkg-deb", "-x", os.path.join(base, deb), base])
+                os.unlink(os.path.join(base, deb))
+    return shim, grub
+
+
+def build_boot_disk(path: str, vmlinuz: str, initrd: str,
+                    cmdline: str) -> None:
+    """For Secure Boot, where the firmware will not start an unsigned
+    kernel given with -kernel: a disk whose ESP holds Debian's signed shim
+    and GRUB (removable path), the signed Debian kernel, the initramfs
+    and a grub.cfg that boots them, as a signed ramdisk would be booted."""
+    shim, grub = signed_loaders()
+    esp = path + ".esp"
+    size_mib = 64
+    h.run(["mkfs.vfat", "-C", "-n", "IPABOOT", esp, str(size_mib * 1024)])
+    cfg = path + ".grub.cfg"
+    with open(cfg, "w") as f:
+        f.write("search --no-floppy --set=root --label IPABOOT\n"
+                f"linux /vmlinuz {cmdline}\ninitrd /initramfs\nboot\n")
+    h.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"])
+    for source, target in ((shim, "::/EFI/BOOT/BOOTX64.EFI"),
+                           (grub, "::/EFI/BOOT/grubx64.efi"),
+                           (cfg, "::/EFI/BOOT/grub.cfg"),
+                           (cfg, "::/EFI/debian/grub.cfg"),
+                           (vmlinuz, "::/vmlinuz"), (initrd, "::/initramfs")):
+        h.run(["mcopy", "-i", esp, source, target])
+    with open(path, "wb") as f:
+        f.truncate((size_mib + 2) * MiB)
+    h.run(["sgdisk", "-n", f"1:2048:+{size_mib}M", "-t", "1:EF00", path])
+    h.run(["dd", f"if={esp}", f"of={path}", "bs=1M", "seek=1",
+           "conv=notrunc,fsync", "status=none"])
+    os.unlink(esp)
+    os.unlink(cfg)
+
+
 def build_initramfs(root: str, version: str, path: str) -> None:
     """busybox + the early modules (dependencies first) + /init, as a
     newc cpio archive."""
@@ -171,15 +233,22 @@ class UefiMachine:
     """One test machine: its NVRAM file, its disk, its serial log."""
 
     def __init__(self, cleanups: h.Cleanups, workdir: str, disk: str,
-                 netns: str, memory_mb: int = 1536) -> None:
+                 netns: str, memory_mb: int = 1536,
+                 secure_boot: bool = False) -> None:
         require_qemu()
         self.cleanups = cleanups
         self.netns = netns
         self.workdir = workdir
         self.disk = disk
         self.memory_mb = memory_mb
+        self.secure_boot = secure_boot
+        if secure_boot and not all(os.path.exists(p) for p in
+                                   (OVMF_CODE_SB, OVMF_VARS_SB)):
+            raise h.Unavailable(f"Secure Boot needs {OVMF_CODE_SB} and "
+                                f"{OVMF_VARS_SB} (apt install ovmf)")
+        self.code = OVMF_CODE_SB if secure_boot else OVMF_CODE
         self.vars = os.path.join(workdir, "OVMF_VARS.fd")
-        shutil.copy(OVMF_VARS, self.vars)
+        shutil.copy(OVMF_VARS_SB if secure_boot else OVMF_VARS, self.vars)
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial = ""
         self.boots = 0
@@ -189,12 +258,15 @@ class UefiMachine:
         self.stop()  # one machine, one power switch
         self.boots += 1
         self.serial = os.path.join(self.workdir, f"serial-{self.boots}.log")
+        machine = ["-machine", "q35,smm=on", "-global",
+                   "driver=cfi.pflash01,property=secure,value=on"] \
+            if self.secure_boot else ["-machine", "q35"]
         argv = ["ip", "netns", "exec", self.netns,
-                "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg",
+                "qemu-system-x86_64"] + machine + ["-accel", "tcg",
                 "-cpu", "max", "-smp", "2", "-m", str(self.memory_mb),
                 "-nodefaults", "-display", "none", "-no-reboot",
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
-                          f"file={OVMF_CODE}",
+                          f"file={self.code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
                 "-drive", f"if=none,id=disk0,format=raw,file={self.disk},"
                           f"cache=writethrough",
@@ -217,10 +289,19 @@ class UefiMachine:
         initrd = os.path.join(self.workdir, "initramfs.cpio")
         if not os.path.exists(initrd):
             build_initramfs(root, version, initrd)
-        self._start([
-            "-kernel", vmlinuz, "-initrd", initrd,
-            "-append", f"console=ttyS0 panic=-1 ipa_guest_script={script} "
-                       f"ipa_guest_modules={root}",
+        cmdline = (f"console=ttyS0 panic=-1 ipa_guest_script={script} "
+                   f"ipa_guest_modules={root}")
+        if self.secure_boot:
+            boot_disk = os.path.join(self.workdir, "boot-disk.img")
+            if not os.path.exists(boot_disk):
+                build_boot_disk(boot_disk, vmlinuz, initrd, cmdline)
+            boot = ["-drive", f"if=none,id=boot,format=raw,readonly=on,"
+                              f"file={boot_disk}",
+                    "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
+        else:
+            boot = ["-kernel", vmlinuz, "-initrd", initrd,
+                    "-append", cmdline]
+        self._start(boot + [
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
                        "readonly=on,multidevs=remap",
             "-netdev", f"user,id=net0,restrict={'on' if restrict else 'off'},"
@@ -331,6 +412,8 @@ class MachineTestCase(SandboxTestCase):
     disk_size = 5 << 30  # the agent ignores disks under 4 GiB
     #: the test builds images from the debootstrap'd Debian tree
     needs_debian_root = False
+    #: OVMF with Secure Boot on (Microsoft's keys)
+    secure_boot = False
 
     def setUp(self) -> None:
         super().setUp()
@@ -345,7 +428,7 @@ class MachineTestCase(SandboxTestCase):
         os.makedirs(self.www)
         self.port = h.free_port()
         self.machine = UefiMachine(self.cleanups, self.workdir, self.device,
-                                   self.netns)
+                                   self.netns, secure_boot=self.secure_boot)
 
     def start_agent(self, agent_args: list[str], setup: str = "") -> None:
         start_agent(self, self.machine, self.www, agent_args, self.port,
