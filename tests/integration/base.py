@@ -4,10 +4,12 @@ prerequisite fails the test instead of skipping it."""
 from __future__ import annotations
 
 import os
+from typing import Any, Mapping
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.integration import harness as h
+from tests.integration import scenarios
 
 
 def unavailable(e: h.Unavailable) -> None:
@@ -35,3 +37,22 @@ class SandboxTestCase(SynchronousTestCase):
         if self.disk_size is not None:
             self.device = h.make_loop_device(self.cleanups, self.workdir,
                                              self.disk_size)
+
+
+class IronicTestCase(SynchronousTestCase):
+    """A test with a real Ironic in its own namespace (``self.env``, a
+    scenarios.Environment made with ``environment``), closed at the end."""
+
+    environment: Mapping[str, Any] = {}
+
+    def setUp(self) -> None:
+        try:
+            self.prerequisites()
+            self.env = scenarios.Environment(**self.environment)
+        except h.Unavailable as e:
+            unavailable(e)
+        self.addCleanup(self.env.close)
+
+    def prerequisites(self) -> None:
+        """What else the test needs, checked before Ironic starts (raise
+        harness.Unavailable)."""

@@ -12,27 +12,25 @@ import subprocess
 import time
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import harness as h
 from tests.integration import scenarios
-from tests.integration.base import unavailable
+from tests.integration.base import IronicTestCase, unavailable
 
 POSTED = re.compile(r"^(\S+) .*posting inspection data to", re.M)
 
 
-class _ActiveNode(SynchronousTestCase):
+class _ActiveNode(IronicTestCase):
     listen = "127.0.0.1"
 
     def setUp(self) -> None:
+        super().setUp()
         try:
-            self.env = scenarios.Environment()
             self.inspector = h.Inspector(self.env.cleanups, self.env.netns,
                                          self.env.workdir,
                                          self.env.ironic.port, self.listen)
         except h.Unavailable as e:
             unavailable(e)
-        self.addCleanup(self.env.close)
         self.node = scenarios.active_node(self.env)
 
     def stored_data(self) -> Any:

@@ -5,25 +5,16 @@ Ironic's ramdisk-error hook."""
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from tests.integration import harness as h
 from tests.integration import scenarios
-from tests.integration.base import unavailable
+from tests.integration.base import IronicTestCase
 
 # every collector that can work on this machine (it has no DMI tables, so
 # dmidecode fails here: that one is checked as a failing collector)
 COLLECTORS = "default,logs,pci-devices,numa-topology,lldp,usb-devices"
 
 
-class InspectionTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        try:
-            self.env = scenarios.Environment()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.addCleanup(self.env.close)
-
+class InspectionTests(IronicTestCase):
     def test_inventory_reaches_ironic(self) -> None:
         result = scenarios.inspect(self.env, COLLECTORS, "manageable")
         stored = result["stored"]
@@ -61,16 +52,11 @@ class InspectionTests(SynchronousTestCase):
         self.assertIn("posting inspection data to", result["agent_log"])
 
 
-class MDNSApiTests(SynchronousTestCase):
+class MDNSApiTests(IronicTestCase):
     """ipa-api-url=mdns: the API is found by mDNS and inspection posts to
     the discovered URL (IPA would post to the literal "mdns/...")."""
 
-    def setUp(self) -> None:
-        try:
-            self.env = scenarios.Environment(listen="0.0.0.0")
-        except h.Unavailable as e:
-            unavailable(e)
-        self.addCleanup(self.env.close)
+    environment = {"listen": "0.0.0.0"}
 
     def test_api_found_by_mdns(self) -> None:
         import zeroconf

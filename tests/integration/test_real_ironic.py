@@ -3,22 +3,14 @@ direct deploy and a manual clean.  Needs root; see harness.py."""
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.integration import harness as h
 from tests.integration import scenarios
-from tests.integration.base import unavailable
+from tests.integration.base import IronicTestCase
 
 MiB = 1024 ** 2
 
 
-class RealIronicTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        try:
-            self.env = scenarios.Environment(heartbeat_timeout=30)
-        except h.Unavailable as e:
-            unavailable(e)
-        self.addCleanup(self.env.close)
+class RealIronicTests(IronicTestCase):
+    environment = {"heartbeat_timeout": 30}
 
     def test_direct_deploy_of_raw_image(self) -> None:
         result = scenarios.deploy(self.env, 192 * MiB)

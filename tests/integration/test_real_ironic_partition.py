@@ -5,22 +5,15 @@ filesystem into which Ironic has the agent install GRUB (BIOS)."""
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from tests.integration import harness as h
 from tests.integration import scenarios
-from tests.integration.base import unavailable
+from tests.integration.base import IronicTestCase, unavailable
 
 MiB = 1024 * 1024
 
 
-class PartitionDeployTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        try:
-            self.env = scenarios.Environment(manage_agent_boot=False)
-        except h.Unavailable as e:
-            unavailable(e)
-        self.addCleanup(self.env.close)
+class PartitionDeployTests(IronicTestCase):
+    environment = {"manage_agent_boot": False}
 
     def test_partition_image_with_config_drive(self) -> None:
         result = scenarios.deploy_partition_image(self.env)
@@ -42,14 +35,7 @@ class PartitionDeployTests(SynchronousTestCase):
                       result["agent_log"])
 
 
-class BootablePartitionDeployTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        try:
-            self.env = scenarios.Environment()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.addCleanup(self.env.close)
-
+class BootablePartitionDeployTests(IronicTestCase):
     def test_ironic_has_grub_installed(self) -> None:
         try:
             result = scenarios.deploy_bootable_partition_image(self.env)

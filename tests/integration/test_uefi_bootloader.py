@@ -23,13 +23,11 @@ import sys
 import time
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import agent_api
 from tests.integration import harness as h
-from tests.integration import scenarios
 from tests.integration import uefi_vm
-from tests.integration.base import unavailable
+from tests.integration.base import IronicTestCase, unavailable
 
 MiB = 1024 ** 2
 TOKEN = "u" * 40
@@ -139,18 +137,13 @@ class StandaloneUefiTests(_StandaloneAgent):
                                r"prefix=\(hd0,gpt\d+\)/boot/grub$")
 
 
-class IronicUefiDeployTests(SynchronousTestCase):
+class IronicUefiDeployTests(IronicTestCase):
     """A real Ironic deploys a whole-disk image to the UEFI guest."""
 
-    def setUp(self) -> None:
-        try:
-            uefi_vm.require_qemu()
-            uefi_vm.guest_kernel()
-            h.debian_root()
-            self.env = scenarios.Environment()
-        except h.Unavailable as e:
-            unavailable(e)
-        self.addCleanup(self.env.close)
+    def prerequisites(self) -> None:
+        uefi_vm.require_qemu()
+        uefi_vm.guest_kernel()
+        h.debian_root()
 
     def test_whole_disk_image_entry_from_csv_boots(self) -> None:
         env, api = self.env, self.env.api
