@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
-from ipa_twisted import __version__, errors, mdns, tls
+from ipa_twisted import __version__, errors, mdns, tls, tools
 from ipa_twisted.api.app import AgentAPI
 from ipa_twisted.api.site import AgentSite
 from ipa_twisted.commands.base import CommandRunner
@@ -203,6 +203,17 @@ class AgentService(MultiService):
 
     # ------------------------------------------------------------- start
 
+    def warn_missing_tools(self, path: str = tools.SEARCH_PATH) -> list[str]:
+        """Say once, at start-up, which tools this ramdisk lacks and what
+        will not work without them; return their names."""
+        absent = [t for t in tools.missing(tools.AGENT, path)
+                  if not t.optional]
+        for tool in absent:
+            log.warn("tool {tool} not found (Debian package {package}); "
+                     "without it: {needed_for}", tool=tool.name,
+                     package=tool.package, needed_for=tool.needed_for)
+        return [t.name for t in absent]
+
     async def _start(self) -> None:
         config = self.config
         log.info("ipa-twisted {version} starting", version=__version__)
@@ -212,6 +223,7 @@ class AgentService(MultiService):
             log.info("config files name options this agent does not have "
                      "(ignored): {keys}",
                      keys=", ".join(config.unknown_file_keys))
+        self.warn_missing_tools()
         if self.context.guard.restricted:
             log.info("device allow-list in force: {devs}",
                      devs=", ".join(config.device_allowlist))

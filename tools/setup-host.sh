@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
 # Install what the agent's flows and tests need on a Debian machine (root):
-# the Debian tools, and tox.  Safe to run again; installs only what is
-# missing.
+# every tool named in ipa_twisted/tools.py (the one list of the tools the
+# agent and its tests run: a unit test checks it against the code), the
+# packages the tests need besides, and tox.  Safe to run again; installs
+# only what is missing.
 set -euo pipefail
-packages=(parted gdisk udev util-linux fdisk psmisc dmidecode lshw ipmitool
-          qemu-utils iproute2 dosfstools mtools libarchive-tools e2fsprogs
-          genisoimage gzip curl debootstrap gcc libc6-dev python3-venv
-          python3-pip qemu-system-x86 ovmf)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$p")
-done
-# the UEFI test machine's initramfs needs a busybox; either package will do
-# (they conflict), the static one is preferred
-command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "setup-host: installing python3"
+    apt-get update -qq
+    apt-get install -y -qq python3 >/dev/null
+fi
+mapfile -t missing < <(python3 ipa_twisted/tools.py missing-packages)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# every tool is there now, or say which is not
+python3 ipa_twisted/tools.py check test
 if ! command -v tox >/dev/null 2>&1; then
     echo "setup-host: installing tox"
     python3 -m pip install -q tox 2>/dev/null \

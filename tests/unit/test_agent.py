@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.agent import AgentService, format_callback_url
@@ -61,3 +64,22 @@ class CallbackTests(SynchronousTestCase):
                          "http://[fd00::1]:9999")
         self.assertEqual(format_callback_url("http", "agent.example", 1),
                          "http://agent.example:1")
+
+
+class MissingToolsTests(SynchronousTestCase):
+    def test_each_missing_tool_named_once(self) -> None:
+        path = self.mktemp()
+        os.makedirs(path)
+        with open(os.path.join(path, "lsblk"), "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(os.path.join(path, "lsblk"), 0o755)
+        with capturedLogs() as events:
+            absent = service().warn_missing_tools(path)
+        self.assertIn("efibootmgr", absent)
+        self.assertNotIn("lsblk", absent)
+        self.assertNotIn("biosdevname", absent)  # optional: no warning
+        warned = [e["tool"] for e in events if "tool" in e]
+        self.assertEqual(sorted(warned), sorted(absent))
+        efi = next(e for e in events if e.get("tool") == "efibootmgr")
+        self.assertEqual(efi["package"], "efibootmgr")
+        self.assertIn("install_bootloader", efi["needed_for"])
