@@ -91,14 +91,17 @@ class BoundCommand:
     func: Callable[..., Any]
     owner: Any
 
-    def validate(self, params: Mapping[str, Any]) -> None:
-        """Check ``params`` against the signature, then the validator."""
+    def signature_error(self, params: Mapping[str, Any]) -> TypeError | None:
+        """The TypeError that calling the command with ``params`` would
+        raise (an unknown or a missing argument), or None."""
         try:
             inspect.signature(self.func).bind(**params)
         except TypeError as e:
-            raise errors.InvalidCommandParamsError(
-                f"{self.spec.name}: {e}"
-            ) from None
+            return TypeError(f"{self.spec.name}() {e}")
+        return None
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        """Run the command's validator (400 when it refuses)."""
         if self.spec.validator is not None:
             self.spec.validator(self.owner, **params)
 
@@ -248,8 +251,10 @@ class CommandRunner:
         """Start a command; raise an AgentError for a request-level failure.
 
         Order of checks, as the conductor expects: the agent is busy (409,
-        nothing stored); the name and params are valid (400/404, nothing
-        stored); then the command is recorded as RUNNING *before* it runs,
+        nothing stored); the name is valid (400/404, nothing stored); the
+        params fit the command's signature (else a FAILED result of type
+        "TypeError", stored, HTTP 200); the validator accepts them (400,
+        nothing stored); then the command is recorded as RUNNING *before* it runs,
         so that a conductor that lost our answer finds it at the end of the
         list.
         """
@@ -257,6 +262,18 @@ class CommandRunner:
         if last is not None and not last.done:
             raise errors.AgentIsBusy(last.command_name)
         command = self.find_command(name)
+        mismatch = command.signature_error(params)
+        if mismatch is not None:
+            # As IPA: a FAILED result typed "TypeError", answered with 200
+            # and kept in the list; Ironic's _raise_if_typeerror relies on
+            # it to detect an older agent and retry without the argument.
+            failed = CommandResult(command_name=command.spec.name,
+                                   params=dict(params))
+            self._history[failed.id] = failed
+            log.warn("command {name} refused: {error}", name=name,
+                     error=str(mismatch))
+            failed._finish(FAILED, None, errors.serialize_exception(mismatch))
+            return failed
         command.validate(params)
         result = CommandResult(
             command_name=command.spec.name,

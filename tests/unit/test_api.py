@@ -183,13 +183,30 @@ class APITests(SynchronousTestCase):
         self.assertEqual(listed["commands"][0]["command_error"]["type"],
                          "ValueError")
 
-    def test_wrong_kwarg_is_400_and_not_stored(self) -> None:
-        code, body = self.post("fake.echo", {"nope": 1})
-        self.assertEqual(code, 400)
-        self.assertTrue(body["faultstring"].startswith(
-            "Invalid command parameters: echo:"))
+    def test_unknown_argument_is_a_stored_typeerror(self) -> None:
+        """Ironic's _raise_if_typeerror: an argument this agent does not
+        know is answered 200 with a FAILED result typed TypeError, kept in
+        the list (Ironic then retries without the argument)."""
+        for name, params in (("fake.echo", {"nope": 1}),
+                             ("fake.validated", {"size": 2, "extra": 1})):
+            code, body = self.post(name, params)
+            self.assertEqual(code, 200, body)
+            self.assertEqual(body["command_status"], "FAILED")
+            self.assertIsNone(body["command_result"])
+            error = body["command_error"]
+            self.assertEqual(error["type"], "TypeError")
+            self.assertIn("unexpected keyword argument", error["details"])
+            self.assertIn(name.split(".")[1] + "()", error["details"])
         _, _, listed = self.request("GET", "/v1/commands/")
-        self.assertEqual(listed["commands"], [])
+        self.assertEqual([(c["command_name"], c["command_status"],
+                           c["command_error"]["type"])
+                          for c in listed["commands"]],
+                         [("echo", "FAILED", "TypeError"),
+                          ("validated", "FAILED", "TypeError")])
+        self.assertEqual(self.heartbeats, [])
+        # the agent is not busy afterwards
+        code, body = self.post("fake.echo", {"value": 3})
+        self.assertEqual((code, body["command_result"]), (200, 3))
 
     def test_validator_failure_is_400(self) -> None:
         code, body = self.post("fake.validated", {"size": 0})

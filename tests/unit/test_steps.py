@@ -133,6 +133,20 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(result.error["details"],
                          "Could not find method: broken_step")
 
+    def test_missing_or_unknown_argument_is_a_typeerror(self) -> None:
+        """What Ironic's _raise_if_typeerror looks for (IPA raises a
+        TypeError calling the command)."""
+        missing = self.runner.execute("clean.get_clean_steps", {"node": {}})
+        self.assertEqual((missing.status, missing.error["type"]),
+                         ("FAILED", "TypeError"))
+        self.assertIn("ports", missing.error["details"])
+        unknown = self.runner.execute("deploy.get_deploy_steps", {
+            "node": {}, "ports": [], "new_argument": 1})
+        self.assertEqual((unknown.status, unknown.error["type"]),
+                         ("FAILED", "TypeError"))
+        self.assertEqual([c.id for c in self.runner.list()],
+                         [missing.id, unknown.id])
+
     def test_step_without_name(self) -> None:
         result = self.run_cmd("clean.execute_clean_step", step={}, node={},
                               ports=[])
