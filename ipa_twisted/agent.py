@@ -479,7 +479,10 @@ class AgentService(MultiService):
         progress = self.context.progress
         extra = None
         if progress is not None:
-            extra = {"agent_status": "start",
+            # "start" while long work runs; its object may say "end" when
+            # it holds the summary of finished work (an erase report)
+            extra = {"agent_status": getattr(progress, "agent_status",
+                                             "start"),
                      "agent_status_message": progress.text()}
         await self.client.heartbeat(
             self.node_uuid, self.callback_url, self.token,

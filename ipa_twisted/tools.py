@@ -51,8 +51,12 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dmesg", "util-linux", "collect_system_logs"),
     Tool("dmidecode", "dmidecode", "system vendor, memory and BIOS facts in "
          "the inventory"),
+    Tool("blkdiscard", "util-linux", "erase_devices on disks whose "
+         "discarded blocks read back as zeroes"),
     Tool("efibootmgr", "efibootmgr", "UEFI boot entries (install_bootloader "
-         "on UEFI machines)"),
+         "on UEFI machines, clean_uefi_nvram)"),
+    Tool("hdparm", "hdparm", "erase_devices on ATA disks (security erase, "
+         "sanitize)"),
     Tool("ip", "iproute2", "collect_system_logs"),
     Tool("ipmitool", "ipmitool", "the BMC address in the inventory"),
     Tool("journalctl", "systemd", "collect_system_logs (the journal; "
@@ -72,10 +76,16 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mcopy", "mtools", "config drives on 4K-sector disks"),
     Tool("mkswap", "util-linux", "partition images (swap partition)"),
     Tool("mount", "mount", "install_bootloader"),
+    Tool("nvme", "nvme-cli", "erase_devices on NVMe disks (format, "
+         "sanitize)"),
     Tool("parted", "parted", "partition images, config drives, "
          "collect_system_logs"),
     Tool("partprobe", "parted", "re-reading partitions after a write"),
     Tool("ps", "procps", "collect_system_logs"),
+    Tool("shred", "coreutils", "erase_devices on disks with no hardware "
+         "erase (overwrite)"),
+    Tool("smartctl", "smartmontools", "erase_devices on ATA disks (can ATA "
+         "security commands reach the drive)"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "
          "header), config drives on GPT disks"),
     Tool("sync", "coreutils", "flushing disks before power off"),

@@ -6,7 +6,10 @@ its fields empty and logs one line; the inventory as a whole never fails.
 
 from __future__ import annotations
 
+import os
 import platform
+import re
+import shutil
 from typing import AbstractSet as Set
 from typing import Any, Mapping
 
@@ -21,7 +24,15 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
-from ipa_twisted.hardware import blockio, hints, ipmi, netif, system
+from ipa_twisted.hardware import (
+    blockio,
+    erase,
+    eraser,
+    hints,
+    ipmi,
+    netif,
+    system,
+)
 from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
@@ -31,18 +42,58 @@ log = Logger()
 
 MIN_ROOT_DISK = 4 * 1024 ** 3
 
-WRITE_IMAGE_ARGSINFO = {
-    "image_info": {
-        "description": "Image information (id, urls, checksum, disk_format "
-                       "...) as the conductor builds it.",
-        "required": True,
-    },
-    "configdrive": {
-        "description": "A config drive: gzipped and base64-encoded ISO, "
-                       "or its URL.",
+#: IPA's default match_patterns of clean_uefi_nvram: entries booting a
+#: disk, a shim or a GRUB
+DEFAULT_NVRAM_PATTERNS = [r"^HD\(", r"shim.*\.efi", r"grub.*\.efi"]
+
+CLEAN_UEFI_NVRAM_ARGSINFO = {
+    "match_patterns": {
+        "description": (
+            "Json blob contains a list of regex patterns where any UEFI "
+            "NVRAM entry matching that pattern will be deleted. Default "
+            "value is '[\"" + '", "'.join(DEFAULT_NVRAM_PATTERNS) + "\"]'"),
         "required": False,
     },
 }
+
+#: The steps of IPA 13.0.0's GenericHardwareManager that this agent does
+#: not offer yet (software RAID, inject_files, burn-in, bootc): they are
+#: not advertised, so that Ironic never runs a step that would claim
+#: success without doing its work.
+NOT_YET = {
+    "clean": ("delete_configuration", "create_configuration", "burnin_cpu",
+              "burnin_gpu", "burnin_disk", "burnin_memory", "burnin_network"),
+    "deploy": ("apply_configuration", "inject_files",
+               "execute_bootc_install"),
+    "service": ("delete_configuration", "apply_configuration",
+                "create_configuration", "burnin_cpu", "burnin_gpu",
+                "burnin_memory", "burnin_network", "inject_files",
+                "execute_bootc_install"),
+}
+
+#: device path nodes that start the path of an efibootmgr entry
+_DEVICE_PATH = re.compile(r"\s(?=(?:BBS|HD|FvFile|FvVol|PciRoot|VenMsg|VenHw|"
+                          r"UsbClass|Uri|MAC|File)\()")
+
+
+def nvram_entries(output: str) -> list[tuple[str, str, str]]:
+    """``(number, label, device path)`` of each Boot#### entry of
+    ``efibootmgr -v`` (label and path split at efibootmgr's tab, else
+    before the first device path node)."""
+    entries = []
+    for line in output.splitlines():
+        match = re.match(r"^Boot([0-9A-Fa-f]{4})\*?\s+(.*)$", line)
+        if not match:
+            continue
+        rest = match.group(2)
+        if "\t" in rest:
+            label, path = rest.split("\t", 1)
+        else:
+            parts = _DEVICE_PATH.split(rest, 1)
+            label, path = (parts[0], parts[1]) if len(parts) == 2 \
+                else (rest, "")
+        entries.append((match.group(1), label.strip(), path.strip()))
+    return entries
 
 
 def _step(name: str, priority: int, abortable: bool | None = None,
@@ -134,6 +185,8 @@ class GenericHardwareManager(HardwareManager):
     def __init__(self) -> None:
         super().__init__()
         self._bmc_cache: object = _UNKNOWN
+        #: where erase_pstore finds the pstore mount
+        self.proc_mounts = "/proc/mounts"
 
     async def initialize(self, agent: Any) -> None:
         self.agent = agent
@@ -360,20 +413,143 @@ class GenericHardwareManager(HardwareManager):
                                           dev.name], timeout=60.0,
                                          check=False)
 
+    # ------------------------------------------------------ erase (data)
+
+    async def _erasable_disks(self, node: Any) -> list[BlockDevice]:
+        devices = await self.list_block_devices()
+        skipped = skip_list(node, devices)
+        if skipped:
+            log.info("not erasing {devs} (skip_block_devices)",
+                     devs=", ".join(sorted(skipped)))
+        return [d for d in devices if d.name not in skipped]
+
+    async def _erase_disks(self, node: Any, step: str, express: bool
+                           ) -> dict[str, Any]:
+        self.agent.cache_node(node)
+        options = erase.EraseOptions.from_node(node)
+        disks = await self._erasable_disks(node)
+        if not disks:
+            log.warn("{step}: no disks to erase", step=step)
+            return {}
+
+        async def metadata(path: str) -> None:
+            await self._erase_metadata(path, True)
+
+        worker = eraser.DiskEraser(self.agent, options, metadata,
+                                   express=express)
+        reports = await worker.erase_all(disks, step)
+        failed = {name: r for name, r in reports.items()
+                  if r.get("result") == "failed"}
+        if failed:
+            summary = worker.progress.text() if worker.progress else ""
+            raise errors.BlockDeviceEraseError(
+                f"{step} failed on {', '.join(sorted(failed))}: "
+                + "; ".join(f"{name}: {r.get('reason')}"
+                            for name, r in sorted(failed.items()))
+                + (f" -- {summary}" if summary else ""))
+        return reports
+
+    async def erase_devices(self, node: Any, ports: Any) -> dict[str, Any]:
+        """Erase every disk (clean step, priority 10), each by the best
+        method it offers, proven by a read-back check; the result is the
+        erase report, by device name (see hardware/eraser.py)."""
+        return await self._erase_disks(node, "erase_devices", express=False)
+
+    async def erase_devices_express(self, node: Any, ports: Any
+                                    ) -> dict[str, Any]:
+        """A fast hardware erase where the disk has one (NVMe format or
+        crypto sanitize, a discard that reads back as zeroes), else the
+        metadata only (as IPA)."""
+        return await self._erase_disks(node, "erase_devices_express",
+                                       express=True)
+
+    # ------------------------------------------------------ erase (other)
+
+    def _pstore_mount(self) -> str | None:
+        try:
+            with open(self.proc_mounts, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) >= 3 and fields[0] == "pstore" and \
+                            fields[2] == "pstore":
+                        return fields[1]
+        except OSError:
+            return None
+        return None
+
+    def erase_pstore(self, node: Any, ports: Any) -> None:
+        """Remove the kernel's persistent store records (crash dumps that
+        may hold the last tenant's memory), as IPA."""
+        path = self._pstore_mount()
+        if path is None:
+            log.info("erase_pstore: no pstore mounted")
+            return
+        removed = 0
+        for name in sorted(os.listdir(path)):
+            entry = os.path.join(path, name)
+            if os.path.isdir(entry) and not os.path.islink(entry):
+                shutil.rmtree(entry)
+            else:
+                os.remove(entry)
+            removed += 1
+        log.info("erase_pstore: removed {n} record(s) from {path}",
+                 n=removed, path=path)
+
+    async def clean_uefi_nvram(self, node: Any, ports: Any,
+                               match_patterns: Any = None) -> None:
+        """Delete the UEFI boot entries whose device path matches one of
+        ``match_patterns`` (regular expressions, case-insensitive; IPA's
+        default: disk, shim and GRUB entries)."""
+        if match_patterns is None:
+            match_patterns = DEFAULT_NVRAM_PATTERNS
+        problem = (f"The match_patterns must be a list of strings: "
+                   f"{match_patterns}")
+        if type(match_patterns) is not list:
+            raise errors.InvalidCommandParamsError(problem)
+        patterns = []
+        for item in match_patterns:
+            if not isinstance(item, str):
+                raise errors.InvalidCommandParamsError(problem)
+            try:
+                patterns.append(re.compile(item, re.IGNORECASE))
+            except re.error:
+                raise errors.InvalidCommandParamsError(problem) from None
+        listing = await self.agent.process.run(["efibootmgr", "-v"],
+                                               timeout=60.0)
+        for number, label, path in nvram_entries(listing.out):
+            hit = next((p for p in patterns if p.search(path)), None)
+            if hit is None:
+                continue
+            log.info("clean_uefi_nvram: deleting Boot{number} ({label}): "
+                     "{path} matches {pattern}", number=number, label=label,
+                     path=path, pattern=hit.pattern)
+            await self.agent.process.run(["efibootmgr", "-b", number, "-B"],
+                                         timeout=60.0)
+
     # ------------------------------------------------------------- steps
 
     def get_clean_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
-        return [_step("erase_devices_metadata", 99, abortable=True)]
+        """IPA 13.0.0's clean steps, those this agent has (NOT_YET: the
+        others)."""
+        return [
+            _step("erase_devices", 10, abortable=True),
+            _step("erase_devices_metadata", 99, abortable=True),
+            _step("erase_devices_express", 0, abortable=True),
+            _step("erase_pstore", 0, abortable=True),
+            _step("clean_uefi_nvram", 0, abortable=True,
+                  argsinfo=CLEAN_UEFI_NVRAM_ARGSINFO),
+        ]
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         return [
             _step("erase_devices_metadata", 0),
-            _step("write_image", 0, argsinfo=WRITE_IMAGE_ARGSINFO),
+            _step("clean_uefi_nvram", 0, argsinfo=CLEAN_UEFI_NVRAM_ARGSINFO),
+            _step("write_image", 0),
         ]
 
     def get_service_steps(self, node: Any, ports: Any
                           ) -> list[dict[str, Any]]:
-        return [_step("write_image", 0, argsinfo=WRITE_IMAGE_ARGSINFO)]
+        return [_step("write_image", 0)]
 
     async def write_image(self, node: Any, ports: Any, image_info: Any,
                           configdrive: Any = None) -> str:

@@ -234,8 +234,11 @@ class UefiMachine:
 
     def __init__(self, cleanups: h.Cleanups, workdir: str, disk: str,
                  netns: str, memory_mb: int = 1536,
-                 secure_boot: bool = False) -> None:
+                 secure_boot: bool = False,
+                 devices: list[str] | None = None) -> None:
         require_qemu()
+        #: more QEMU arguments for the ramdisk boots (disks: NVMe, SATA)
+        self.devices = list(devices or [])
         self.cleanups = cleanups
         self.netns = netns
         self.workdir = workdir
@@ -306,7 +309,8 @@ class UefiMachine:
                        "readonly=on,multidevs=remap",
             "-netdev", f"user,id=net0,restrict={'on' if restrict else 'off'},"
                        f"hostfwd=tcp:127.0.0.1:{api_port}-:{guest_port}",
-            "-device", f"virtio-net-pci,netdev=net0,mac={mac}"])
+            "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
+            + self.devices)
 
     def boot_disk(self) -> None:
         """Power on with no kernel: the firmware boots from NVRAM."""

@@ -165,14 +165,45 @@ class StepTests(SynchronousTestCase):
                         Mainline()):
             verifyObject(IHardwareManager, manager)
 
-    def test_generic_steps_shape(self) -> None:
+    def test_generic_steps_are_ipas(self) -> None:
+        """IPA 13.0.0's GenericHardwareManager steps (names, priorities,
+        interfaces, abortable, reboot_requested, argsinfo), those this
+        agent has; the rest are listed as not there yet, never stubbed."""
+        from ipa_twisted.hardware.generic import NOT_YET
+
         generic = GenericHardwareManager()
-        clean = generic.get_clean_steps({}, [])
-        self.assertEqual(clean, [{"step": "erase_devices_metadata",
-                                  "priority": 99, "interface": "deploy",
-                                  "reboot_requested": False,
-                                  "abortable": True}])
-        deploy = {s["step"]: s for s in generic.get_deploy_steps({}, [])}
-        self.assertEqual(deploy["write_image"]["priority"], 0)
-        self.assertTrue(deploy["write_image"]["argsinfo"]["image_info"]
-                        ["required"])
+
+        def step(name: str, priority: int, abortable: bool | None = None,
+                 argsinfo: bool = False) -> dict[str, object]:
+            out: dict[str, object] = {"step": name, "priority": priority,
+                                      "interface": "deploy",
+                                      "reboot_requested": False}
+            if abortable is not None:
+                out["abortable"] = abortable
+            if argsinfo:
+                out["argsinfo"] = {"match_patterns": {
+                    "description": "Json blob contains a list of regex "
+                    "patterns where any UEFI NVRAM entry matching that "
+                    "pattern will be deleted. Default value is "
+                    "'[\"^HD\\(\", \"shim.*\\.efi\", \"grub.*\\.efi\"]'",
+                    "required": False}}
+            return out
+
+        self.assertEqual(generic.get_clean_steps({}, []), [
+            step("erase_devices", 10, True),
+            step("erase_devices_metadata", 99, True),
+            step("erase_devices_express", 0, True),
+            step("erase_pstore", 0, True),
+            step("clean_uefi_nvram", 0, True, argsinfo=True)])
+        self.assertEqual(generic.get_deploy_steps({}, []), [
+            step("erase_devices_metadata", 0),
+            step("clean_uefi_nvram", 0, argsinfo=True),
+            step("write_image", 0)])
+        self.assertEqual(generic.get_service_steps({}, []),
+                         [step("write_image", 0)])
+        for kind in ("clean", "deploy", "service"):
+            listed = {s["step"] for s in getattr(
+                generic, f"get_{kind}_steps")({}, [])}
+            self.assertFalse(listed & set(NOT_YET[kind]))
+            for name in listed:
+                self.assertTrue(callable(getattr(generic, name)), name)
