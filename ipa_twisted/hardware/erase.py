@@ -133,6 +133,9 @@ def parse_hdparm_identify(text: str) -> AtaInfo:
             enhanced=state("supported: enhanced erase"),
             erase_minutes=minutes[""],
             enhanced_minutes=minutes["ENHANCED "])
+    # an excerpt may lack the "ATA device" line: a Security section or the
+    # SANITIZE feature set are ATA's alone
+    ata = ata or sec is not None or "SANITIZE feature set" in features
     return AtaInfo(
         ata=ata, security=sec,
         sanitize="SANITIZE feature set" in features,
