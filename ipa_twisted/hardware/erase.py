@@ -79,6 +79,7 @@ class AtaInfo:
     overwrite: bool = False
     trim: bool = False
     trim_zeroes: bool = False
+    serial: str | None = None
 
     def serialize(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,8 @@ def parse_hdparm_identify(text: str) -> AtaInfo:
     copies of its output often have spaces."""
     lines = text.splitlines()
     ata = any(line.strip().startswith("ATA device") for line in lines)
+    serial = next((line.split(":", 1)[1].strip() for line in lines
+                   if line.strip().startswith("Serial Number:")), None)
     features: set[str] = set()
     security: list[str] = []
     section = ""
@@ -145,6 +148,7 @@ def parse_hdparm_identify(text: str) -> AtaInfo:
         trim=any(f.startswith("Data Set Management TRIM supported")
                  for f in features),
         trim_zeroes="Deterministic read ZEROs after TRIM" in features,
+        serial=serial or None,
     )
 
 

@@ -292,8 +292,10 @@ class DiskEraser:
                 return report
             self._phase(dev.name, "probing")
             caps = await self.probe(dev)
-            if caps.nvme is not None and not report["serial"]:
-                report["serial"] = caps.nvme.serial or None
+            if not report["serial"]:  # no udev: ask the device
+                report["serial"] = (caps.nvme.serial if caps.nvme else
+                                    caps.ata.serial if caps.ata else
+                                    None) or None
             report["capabilities"] = caps.serialize()
             plan = erase.plan_erase(caps, self.options, self.express)
             if plan.refused:

@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.integration import agent_api
 from tests.integration import harness as h
+from tests.integration import uefi_vm
 from tests.integration.base import SandboxTestCase
 
 TOKEN = "r" * 40
@@ -166,3 +167,68 @@ class LoopEraseTests(SandboxTestCase):
         self.assertEqual((body["command_status"],
                           body["command_error"]["type"]),
                          ("FAILED", "TypeError"))
+
+
+class MachineEraseTests(uefi_vm.MachineTestCase):
+    """The agent in the test machine erases QEMU's emulated NVMe disk (Format
+    NVM, user data erase: the controller offers no crypto erase and no
+    sanitize) and an AHCI SATA disk (no ATA security: shred), each proven
+    by the read-back check; the virtio disk is not allow-listed and keeps
+    its bytes."""
+
+    disk_size = 64 * MiB
+
+    def test_nvme_and_sata(self) -> None:
+        images = {}
+        for name, size in (("nvme", 256 * MiB), ("sata", 64 * MiB)):
+            images[name] = os.path.join(self.workdir, f"{name}.img")
+            with open(images[name], "wb") as f:
+                f.truncate(size)
+            fill(images[name], size)
+        fill(self.device, self.disk_size)
+        virtio_before = h.device_sha256(self.device, self.disk_size)
+        self.machine.devices = [
+            "-drive", f"if=none,id=nvm0,format=raw,file={images['nvme']}",
+            "-device", "nvme,serial=IPATWNVME0001,drive=nvm0",
+            "-drive", f"if=none,id=sata0,format=raw,file={images['sata']}",
+            "-device", "ahci,id=ahci",
+            "-device", "ide-hd,bus=ahci.0,drive=sata0,serial=IPATWSATA0001"]
+        self.start_agent(["--standalone", "--agent-token", TOKEN,
+                          "--listen-host", "0.0.0.0",
+                          "--device-allowlist", "/dev/nvme0n1,/dev/sda"],
+                         setup="modprobe -a nvme ahci sd_mod; sleep 2")
+        status, _, body = agent_api.call(
+            self.netns, "POST",
+            f"/v1/commands/?wait=true&agent_token={TOKEN}",
+            {"name": "clean.execute_clean_step", "params": {
+                "step": {"step": "erase_devices", "interface": "deploy"},
+                "node": {"uuid": "n", "driver_internal_info": {
+                    "disk_erasure_concurrency": 2}},
+                "ports": []}}, port=self.port, timeout=900)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["command_status"], "SUCCEEDED", body)
+        reports = body["command_result"]["clean_result"]
+        h.say("test machine erase report: " + json.dumps(reports)[:3000])
+        self.assertEqual(sorted(reports), ["/dev/nvme0n1", "/dev/sda"])
+        nvme = reports["/dev/nvme0n1"]
+        self.assertEqual((nvme["result"], nvme["method"], nvme["serial"]),
+                         ("erased", "nvme-format-user-data-erase",
+                          "IPATWNVME0001"))
+        self.assertEqual(nvme["capabilities"]["nvme"]["oacs"], 266)
+        self.assertEqual(nvme["capabilities"]["nvme_namespaces_on_controller"],
+                         1)
+        self.assertTrue(nvme["verification"]["passed"])
+        sata = reports["/dev/sda"]
+        self.assertEqual((sata["result"], sata["method"], sata["serial"]),
+                         ("erased", "shred", "IPATWSATA0001"))
+        self.assertEqual(sata["capabilities"]["smartctl"]["security"],
+                         "Unavailable")
+        self.assertTrue(sata["verification"]["passed"])
+        self.machine.stop()
+        # what the emulated disks hold now, read on this side
+        self.assertTrue(all_zero(images["sata"], 64 * MiB))
+        with open(images["nvme"], "rb") as f:
+            head = f.read(MiB)
+        self.assertEqual(head, bytes(MiB))
+        self.assertEqual(h.device_sha256(self.device, self.disk_size),
+                         virtio_before)

@@ -45,6 +45,7 @@ class HdparmTests(SynchronousTestCase):
                           info.block_erase, info.overwrite),
                          (True, False, True, False))
         self.assertEqual((info.trim, info.trim_zeroes), (True, False))
+        self.assertEqual(info.serial, "2022092T0075")
 
     def test_security_states(self) -> None:
         frozen = erase.parse_hdparm_identify(
