@@ -305,7 +305,8 @@ class Ironic:
     def __init__(self, cleanups: Cleanups, netns: str, workdir: str,
                  heartbeat_timeout: int = 30, fast_track: bool = False,
                  listen: str = "127.0.0.1",
-                 manage_agent_boot: bool = True) -> None:
+                 manage_agent_boot: bool = True,
+                 automated_clean: bool = False) -> None:
         self.netns = netns
         self.workdir = workdir
         self.port = 6385
@@ -321,6 +322,7 @@ class Ironic:
             "@HTTP_PORT@": str(self.http_port),
             "@HEARTBEAT_TIMEOUT@": str(heartbeat_timeout),
             "@FAST_TRACK@": "true" if fast_track else "false",
+            "@AUTOMATED_CLEAN@": "true" if automated_clean else "false",
         }.items():
             text = text.replace(key, value)
         for sub in ("state", "certs", "deploy-logs", "httpboot", "tftp",

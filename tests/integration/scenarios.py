@@ -18,7 +18,8 @@ class Environment:
     def __init__(self, disk_size: int = 5 * GiB, heartbeat_timeout: int = 30,
                  keep: bool = False, fast_track: bool = False,
                  listen: str = "127.0.0.1",
-                 manage_agent_boot: bool = True) -> None:
+                 manage_agent_boot: bool = True,
+                 automated_clean: bool = False) -> None:
         h.require_prerequisites()
         self.runs = 0
         self.cleanups = h.Cleanups()
@@ -33,7 +34,7 @@ class Environment:
             h.say(f"node disk: {self.device} ({disk_size // GiB} GiB, sparse)")
             self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
                                    heartbeat_timeout, fast_track, listen,
-                                   manage_agent_boot)
+                                   manage_agent_boot, automated_clean)
             t0 = time.monotonic()
             self.ironic.start()
             h.say(f"Ironic {h.IRONIC_VERSION} up on 127.0.0.1:"
@@ -336,3 +337,35 @@ def collect_command(env: Environment, args: list[str]) -> list[str]:
                          "ironic-collect-introspection-data"),
             "--device-allowlist", env.device, "--cmdline-file", cmdline,
             "--inspection_collectors", "default"] + args
+
+
+def automated_clean(env: Environment, name: str = "e2e-autoclean"
+                    ) -> dict[str, Any]:
+    """Automated cleaning with Ironic's defaults (the environment made with
+    ``automated_clean=True``): the node is provided, Ironic runs
+    erase_devices_metadata (99) and erase_devices (10) through our agent.
+    The disk is filled with data first; returns the node and timings."""
+    api = env.api
+    env.ironic.enroll(name, {"name": env.device})
+    size = int(h.run(["blockdev", "--getsize64", env.device]).stdout)
+    block = os.urandom(4 * MiB)
+    with open(env.device, "r+b") as f:
+        for i in range(size // len(block)):
+            f.write(i.to_bytes(8, "little") + block[8:])
+        os.fsync(f.fileno())
+    api.provision(name, "manage")
+    api.wait_for_state(name, {"manageable"}, 60)
+    t0 = time.monotonic()
+    api.provision(name, "provide")
+    api.wait_for_state(name, {"clean wait"}, 60)
+    agent = env.agent("autoclean-agent")
+    try:
+        node = api.wait_for_state(name, {"available"}, 600)
+    except Exception:
+        h.say(env.logs_tail(agent))
+        raise
+    took = time.monotonic() - t0
+    h.say(f"automated cleaning of a {size // MiB} MiB disk: {took:.1f} s")
+    log = agent.read_log()
+    agent.stop()
+    return {"node": node, "clean_s": took, "agent_log": log, "size": size}
