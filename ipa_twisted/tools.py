@@ -82,8 +82,6 @@ TOOLS: tuple[Tool, ...] = (
          "collect_system_logs"),
     Tool("partprobe", "parted", "re-reading partitions after a write"),
     Tool("ps", "procps", "collect_system_logs"),
-    Tool("shred", "coreutils", "erase_devices on disks with no hardware "
-         "erase (overwrite)"),
     Tool("smartctl", "smartmontools", "erase_devices on ATA disks (can ATA "
          "security commands reach the drive)"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "

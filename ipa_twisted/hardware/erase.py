@@ -22,10 +22,12 @@ said):
   SANITIZE, crypto scramble, else block erase.
 * Otherwise a discard of the whole device when the device guarantees that
   discarded blocks read back as zeroes (NVMe DLFEAT, ATA "deterministic
-  read zeroes after TRIM", a loop device), beyond IPA; else ``shred`` with
-  IPA's ``agent_erase_devices_iterations`` / ``agent_erase_devices_zeroize``.
+  read zeroes after TRIM", a loop device), beyond IPA; else an overwrite
+  (what IPA runs ``shred`` for: ``agent_erase_devices_iterations`` random
+  passes, then zeroes if ``agent_erase_devices_zeroize``; see
+  :mod:`.overwrite`).
 * A secure erase that is offered but cannot run (frozen, locked, failed)
-  falls back to the discard and shred methods only when the node allows it
+  falls back to the discard and overwrite only when the node allows it
   (``agent_continue_if_secure_erase_failed``, or
   ``agent_enable_discard_erase`` for the discard), as IPA; otherwise the
   device fails.
@@ -453,7 +455,7 @@ ATA_SECURITY_ERASE = "ata-security-erase"
 ATA_SANITIZE_CRYPTO = "ata-sanitize-crypto-scramble"
 ATA_SANITIZE_BLOCK = "ata-sanitize-block-erase"
 DISCARD = "discard"
-SHRED = "shred"
+OVERWRITE = "overwrite"
 METADATA = "metadata"
 
 HARDWARE = {NVME_SANITIZE_CRYPTO, NVME_SANITIZE_BLOCK, NVME_FORMAT_CRYPTO,
@@ -560,11 +562,11 @@ def _ata_methods(caps: Capabilities) -> tuple[list[Method], list[str]]:
     return methods, refused
 
 
-def _shred(caps: Capabilities, options: EraseOptions) -> Method | None:
+def _overwrite(caps: Capabilities, options: EraseOptions) -> Method | None:
     passes = options.iterations + (1 if options.zeroize else 0)
     if not passes:
         return None
-    why = [f"{options.iterations} random pass(es)"
+    why = [f"overwrite (IPA's shred): {options.iterations} random pass(es)"
            + (" and a pass of zeroes" if options.zeroize else "")]
     if not caps.discard:
         why.append("no discard")
@@ -572,7 +574,8 @@ def _shred(caps: Capabilities, options: EraseOptions) -> Method | None:
         why.append("a discard does not guarantee zeroes")
     elif options.discard is False:
         why.append("discard disabled by the node")
-    return Method(SHRED, "; ".join(why), options.zeroize, caps.size * passes)
+    return Method(OVERWRITE, "; ".join(why), options.zeroize,
+                  caps.size * passes)
 
 
 def plan_erase(caps: Capabilities, options: EraseOptions,
@@ -604,7 +607,7 @@ def plan_erase(caps: Capabilities, options: EraseOptions,
     software: list[Method] = []
     if discard is not None and (consent or options.discard is True):
         software.append(discard)
-    shred = _shred(caps, options)
-    if shred is not None and consent:
-        software.append(shred)
+    overwrite = _overwrite(caps, options)
+    if overwrite is not None and consent:
+        software.append(overwrite)
     return Plan(tuple(hardware + software), tuple(refused))

@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
-from ipa_twisted.hardware import erase, erase_check
+from ipa_twisted.hardware import erase, erase_check, overwrite
 from ipa_twisted.hardware.disks import SYS_BLOCK, BlockDevice, kname_of
 from ipa_twisted.process import ProcessError, ToolNotFound
 
@@ -421,9 +421,8 @@ class DiskEraser:
         elif name == erase.DISCARD:
             await self._with_stat_progress(dev, 13, dev.size,
                                            self._discard(dev))
-        elif name == erase.SHRED:
-            await self._with_stat_progress(dev, 6, method.covers,
-                                           self._shred(dev))
+        elif name == erase.OVERWRITE:
+            await self._overwrite(dev, method.covers)
         elif name == erase.METADATA:
             await self.erase_metadata(dev.name)
         else:
@@ -443,14 +442,34 @@ class DiskEraser:
         self.agent.guard.check(dev.name)
         await self._run(["blkdiscard", dev.name], timeout=timeout)
 
-    async def _shred(self, dev: BlockDevice) -> None:
-        argv = ["shred", "--force"]
-        if self.options.zeroize:
-            argv.append("--zero")
-        argv += ["--verbose", "--iterations", str(self.options.iterations),
-                 dev.name]
-        passes = self.options.iterations + (1 if self.options.zeroize else 0)
-        await self._run(argv, timeout=_timeout(dev.size * passes))
+    async def _overwrite(self, dev: BlockDevice, total: int) -> None:
+        """IPA's shred passes, as O_DIRECT writes in a thread; progress
+        from the bytes written."""
+        written = [0]
+        stop = [False]
+        kinds = overwrite.passes(self.options.iterations,
+                                 self.options.zeroize)
+
+        def tick() -> None:
+            if total:
+                self._phase(dev.name, "erasing",
+                            fraction=min(1.0, written[0] / total))
+
+        def done(n: int) -> None:
+            written[0] = n
+
+        loop = LoopingCall(tick)
+        loop.clock = self.clock
+        loop.start(self.poll, now=False)
+        try:
+            await self.agent.in_thread(
+                overwrite.overwrite, self.agent.guard, dev.name, dev.size,
+                kinds, done, lambda: stop[0])
+        except BaseException:
+            stop[0] = True  # cancelled (the agent stops): end the thread
+            raise
+        finally:
+            loop.stop()
 
     async def _with_stat_progress(self, dev: BlockDevice, field: int,
                                   total: int, work: Awaitable[None]) -> None:

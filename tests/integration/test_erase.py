@@ -115,7 +115,7 @@ class LoopEraseTests(SandboxTestCase):
         self.assertEqual(done["command_status"], "SUCCEEDED", done)
         report = done["command_result"]["clean_result"][self.device]
         self.assertEqual((report["result"], report["method"]),
-                         ("erased", "shred"))
+                         ("erased", "overwrite"))
         self.assertEqual(report["bytes_covered"], 2 * self.disk_size)
         self.assertTrue(report["verification"]["passed"])
         self.assertTrue(all_zero(self.device, self.disk_size))
@@ -134,7 +134,7 @@ class LoopEraseTests(SandboxTestCase):
             "agent_erase_devices_zeroize": False}))
         report = done["command_result"]["clean_result"][self.device]
         self.assertEqual((report["result"], report["method"]),
-                         ("erased", "shred"))
+                         ("erased", "overwrite"))
         check = report["verification"]
         self.assertEqual((check["expect"], check["passed"]),
                          ("changed", True))
@@ -220,7 +220,7 @@ class MachineEraseTests(uefi_vm.MachineTestCase):
         self.assertTrue(nvme["verification"]["passed"])
         sata = reports["/dev/sda"]
         self.assertEqual((sata["result"], sata["method"], sata["serial"]),
-                         ("erased", "shred", "IPATWSATA0001"))
+                         ("erased", "overwrite", "IPATWSATA0001"))
         self.assertEqual(sata["capabilities"]["smartctl"]["security"],
                          "Unavailable")
         self.assertTrue(sata["verification"]["passed"])

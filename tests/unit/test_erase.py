@@ -208,7 +208,7 @@ class PlanTests(SynchronousTestCase):
         # IPA's agent_continue_if_secure_erase_failed allows the rest
         self.assertEqual(names(erase.plan_erase(qemu_nvme(), self.fallback)),
                          [erase.NVME_FORMAT_USER_DATA, erase.DISCARD,
-                          erase.SHRED])
+                          erase.OVERWRITE])
 
     def test_real_nvme_sanitizes_first(self) -> None:
         plan = erase.plan_erase(tforce(), self.defaults)
@@ -227,7 +227,7 @@ class PlanTests(SynchronousTestCase):
             "agent_enable_nvme_secure_erase": False}})
         # no secure erase offered: a discard that reads zeroes (DLFEAT)
         self.assertEqual(names(erase.plan_erase(qemu_nvme(), options)),
-                         [erase.DISCARD, erase.SHRED])
+                         [erase.DISCARD, erase.OVERWRITE])
 
     def test_frozen_ata_drive(self) -> None:
         ata = erase.parse_hdparm_identify(
@@ -246,9 +246,9 @@ class PlanTests(SynchronousTestCase):
         plan = erase.plan_erase(disk, self.defaults)
         self.assertEqual(names(plan), [])
         self.assertIn("frozen", plan.refused[0])
-        # TRIM without zeroes: shred only, and only with the node's consent
+        # TRIM without zeroes: overwrite only, and only with the node's consent
         self.assertEqual(names(erase.plan_erase(disk, self.fallback)),
-                         [erase.SHRED])
+                         [erase.OVERWRITE])
 
     def test_ata_security_erase_when_not_frozen(self) -> None:
         thawed = erase.parse_hdparm_identify(
@@ -268,16 +268,16 @@ class PlanTests(SynchronousTestCase):
             fixture("hdparm-I-security-not-frozen-tinyapps.txt"))
         disk = caps(kind="ata", ata=thawed, smartctl=smartctl(
             "smartctl-d-ata-g-security-qemu-ahci.txt"))
-        # as IPA: smartctl says Unavailable -> no ATA erase -> shred
+        # as IPA: smartctl says Unavailable -> no ATA erase -> overwrite
         self.assertEqual(names(erase.plan_erase(disk, self.defaults)),
-                         [erase.SHRED])
+                         [erase.OVERWRITE])
 
-    def test_qemu_sata_disk_is_shredded(self) -> None:
+    def test_qemu_sata_disk_is_overwritten(self) -> None:
         ata = erase.parse_hdparm_identify(fixture("hdparm-I-qemu-ahci.txt"))
         disk = caps(kind="ata", ata=ata, discard=True, smartctl=smartctl(
             "smartctl-d-ata-g-security-qemu-ahci.txt"))
         plan = erase.plan_erase(disk, self.defaults)
-        self.assertEqual(names(plan), [erase.SHRED])
+        self.assertEqual(names(plan), [erase.OVERWRITE])
         self.assertIn("does not guarantee zeroes", plan.methods[0].why)
         self.assertEqual(plan.methods[0].covers, 2 * 4 * GiB)
 
@@ -286,19 +286,19 @@ class PlanTests(SynchronousTestCase):
             "smartctl-x-ssd-samsung-860-evo-unavailable.txt"),
             ata=erase.parse_hdparm_identify(fixture("hdparm-I-qemu-ahci.txt")))
         self.assertEqual(names(erase.plan_erase(disk, self.defaults)),
-                         [erase.DISCARD, erase.SHRED])
+                         [erase.DISCARD, erase.OVERWRITE])
 
     def test_loop_device(self) -> None:
         loop = caps(name="/dev/loop3", discard=True, loop=True)
         plan = erase.plan_erase(loop, self.defaults)
-        self.assertEqual(names(plan), [erase.DISCARD, erase.SHRED])
+        self.assertEqual(names(plan), [erase.DISCARD, erase.OVERWRITE])
         self.assertTrue(plan.methods[0].expect_zeroes)
         off = erase.EraseOptions.from_node({"driver_internal_info": {
             "agent_enable_discard_erase": False,
             "agent_erase_devices_iterations": 2,
             "agent_erase_devices_zeroize": False}})
         plan = erase.plan_erase(loop, off)
-        self.assertEqual(names(plan), [erase.SHRED])
+        self.assertEqual(names(plan), [erase.OVERWRITE])
         self.assertFalse(plan.methods[0].expect_zeroes)
         self.assertEqual(plan.methods[0].covers, 2 * 4 * GiB)
 

@@ -150,46 +150,53 @@ class DiscardTests(Disks):
         self.assertIn(f'"readback":"passed {check["samples"]}x65536 zeroes"',
                       last["text"])
 
-    def test_a_discard_that_changed_nothing_falls_back_to_shred(self) -> None:
+    def test_a_discard_that_changed_nothing_falls_back(self) -> None:
         dev = self.disk("loop7", loop=True, discard=4294966784)
         self.tool("blkdiscard", lambda argv: result(argv))  # lies
-
-        def shred(argv: Sequence[str]) -> ProcessResult:
-            self.zero(argv[-1])
-            return result(argv)
-
-        self.tool("shred", shred)
         report = self.erase([dev])[dev.name]
+        # the overwrite (IPA's shred) is real: it writes the file
         self.assertEqual((report["result"], report["method"]),
-                         ("erased", erase.SHRED))
+                         ("erased", erase.OVERWRITE))
         first = report["attempts"][0]
         self.assertEqual(first["method"], erase.DISCARD)
         self.assertEqual(first["error"], "reported success, but the "
                          "read-back check failed")
         self.assertEqual(first["verification"]["unchanged"],
                          first["verification"]["samples"])
-        self.assertIn(("shred", "--force", "--zero", "--verbose",
-                       "--iterations", "1", dev.name), self.process.calls)
         self.assertEqual(report["bytes_covered"], 2 * SIZE)
+        with open(dev.name, "rb") as f:
+            self.assertEqual(f.read(), bytes(SIZE))  # last pass: zeroes
 
-    def test_shred_that_lies_fails_the_disk(self) -> None:
+    def test_overwrite_without_zeroes(self) -> None:
         dev = self.disk("loop7", loop=True)  # no discard
-        self.tool("shred", lambda argv: result(argv))
-        report = self.erase([dev])[dev.name]
-        self.assertEqual(report["result"], "failed")
-        self.assertIn("shred: reported success, but the read-back check "
-                      "failed", report["reason"])
+        with open(dev.name, "rb") as f:
+            before = f.read()
+        report = self.erase([dev], {"driver_internal_info": {
+            "agent_erase_devices_iterations": 2,
+            "agent_erase_devices_zeroize": False}})[dev.name]
+        self.assertEqual((report["result"], report["method"],
+                          report["bytes_covered"]),
+                         ("erased", erase.OVERWRITE, 2 * SIZE))
+        check = report["verification"]
+        self.assertEqual((check["expect"], check["changed_not_zeroes"]),
+                         ("changed", check["samples"]))
+        with open(dev.name, "rb") as f:
+            after = f.read()
+        self.assertNotEqual(after, before)
+        self.assertNotIn(erase_check.MAGIC, after)
 
     def test_partly_erased_is_not_erased(self) -> None:
-        dev = self.disk("loop7", loop=True)
+        dev = self.disk("loop7", loop=True, discard=4294966784)
 
         def half(argv: Sequence[str]) -> ProcessResult:
             with open(argv[-1], "r+b") as f:
                 f.write(bytes(SIZE // 2))
             return result(argv)
 
-        self.tool("shred", half)
-        report = self.erase([dev])[dev.name]
+        self.tool("blkdiscard", half)
+        report = self.erase([dev], {"driver_internal_info": {
+            "agent_erase_devices_iterations": 0,
+            "agent_erase_devices_zeroize": False}})[dev.name]
         self.assertEqual(report["result"], "failed")
         check = report["attempts"][0]["verification"]
         self.assertFalse(check["passed"])
@@ -252,7 +259,7 @@ class NvmeTests(Disks):
                       "the read-back check failed", text)
         # the summary goes with the error (and to the heartbeat)
         self.assertIn('"result":"failed"', text)
-        self.assertNotIn(("shred",), [c[:1] for c in self.process.calls])
+        self.assertNotIn(("blkdiscard",), [c[:1] for c in self.process.calls])
 
     def test_with_consent_a_failed_format_falls_back(self) -> None:
         dev = self.nvme(lies=True)
@@ -371,38 +378,68 @@ class ExpressTests(Disks):
 class ConcurrencyAndProgressTests(Disks):
 
     def test_at_most_concurrency_disks_at_once(self) -> None:
-        devs = [self.disk(f"loop{i}", loop=True) for i in range(3)]
+        devs = [self.disk(f"loop{i}", loop=True, discard=4294966784)
+                for i in range(3)]
         running: dict[str, Deferred[ProcessResult]] = {}
 
-        def shred(argv: Sequence[str]) -> Deferred[ProcessResult]:
+        def blkdiscard(argv: Sequence[str]) -> Any:
+            if "--secure" in argv:
+                return result(argv, code=1)
             d: Deferred[ProcessResult] = Deferred()
             running[argv[-1]] = d
             return d
 
-        self.tool("shred", shred)
+        self.tool("blkdiscard", blkdiscard)
         worker = self.eraser({"driver_internal_info": {
             "disk_erasure_concurrency": 2}})
         done = ensureDeferred(worker.erase_all(devs, "erase_devices"))
         self.assertEqual(sorted(running), [devs[0].name, devs[1].name])
-        # the stat counter moves: progress shows in the command's status
+        # the discard counter moves: progress shows in the command's status
         with open(os.path.join(self.sys, "loop0", "stat"), "w") as f:
-            f.write(" ".join(["0"] * 6 + [str(SIZE // 512)] + ["0"] * 10))
+            f.write(" ".join(["0"] * 13 + [str(SIZE // 1024)] + ["0"] * 3))
         self.clock.advance(eraser.POLL)
         snap = self.progress[-1]["devices"][devs[0].name]
         self.assertEqual((snap["phase"], snap["method"], snap["percent"]),
-                         ("erasing", erase.SHRED, 50.0))
-        self.assertIn(f"{devs[0].name} erasing (shred) 50%",
+                         ("erasing", erase.DISCARD, 50.0))
+        self.assertIn(f"{devs[0].name} erasing (discard) 50%",
                       self.progress[-1]["text"])
         self.assertEqual(self.progress[-1]["status"], "start")
         for path in list(running):
             self.zero(path)
-            running.pop(path).callback(result(["shred", path]))
+            running.pop(path).callback(result(["blkdiscard", path]))
         self.assertEqual(list(running), [devs[2].name])
         self.zero(devs[2].name)
-        running.pop(devs[2].name).callback(result(["shred"]))
+        running.pop(devs[2].name).callback(result(["blkdiscard"]))
         reports = self.successResultOf(done)
         self.assertEqual({r["result"] for r in reports.values()}, {"erased"})
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_overwrite_progress(self) -> None:
+        dev = self.disk("loop3", loop=True)
+        worker = self.eraser()
+        seen: list[int] = []
+        real = worker.agent.in_thread
+
+        def in_thread(func: Any, *args: Any) -> Any:
+            # let the clock tick in the middle of the "thread"'s work
+            if func.__name__ != "overwrite":
+                return real(func, *args)
+            guard, path, size, kinds, done, stop = args
+
+            def step(n: int) -> None:
+                done(n)
+                if n == SIZE:  # one pass of two done
+                    self.clock.advance(eraser.POLL)
+                    seen.append(self.progress[-1]["devices"][path]
+                                ["percent"])
+
+            return real(func, guard, path, size, kinds, step, stop)
+
+        worker.agent.in_thread = in_thread  # type: ignore[method-assign]
+        report = self.successResultOf(ensureDeferred(
+            worker.erase_all([dev], "erase_devices")))[dev.name]
+        self.assertEqual(report["method"], erase.OVERWRITE)
+        self.assertEqual(seen, [50.0])
 
 
 class SampleTests(SynchronousTestCase):
