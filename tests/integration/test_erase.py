@@ -1,5 +1,5 @@
 """erase_devices for real: a sandboxed standalone agent erases a loop device
-(discard, then shred), and the test reads the whole device back; QEMU's
+(discard, then the overwrite IPA runs shred for), and the test reads the whole device back; QEMU's
 emulated NVMe disk is erased by the agent inside the test machine."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class LoopEraseTests(SandboxTestCase):
                 raise AssertionError(f"still running: {body}")
             time.sleep(0.3)
 
-    def test_discard_then_shred(self) -> None:
+    def test_discard_then_overwrite(self) -> None:
         fill(self.device, self.disk_size)
         t0 = time.monotonic()
         done, _ = self.wait(self.start("erase_devices", {}))
@@ -106,7 +106,7 @@ class LoopEraseTests(SandboxTestCase):
             self.assertIn(key, report)
         self.assertTrue(all_zero(self.device, self.disk_size))
 
-        # shred: what IPA does on a disk with no hardware erase
+        # the overwrite (IPA runs shred): a disk with no hardware erase
         fill(self.device, self.disk_size)
         done, seen = self.wait(self.start("erase_devices", {
             "agent_enable_discard_erase": False,
@@ -120,7 +120,7 @@ class LoopEraseTests(SandboxTestCase):
         self.assertTrue(report["verification"]["passed"])
         self.assertTrue(all_zero(self.device, self.disk_size))
         phases = {d["phase"] for p in seen for d in p["devices"].values()}
-        h.say(f"shred: {report['seconds']} s; progress phases seen: "
+        h.say(f"overwrite: {report['seconds']} s; progress phases seen: "
               f"{sorted(phases)}; last: {seen[-1] if seen else None}")
         self.assertIn("erasing", phases)
         log = self.agent.read_log()
