@@ -41,6 +41,8 @@ COMMANDS = [
     ("hdparm-I-qemu-ahci.txt", "hdparm -I /dev/sda"),
     ("smartctl-d-ata-g-security-qemu-ahci.txt",
      "smartctl -d ata -g security /dev/sda"),
+    ("smartctl-d-ata-i-g-security-qemu-ahci.txt",
+     "smartctl -d ata -i -g security /dev/sda"),
     ("smartctl-x-qemu-ahci.txt", "smartctl -x /dev/sda"),
     ("smartctl-x-qemu-nvme.txt", "smartctl -x /dev/nvme0"),
     ("hdparm-I-qemu-virtio.txt", "hdparm -I /dev/vda"),

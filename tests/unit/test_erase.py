@@ -107,6 +107,11 @@ class SmartctlTests(SynchronousTestCase):
         qemu = smartctl("smartctl-d-ata-g-security-qemu-ahci.txt")
         self.assertEqual((qemu.reachable, qemu.security),
                          (False, "Unavailable"))
+        # what the agent runs: -i adds the TRIM line (here without
+        # "zeroed": a discard does not promise zeroes)
+        agents = smartctl("smartctl-d-ata-i-g-security-qemu-ahci.txt")
+        self.assertEqual((agents.reachable, agents.security,
+                          agents.trim_zeroes), (False, "Unavailable", False))
 
     def test_failing_smartctl_is_not_reachable(self) -> None:
         virtio = smartctl("smartctl-d-ata-g-security-qemu-virtio.txt")
