@@ -46,7 +46,11 @@ from ipa_twisted import __version__, errors, mdns, tls
 from ipa_twisted.api.app import AgentAPI
 from ipa_twisted.api.site import AgentSite
 from ipa_twisted.commands.base import CommandRunner
-from ipa_twisted.config import Config, default_listen_host
+from ipa_twisted.config import (
+    TOKEN_MIN_LENGTH,
+    Config,
+    default_listen_host,
+)
 from ipa_twisted.context import AgentContext
 from ipa_twisted.extensions import load_extensions
 from ipa_twisted.hardware import netif
@@ -64,7 +68,6 @@ from ipa_twisted.process import ProcessRunner
 
 log = Logger()
 
-TOKEN_MIN_LENGTH = 32
 MASKED_TOKEN = "******"
 
 
@@ -144,6 +147,7 @@ class AgentService(MultiService):
             http=http,
             tls_policy=self._tls_policy,
             force_heartbeat=self.force_heartbeat,
+            current_token=lambda: self.token,
         )
         self._hardware = hardware
         self.runner: CommandRunner | None = None
