@@ -293,7 +293,8 @@ OPTIONS: tuple[Option, ...] = (
            "Lowest TLS version, server and client (Ironic's lookup may "
            "raise it).", kernel="ipa-tls-min-version"),
     Option("tls_cipher_suites", parse_str, None,
-           "OpenSSL cipher string for TLS 1.2.",
+           "OpenSSL cipher string for TLS 1.2, server and client "
+           "(Ironic's lookup may replace it).",
            kernel="ipa-tls-cipher-suites"),
     Option("tls_certificate_curve", choice("p256", "p384", "p521"), "p384",
            "Curve of the auto-TLS EC key.",
