@@ -63,6 +63,10 @@ class Generic(HardwareManager):
     def evaluate_hardware_support(self) -> int:
         return 1
 
+    def get_deploy_steps(self, node: Any, ports: Any) -> list[Any]:
+        return [{"step": "write_image", "priority": 0, "interface": "deploy",
+                 "reboot_requested": False}]
+
     async def write_image(self, node: Any, ports: Any, image_info: Any,
                           configdrive: Any = None) -> Any:
         return await self.agent.get_extension("standby").write_image(
