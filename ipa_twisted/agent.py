@@ -46,7 +46,11 @@ from ipa_twisted import __version__, errors, mdns, tls, tools
 from ipa_twisted.api.app import AgentAPI
 from ipa_twisted.api.site import AgentSite
 from ipa_twisted.commands.base import CommandRunner
-from ipa_twisted.config import Config, default_listen_host
+from ipa_twisted.config import (
+    TOKEN_MIN_LENGTH,
+    Config,
+    default_listen_host,
+)
 from ipa_twisted.context import AgentContext
 from ipa_twisted.extensions import load_extensions
 from ipa_twisted.hardware import netif
@@ -64,7 +68,6 @@ from ipa_twisted.process import ProcessRunner
 
 log = Logger()
 
-TOKEN_MIN_LENGTH = 32
 MASKED_TOKEN = "******"
 
 
@@ -129,12 +132,15 @@ class AgentService(MultiService):
             pool.maxPersistentPerHost = 4
             policy = tls.client_policy(config.insecure, config.cafile,
                                        config.certfile, config.keyfile,
-                                       config.tls_min_version)
+                                       config.tls_min_version,
+                                       config.tls_cipher_suites)
             http = HTTPClient(Agent(reactor, contextFactory=policy,
                                          pool=pool))
-            self._tls_policy: Any = policy
+            self._tls_policy: tls.ClientPolicy | None = policy
+            self._pool: QuietPool | None = pool
         else:
             self._tls_policy = None
+            self._pool = None
         self.http = http
         self.context = AgentContext(
             config=config,
@@ -144,6 +150,7 @@ class AgentService(MultiService):
             http=http,
             tls_policy=self._tls_policy,
             force_heartbeat=self.force_heartbeat,
+            current_token=lambda: self.token,
         )
         self._hardware = hardware
         self.runner: CommandRunner | None = None
@@ -357,6 +364,12 @@ class AgentService(MultiService):
             log.warn("ignoring an invalid agent token from lookup")
         if cfg.get("tls_min_version"):
             log.info("Ironic asks for TLS >= {v}", v=cfg["tls_min_version"])
+        if self._tls_policy is not None and self._tls_policy.apply(
+                cfg.get("tls_min_version"), cfg.get("tls_cipher_suites")):
+            log.info("outbound TLS now >= {v} (Ironic's lookup); idle "
+                     "connections are closed", v=self._tls_policy.min_version)
+            if self._pool is not None:
+                self._pool.closeCachedConnections()
         if self.heartbeater is not None:
             self.heartbeater.heartbeat_timeout = float(cfg["heartbeat_timeout"])
         return True
@@ -437,8 +450,9 @@ class AgentService(MultiService):
         api = AgentAPI(self.runner, lambda: self.token, self.started_at)
         site = AgentSite(api.app.resource(), self.reactor)
         host = config.listen_host or default_listen_host()
-        min_version = self.context.lookup_config.get("tls_min_version") \
-            or config.tls_min_version
+        min_version = tls.stricter(
+            self.context.lookup_config.get("tls_min_version"),
+            config.tls_min_version)
         ciphers = self.context.lookup_config.get("tls_cipher_suites") \
             or config.tls_cipher_suites
         if config.listen_tls:
