@@ -46,7 +46,6 @@ TOOLS: tuple[Tool, ...] = (
          "erase, flushing buffers before power off"),
     Tool("bsdtar", "libarchive-tools", "config drives on 4K-sector disks"),
     Tool("chroot", "coreutils", "install_bootloader (the image's own GRUB)"),
-    Tool("cp", "coreutils", "install_bootloader (filling the ESP)"),
     Tool("df", "coreutils", "collect_system_logs"),
     Tool("dmesg", "util-linux", "collect_system_logs"),
     Tool("dmidecode", "dmidecode", "system vendor, memory and BIOS facts in "
@@ -70,12 +69,16 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mkfs.xfs", "xfsprogs", "partition images (xfs ephemeral "
          "partition)"),
     Tool("mcopy", "mtools", "config drives on 4K-sector disks"),
+    Tool("mknod", "coreutils", "install_bootloader (the sealed chroot's "
+         "own /dev)"),
     Tool("mkswap", "util-linux", "partition images (swap partition)"),
     Tool("mount", "mount", "install_bootloader"),
     Tool("parted", "parted", "partition images, config drives, "
          "collect_system_logs"),
     Tool("partprobe", "parted", "re-reading partitions after a write"),
     Tool("ps", "procps", "collect_system_logs"),
+    Tool("setpriv", "util-linux", "install_bootloader (the image's tools "
+         "run without the capabilities to escape)"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "
          "header), config drives on GPT disks"),
     Tool("sync", "coreutils", "flushing disks before power off"),
