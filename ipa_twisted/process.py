@@ -61,6 +61,8 @@ log = Logger()
 
 #: Most output kept per stream; the rest is dropped (and said so).
 MAX_OUTPUT = 16 * 1024 * 1024
+#: After SIGKILL, how often to look whether the tool's group is gone.
+REAP_POLL = 0.05
 
 
 @attrs.frozen
@@ -172,6 +174,7 @@ class _Run(ProcessProtocol):
         self._gave_up = False
         self.why: str | None = None  # "timeout", "cancelled"
         self._grace = runner._kill_grace
+        self._group_deadline = 0.0
         self._timers: dict[str, IDelayedCall] = {}
         self.result: Deferred[ProcessResult] = Deferred(self._cancel)
         self.ended: Deferred[None] = Deferred()
@@ -287,6 +290,19 @@ class _Run(ProcessProtocol):
         if not self.exited:
             # SIGKILL cannot be refused: give the kernel a moment
             self._later("give up", self._grace, self._give_up)
+        # the group's other processes die (and are reaped) a moment
+        # later: ``ended`` waits for that, a grace period at most
+        self._group_deadline = self._clock.seconds() + self._grace
+        self._wait_for_group()
+
+    def _wait_for_group(self) -> None:
+        if self._clock.seconds() >= self._group_deadline:
+            if self._group_alive():
+                log.warn("the process group {pid} of {argv} outlived "
+                         "SIGKILL", pid=self.pid, argv=" ".join(self.argv))
+            return
+        if self._group_alive():
+            self._later("group", REAP_POLL, self._wait_for_group)
 
     def _give_up(self) -> None:
         log.error("{argv} (pid {pid}) did not end after SIGKILL; not "
@@ -322,8 +338,8 @@ class _Run(ProcessProtocol):
             pass
 
     def _group_alive(self) -> bool:
-        """Is any process left in the tool's group?  (Asked only once the
-        tool is reaped; without a group of its own: no.)"""
+        """Is any process (zombies too) left in the tool's group?  (Asked
+        once it was signalled; without a group of its own: no.)"""
         if not self.grouped or self.pid is None:
             return False
         try:

@@ -170,8 +170,9 @@ class _TunnelEndpoint:
             cancelled.append(True)
             connecting.cancel()
             for protocol in tunnel:
-                if protocol.transport is not None:
-                    protocol.transport.abortConnection()
+                transport: Any = protocol.transport
+                if transport is not None:
+                    transport.abortConnection()
 
         ready: defer.Deferred[Any] = defer.Deferred(cancel)
 

@@ -225,7 +225,7 @@ async def stream_body(
         if not body.done.called:
             body.done.errback(failure)
 
-    broken: list[BaseException] = []
+    broken: list[BaseException | None] = []
     check = every(clock, min(1.0, stall_timeout / 4), watchdog,
                   what=f"the stall watchdog of {url}",
                   on_failure=watchdog_failed)

@@ -113,15 +113,19 @@ class Groups:
     def __init__(self) -> None:
         self.sent: list[tuple[int, int]] = []
         self.alive: set[int] = set()
+        #: how many more "anyone there?" a KILLed group answers yes to
+        self.dying = 0
 
     def __call__(self, pgid: int, sig: int) -> None:
         if sig == 0:
-            if pgid not in self.alive:
+            if pgid in self.alive and self.dying and \
+                    (pgid, KILL) in self.sent:
+                self.dying -= 1
+                return
+            if pgid not in self.alive or (pgid, KILL) in self.sent:
                 raise ProcessLookupError(errno.ESRCH, "No such process")
             return
         self.sent.append((pgid, sig))
-        if sig == KILL:
-            self.alive.discard(pgid)
 
 
 class RunnerTests(SynchronousTestCase):
@@ -311,6 +315,33 @@ class RunnerTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertNothingLeft()
         self.successResultOf(self.runner.stop())
+
+    def test_ended_waits_for_the_group_to_die_after_kill(self) -> None:
+        d, proc = self.start(["sh", "-c", "sleep 30 & wait"], timeout=1)
+        self.groups.alive.add(proc.pid)
+        self.groups.dying = 3  # still there at the next three looks
+        self.clock.advance(1)  # TERM
+        self.clock.advance(5)  # KILL
+        proc.exit(signal=9)
+        self.failureResultOf(d, ProcessTimeout)
+        self.assertEqual(len(self.runner._runs), 1)
+        self.clock.pump([process.REAP_POLL] * 2)
+        self.assertEqual(len(self.runner._runs), 1)
+        self.clock.advance(process.REAP_POLL)
+        self.assertNothingLeft()
+
+    def test_a_group_that_outlives_kill_is_given_up_on(self) -> None:
+        d, proc = self.start(["sh", "-c", "sleep 30 & wait"], timeout=1)
+        self.groups.alive.add(proc.pid)
+        self.groups.dying = 10 ** 6
+        self.clock.advance(1)
+        self.clock.advance(5)
+        proc.exit(signal=9)
+        self.failureResultOf(d, ProcessTimeout)
+        self.clock.pump([process.REAP_POLL] * 99)
+        self.assertEqual(len(self.runner._runs), 1)
+        self.clock.pump([process.REAP_POLL] * 2)  # the grace is over
+        self.assertNothingLeft()
 
     def test_without_setsid_only_the_tool_is_signalled(self) -> None:
         runner = ProcessRunner(self.reactor, self.clock, kill_grace=1.0,
