@@ -71,6 +71,9 @@ log = Logger()
 MASKED_TOKEN = "******"
 
 
+_PENDING = object()
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
@@ -164,7 +167,9 @@ class AgentService(MultiService):
         self.port: IListeningPort | None = None
         self.inventory: dict[str, Any] | None = None
         self.macs: list[str] = []
-        self.ready: Deferred[None] = Deferred()
+        #: how start-up ended: None (serving), a Failure, or not yet
+        self._outcome: Failure | None | object = _PENDING
+        self._ready_waiters: list[Deferred[None]] = []
         self._startup: Deferred[None] | None = None
 
     # ------------------------------------------------------------ service
@@ -174,21 +179,44 @@ class AgentService(MultiService):
         self._startup = ensureDeferred(self._start())
         self._startup.addCallbacks(self._started, self._start_failed)
 
+    def when_ready(self) -> Deferred[None]:
+        """Fires once start-up is over (the agent serves), or fails with
+        what stopped it (``CancelledError`` when the agent was stopped
+        first)."""
+        d: Deferred[None] = Deferred()
+        if self._outcome is _PENDING:
+            self._ready_waiters.append(d)
+        elif isinstance(self._outcome, Failure):
+            d.errback(self._outcome)
+        else:
+            d.callback(None)
+        return d
+
+    def _ended_start_up(self, outcome: Failure | None) -> None:
+        if self._outcome is not _PENDING:
+            return
+        self._outcome = outcome
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if outcome is None:
+                d.callback(None)
+            else:
+                d.errback(outcome)
+
     def _started(self, _: Any) -> None:
-        if not self.ready.called:
-            self.ready.callback(None)
+        self._ended_start_up(None)
 
     def _start_failed(self, failure: Failure) -> None:
+        cancelled = failure.check(CancelledError) is not None
         if failure.check(FatalError, errors.AgentError):
             log.critical("agent cannot start: {error}",
                          error=str(failure.value))
-        elif failure.check(CancelledError):
-            return
-        else:
+        elif not cancelled:
             log.failure("agent cannot start", failure)
-        if not self.ready.called:
-            self.ready.errback(failure)
-            self.ready.addErrback(lambda _: None)
+        # whoever waits for start-up learns that it will not come
+        self._ended_start_up(failure)
+        if cancelled:
+            return
         if self._exit_on_fatal and self.running:
             exit_process(self.reactor, 1)
 
@@ -205,6 +233,9 @@ class AgentService(MultiService):
                 waits.append(stopping)
         if self.runner is not None:
             waits.append(self.runner.stop())
+        # and whatever tool still runs (start-up probes...), with what it
+        # started
+        waits.append(self.context.process.stop())
         return DeferredList(waits, consumeErrors=True).addCallback(
             lambda _: None)
 

@@ -79,6 +79,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ps", "procps", "collect_system_logs"),
     Tool("setpriv", "util-linux", "install_bootloader (the image's tools "
          "run without the capabilities to escape)"),
+    Tool("setsid", "util-linux", "every tool in its own process group, so "
+         "that a timeout or a cancel stops all it started"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "
          "header), config drives on GPT disks"),
     Tool("sync", "coreutils", "flushing disks before power off"),
