@@ -26,7 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from klein.interfaces import IKleinRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from ipa_twisted import __version__, encoding, errors
@@ -160,6 +161,17 @@ def _url_problem(request: IRequest) -> str | None:
     except UnicodeError:
         return "invalid Host header"
     return None
+
+
+def _methods_with_slash(request: IRequest) -> list[str]:
+    try:
+        mapper = IKleinRequest(request).mapper
+    except TypeError:
+        return []
+    path = mapper.path_info
+    if not path or path.endswith("/"):
+        return []
+    return sorted(mapper.allowed_methods(path + "/"))
 
 
 class _GuardedResource(Resource):
@@ -359,6 +371,14 @@ class AgentAPI:
                 location += "?" + query  # keep the query (agent_token...)
             request.setHeader(b"Location", location.encode("utf-8"))
             return fault_body(code, f"{code} Permanent Redirect: {location}")
+        if isinstance(exc, NotFound):
+            # a method werkzeug does not redirect, on a path that exists
+            # with a trailing slash: that path's methods
+            slashed = _methods_with_slash(request)
+            if slashed:
+                exc = MethodNotAllowed(valid_methods=slashed)
+                code = 405
+                request.setResponseCode(code)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             request.setHeader(b"Allow",
                               ", ".join(exc.valid_methods).encode("ascii"))

@@ -75,7 +75,7 @@ def _operation(summary: str, responses: dict[str, Any], *,
 def _command_paths(prefix: str) -> dict[str, Any]:
     tag = prefix.strip("/").replace("/", "_") or "bare"
     command_id = {"name": "command_id", "in": "path", "required": True,
-                  "schema": {"type": "string", "minLength": 1}}
+                  "schema": {"type": "string"}}
     return {
         f"{prefix}/commands/": {
             "get": _operation(
@@ -183,6 +183,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["name", "params"],
         "properties": {
             "name": {"type": "string",
+                     "pattern": "^[^.]+[.][^.]+$",
                      "description": "<extension>.<command>",
                      "examples": ["standby.get_partition_uuids"]},
             "params": {"type": "object",

@@ -262,6 +262,18 @@ class APITests(SynchronousTestCase):
             sorted(headers.getRawHeaders("allow")[0].split(", ")),
             ["GET", "HEAD"])
 
+    def test_other_methods_on_unslashed_paths_are_405(self) -> None:
+        for path, allowed in (("/v1/commands", ["GET", "HEAD", "POST"]),
+                              ("/v1", ["GET", "HEAD"])):
+            code, headers, body = self.request("TRACE", path)
+            self.assertEqual(code, 405, path)
+            self.assertEqual(
+                sorted(headers.getRawHeaders("allow")[0].split(", ")),
+                allowed)
+            self.assertTrue(body["faultstring"].startswith("405 "))
+        code, _, _ = self.request("TRACE", "/v1/nothing")
+        self.assertEqual(code, 404)
+
     def test_validator_that_trips_is_400(self) -> None:
         class Tripping(Extension):
             name = "trip"
