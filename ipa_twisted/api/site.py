@@ -40,7 +40,12 @@ from tempfile import TemporaryFile
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    INegotiated,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -227,8 +232,11 @@ class AgentChannel(HTTPChannel):
     def _linger(self) -> None:
         self.setTimeout(None)
         self._networkProducer.resumeProducing()      # keep draining
-        if ITCPTransport.providedBy(self.transport):
-            self.transport.loseWriteConnection()     # FIN after the answer
+        if ITCPTransport.providedBy(self.transport) and \
+                not INegotiated.providedBy(self.transport):
+            # plain TCP: FIN after the answer (under TLS that would
+            # truncate the TLS stream; the client closes after the answer)
+            self.transport.loseWriteConnection()
         self._linger_call = self.callLater(LINGER, self._end_linger)
 
     def _end_linger(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import INegotiated, ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
@@ -298,6 +298,21 @@ class SiteTests(SynchronousTestCase):
         self.assertEqual(len(transport.value()),
                          len(Response(transport.value()).body)
                          + transport.value().index(b"\r\n\r\n") + 4)
+
+    def test_no_half_close_under_tls(self) -> None:
+        @implementer(INegotiated)
+        class TLSStringTransport(TCPStringTransport):
+            negotiatedProtocol = None
+
+        addr = IPv4Address("TCP", "10.0.0.9", 40000)
+        protocol = self.site.buildProtocol(addr)
+        transport = TLSStringTransport(peerAddress=addr)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /v1/status HTTP/2.0\r\n\r\n")
+        self.assertEqual(Response(transport.value()).code, 400)
+        self.assertFalse(transport.write_closed)
+        self.clock.advance(site_mod.LINGER)
+        self.assertTrue(transport.disconnected)
 
     # -------------------------------------------------------- connections
 
