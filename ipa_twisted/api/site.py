@@ -73,9 +73,8 @@ DEFAULT_MAX_CONNECTIONS_PER_PEER = 20
 #: (disks, pipes to tools, the Ironic client, logs).
 RESERVED_FDS = 128
 
-# Kept for callers that import them from here.
+# Kept for callers that import it from here.
 mask_query = query.mask_query
-SECRET_PARAMS = {name.decode() for name in query.SECRET_PARAMS}
 
 
 def client_address(request: Request) -> str:
@@ -333,6 +332,12 @@ class AgentSite(Site):
         self.per_peer: Counter[str] = Counter()
         self._refused = 0
         self._refusal_logged_at: float | None = None
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        log.info("API connections capped at {total} in all, {per_peer} per "
+                 "address", total=self.max_connections,
+                 per_peer=self.max_connections_per_peer)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         peer = _peer_host(addr)
