@@ -19,9 +19,10 @@ many MiB (``a=1&a=1&...``) as fast as the agent takes it, while
   end (worst and median latency printed).
 
 Printed per size: the answer's status code and when it came (seconds from
-the first byte sent; "-" if the agent closed without answering), how many
-body bytes the agent took before answering or closing, peak RSS growth,
-/v1/status latency.  Run it once with the code before a change and once
+the first byte sent; "-" if the agent closed without answering), how much
+of the body the client could send before the agent closed (an agent that
+answers early still reads and drops what comes for a short while), peak
+RSS growth, /v1/status latency.  Run it once with the code before a change and once
 after, on the same machine.
 """
 
@@ -177,7 +178,7 @@ def main() -> int:
                   if result["answered_at"] is not None else "never")
             smax, smed = result["status_max_s"], result["status_median_s"]
             print(f"{size_mib:4d} MiB form POST, no token: answer {code} "
-                  f"after {at}; agent took "
+                  f"after {at}; client sent "
                   f"{int(result['sent_bytes']) / MiB:.1f} MiB in "  # type: ignore[call-overload]
                   f"{result['sent_for']:.2f} s; peak RSS "
                   f"+{result['peak_rss_growth_mib']:.0f} MiB; /v1/status "
