@@ -44,7 +44,8 @@ from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from ipa_twisted import __version__, errors, mdns, tls, tools
 from ipa_twisted.api.app import AgentAPI
-from ipa_twisted.api.site import AgentSite
+from ipa_twisted.api.site import (AgentSite, connection_caps,
+                                  raise_open_file_limit)
 from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.config import (
     TOKEN_MIN_LENGTH,
@@ -479,7 +480,11 @@ class AgentService(MultiService):
         config = self.config
         assert self.runner is not None
         api = AgentAPI(self.runner, lambda: self.token, self.started_at)
-        site = AgentSite(api.app.resource(), self.reactor)
+        open_files = raise_open_file_limit()
+        total, per_peer = connection_caps(
+            config.api_max_connections, config.api_max_connections_per_peer,
+            open_files)
+        site = AgentSite(api, self.reactor, total, per_peer)
         host = config.listen_host or default_listen_host()
         min_version = tls.stricter(
             self.context.lookup_config.get("tls_min_version"),

@@ -250,6 +250,12 @@ OPTIONS: tuple[Option, ...] = (
            "available, else 0.0.0.0).", kernel="ipa-listen-host"),
     Option("listen_port", parse_port, 9999,
            "Port the agent API listens on.", kernel="ipa-listen-port"),
+    Option("api_max_connections", parse_positive_int, 100,
+           "Most connections the agent API holds open at once (more are "
+           "answered 503 and closed; lowered to fit the open file limit)."),
+    Option("api_max_connections_per_peer", parse_positive_int, 20,
+           "Most connections the agent API holds open from one address "
+           "(more are answered 429 and closed)."),
     Option("advertise_host", parse_host, None,
            "Host put in the callback URL sent to Ironic (default: the "
            "address that routes to Ironic).", kernel="ipa-advertise-host"),

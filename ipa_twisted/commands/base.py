@@ -142,8 +142,19 @@ class BoundCommand:
             raise errors.InvalidCommandParamsError(
                 f"{self.spec.name}: {e}"
             ) from None
-        if self.spec.validator is not None:
+        if self.spec.validator is None:
+            return
+        try:
             self.spec.validator(self.owner, **params)
+        except errors.AgentError:
+            raise
+        except Exception as e:
+            # A validator that trips over hostile params: still the
+            # client's mistake (400), never a 500.
+            log.warn("validator of {name} failed with {kind} (answered "
+                     "400)", name=self.spec.name, kind=type(e).__name__)
+            raise errors.InvalidCommandParamsError(
+                f"{self.spec.name}: {type(e).__name__}: {e}") from None
 
 
 @implementer(IExtension)

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command, sync_command
+from ipa_twisted.hardware.generic import validate_node_root_hints
 
 log = Logger()
 
@@ -159,7 +160,12 @@ class DeployExtension(StepsExtension):
     async def get_deploy_steps(self, node: Any, ports: Any) -> dict[str, Any]:
         return await self._get_steps(node, ports)
 
-    @async_command("execute_deploy_step")
+    def _validate_step(self, step: Any, node: Any, ports: Any,
+                       deploy_version: Any = None, **kwargs: Any) -> None:
+        # The deploy steps that reach the agent write to the root device.
+        validate_node_root_hints(node)
+
+    @async_command("execute_deploy_step", _validate_step)
     async def execute_deploy_step(self, step: Any, node: Any, ports: Any,
                                   deploy_version: Any = None,
                                   **kwargs: Any) -> Any:
