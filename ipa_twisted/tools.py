@@ -120,6 +120,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mtype", "mtools", "reading ESPs", TEST),
     Tool("partx", "util-linux", "reading partition tables", TEST),
     Tool("pkill", "procps", "stopping test processes", TEST),
+    Tool("prlimit", "util-linux", "the agent under a low open-file limit",
+         TEST),
     Tool("qemu-img", "qemu-utils", "qcow2 images", TEST),
     Tool("qemu-io", "qemu-utils", "qcow2 images with compressed clusters",
          TEST),
