@@ -44,9 +44,14 @@ from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from ipa_twisted import __version__, errors, mdns, tls, tools
 from ipa_twisted.api.app import AgentAPI
-from ipa_twisted.api.site import AgentSite
+from ipa_twisted.api.site import (AgentSite, connection_caps,
+                                  raise_open_file_limit)
 from ipa_twisted.commands.base import CommandRunner
-from ipa_twisted.config import Config, default_listen_host
+from ipa_twisted.config import (
+    TOKEN_MIN_LENGTH,
+    Config,
+    default_listen_host,
+)
 from ipa_twisted.context import AgentContext
 from ipa_twisted.extensions import load_extensions
 from ipa_twisted.hardware import netif
@@ -64,8 +69,10 @@ from ipa_twisted.process import ProcessRunner
 
 log = Logger()
 
-TOKEN_MIN_LENGTH = 32
 MASKED_TOKEN = "******"
+
+
+_PENDING = object()
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -129,12 +136,15 @@ class AgentService(MultiService):
             pool.maxPersistentPerHost = 4
             policy = tls.client_policy(config.insecure, config.cafile,
                                        config.certfile, config.keyfile,
-                                       config.tls_min_version)
+                                       config.tls_min_version,
+                                       config.tls_cipher_suites)
             http = HTTPClient(Agent(reactor, contextFactory=policy,
                                          pool=pool))
-            self._tls_policy: Any = policy
+            self._tls_policy: tls.ClientPolicy | None = policy
+            self._pool: QuietPool | None = pool
         else:
             self._tls_policy = None
+            self._pool = None
         self.http = http
         self.context = AgentContext(
             config=config,
@@ -144,6 +154,7 @@ class AgentService(MultiService):
             http=http,
             tls_policy=self._tls_policy,
             force_heartbeat=self.force_heartbeat,
+            current_token=lambda: self.token,
         )
         self._hardware = hardware
         self.runner: CommandRunner | None = None
@@ -157,7 +168,9 @@ class AgentService(MultiService):
         self.port: IListeningPort | None = None
         self.inventory: dict[str, Any] | None = None
         self.macs: list[str] = []
-        self.ready: Deferred[None] = Deferred()
+        #: how start-up ended: None (serving), a Failure, or not yet
+        self._outcome: Failure | None | object = _PENDING
+        self._ready_waiters: list[Deferred[None]] = []
         self._startup: Deferred[None] | None = None
 
     # ------------------------------------------------------------ service
@@ -167,21 +180,44 @@ class AgentService(MultiService):
         self._startup = ensureDeferred(self._start())
         self._startup.addCallbacks(self._started, self._start_failed)
 
+    def when_ready(self) -> Deferred[None]:
+        """Fires once start-up is over (the agent serves), or fails with
+        what stopped it (``CancelledError`` when the agent was stopped
+        first)."""
+        d: Deferred[None] = Deferred()
+        if self._outcome is _PENDING:
+            self._ready_waiters.append(d)
+        elif isinstance(self._outcome, Failure):
+            d.errback(self._outcome)
+        else:
+            d.callback(None)
+        return d
+
+    def _ended_start_up(self, outcome: Failure | None) -> None:
+        if self._outcome is not _PENDING:
+            return
+        self._outcome = outcome
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if outcome is None:
+                d.callback(None)
+            else:
+                d.errback(outcome)
+
     def _started(self, _: Any) -> None:
-        if not self.ready.called:
-            self.ready.callback(None)
+        self._ended_start_up(None)
 
     def _start_failed(self, failure: Failure) -> None:
+        cancelled = failure.check(CancelledError) is not None
         if failure.check(FatalError, errors.AgentError):
             log.critical("agent cannot start: {error}",
                          error=str(failure.value))
-        elif failure.check(CancelledError):
-            return
-        else:
+        elif not cancelled:
             log.failure("agent cannot start", failure)
-        if not self.ready.called:
-            self.ready.errback(failure)
-            self.ready.addErrback(lambda _: None)
+        # whoever waits for start-up learns that it will not come
+        self._ended_start_up(failure)
+        if cancelled:
+            return
         if self._exit_on_fatal and self.running:
             exit_process(self.reactor, 1)
 
@@ -198,6 +234,9 @@ class AgentService(MultiService):
                 waits.append(stopping)
         if self.runner is not None:
             waits.append(self.runner.stop())
+        # and whatever tool still runs (start-up probes...), with what it
+        # started
+        waits.append(self.context.process.stop())
         return DeferredList(waits, consumeErrors=True).addCallback(
             lambda _: None)
 
@@ -357,6 +396,12 @@ class AgentService(MultiService):
             log.warn("ignoring an invalid agent token from lookup")
         if cfg.get("tls_min_version"):
             log.info("Ironic asks for TLS >= {v}", v=cfg["tls_min_version"])
+        if self._tls_policy is not None and self._tls_policy.apply(
+                cfg.get("tls_min_version"), cfg.get("tls_cipher_suites")):
+            log.info("outbound TLS now >= {v} (Ironic's lookup); idle "
+                     "connections are closed", v=self._tls_policy.min_version)
+            if self._pool is not None:
+                self._pool.closeCachedConnections()
         if self.heartbeater is not None:
             self.heartbeater.heartbeat_timeout = float(cfg["heartbeat_timeout"])
         return True
@@ -435,10 +480,15 @@ class AgentService(MultiService):
         config = self.config
         assert self.runner is not None
         api = AgentAPI(self.runner, lambda: self.token, self.started_at)
-        site = AgentSite(api.app.resource(), self.reactor)
+        open_files = raise_open_file_limit()
+        total, per_peer = connection_caps(
+            config.api_max_connections, config.api_max_connections_per_peer,
+            open_files)
+        site = AgentSite(api, self.reactor, total, per_peer)
         host = config.listen_host or default_listen_host()
-        min_version = self.context.lookup_config.get("tls_min_version") \
-            or config.tls_min_version
+        min_version = tls.stricter(
+            self.context.lookup_config.get("tls_min_version"),
+            config.tls_min_version)
         ciphers = self.context.lookup_config.get("tls_cipher_suites") \
             or config.tls_cipher_suites
         if config.listen_tls:

@@ -194,7 +194,9 @@ class Option:
     ``kernel`` the kernel command line parameter (None: not settable there);
     ``cli`` the long flag without dashes (default: ``name`` with dashes, or
     the kernel name without ``ipa-``); boolean options get ``--X`` and
-    ``--no-X`` flags.  ``secret`` values are never logged.
+    ``--no-X`` flags.  ``secret`` values are never logged, and are
+    scrubbed from collected system logs in every spelling of the option
+    (:mod:`ipa_twisted.redact`).
     """
 
     name: str
@@ -248,6 +250,12 @@ OPTIONS: tuple[Option, ...] = (
            "available, else 0.0.0.0).", kernel="ipa-listen-host"),
     Option("listen_port", parse_port, 9999,
            "Port the agent API listens on.", kernel="ipa-listen-port"),
+    Option("api_max_connections", parse_positive_int, 100,
+           "Most connections the agent API holds open at once (more are "
+           "answered 503 and closed; lowered to fit the open file limit)."),
+    Option("api_max_connections_per_peer", parse_positive_int, 20,
+           "Most connections the agent API holds open from one address "
+           "(more are answered 429 and closed)."),
     Option("advertise_host", parse_host, None,
            "Host put in the callback URL sent to Ironic (default: the "
            "address that routes to Ironic).", kernel="ipa-advertise-host"),
@@ -266,11 +274,18 @@ OPTIONS: tuple[Option, ...] = (
            "Pause between those rounds (s).",
            kernel="ipa-ip-lookup-timeout"),
     Option("agent_token", parse_str, None,
-           "Pre-shared agent token (otherwise Ironic hands one out at "
-           "lookup).", kernel="ipa-agent-token", secret=True),
+           "Pre-shared agent token, 32 characters or more (otherwise "
+           "Ironic hands one out at lookup).  Visible to every process "
+           "(ps); prefer agent_token_file.", kernel="ipa-agent-token",
+           secret=True),
+    Option("agent_token_file", parse_str, None,
+           "Read the pre-shared agent token from this file (surrounding "
+           "white space ignored); instead of agent_token.",
+           kernel="ipa-agent-token-file"),
     _bool("standalone", False,
           "Serve the API without lookup or heartbeat (token from "
-          "--agent-token); for operators and benchmarks."),
+          "--agent-token or --agent-token-file); for operators and "
+          "benchmarks."),
     # TLS.
     _bool("enable_auto_tls", True,
           "Generate a self-signed certificate and serve https when Ironic "
@@ -284,7 +299,8 @@ OPTIONS: tuple[Option, ...] = (
            "Lowest TLS version, server and client (Ironic's lookup may "
            "raise it).", kernel="ipa-tls-min-version"),
     Option("tls_cipher_suites", parse_str, None,
-           "OpenSSL cipher string for TLS 1.2.",
+           "OpenSSL cipher string for TLS 1.2, server and client "
+           "(Ironic's lookup may replace it).",
            kernel="ipa-tls-cipher-suites"),
     Option("tls_certificate_curve", choice("p256", "p384", "p521"), "p384",
            "Curve of the auto-TLS EC key.",
@@ -369,7 +385,7 @@ OPTIONS: tuple[Option, ...] = (
            "noauth", "Authentication to image servers (http_basic: with "
            "image_server_user and image_server_password)."),
     Option("image_server_user", parse_str, None,
-           "User for http_basic image server authentication."),
+           "User for http_basic image server authentication.", secret=True),
     Option("image_server_password", parse_str, None,
            "Password for http_basic image server authentication.",
            secret=True),
@@ -555,9 +571,39 @@ def load_config(
             _apply(option, given, f"command line --{option.flag}", values,
                    sources)
 
+    _read_token_file(values, sources)
     config = Config(values, sources, unknown)
     _check_consistency(config)
     return config
+
+
+#: Ironic's tokens are ``secrets.token_urlsafe()``: 43 characters.
+TOKEN_MIN_LENGTH = 32
+
+
+def _read_token_file(values: dict[str, Any], sources: dict[str, str]
+                     ) -> None:
+    path = values.get("agent_token_file")
+    if not path:
+        return
+    where = sources.get("agent_token_file", "default")
+    if values.get("agent_token") is not None:
+        raise ConfigError(
+            f"options agent-token ({sources.get('agent_token')}) and "
+            f"agent-token-file ({where}) exclude each other")
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            f"cannot read option agent-token-file {path} ({where}): {reason}"
+        ) from None
+    if not token:
+        raise ConfigError(
+            f"option agent-token-file ({where}): {path} is empty")
+    values["agent_token"] = token
+    sources["agent_token"] = f"file {path}"
 
 
 def _check_consistency(config: Config) -> None:
@@ -567,11 +613,15 @@ def _check_consistency(config: Config) -> None:
         )
     if config.standalone and not config.agent_token:
         raise ConfigError(
-            "option standalone needs --agent-token (the API always requires "
-            "a token)"
+            "option standalone needs --agent-token or --agent-token-file "
+            "(the API always requires a token)"
         )
-    if config.agent_token is not None and len(config.agent_token) < 8:
-        raise ConfigError("invalid value for option agent-token: too short")
+    token = config.agent_token
+    if token is not None and len(token) < TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"invalid value for option agent-token "
+            f"({config.source('agent_token')}): {len(token)} characters, "
+            f"must be {TOKEN_MIN_LENGTH} or more (Ironic's have 43)")
 
 
 def default_listen_host() -> str:

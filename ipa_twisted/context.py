@@ -46,6 +46,8 @@ class AgentContext:
     #: result and, with Ironic >= 1.72, in heartbeats).
     progress: Any = None
     on_progress_change: Callable[[Any], None] = lambda progress: None
+    #: The agent token in force (configured, or handed out by Ironic).
+    current_token: Callable[[], str | None] = lambda: None
 
     def report_progress(self, progress: Any) -> None:
         self.progress = progress
@@ -63,6 +65,15 @@ class AgentContext:
             self.lldp = LLDPCollector(self.reactor, self.config.lldp_timeout)
             self.lldp.start(interface_names())
         return self.lldp
+
+    def secret_values(self) -> list[str]:
+        """Every secret the agent holds: the values of the options marked
+        secret, and the token in force (for scrubbing them from output)."""
+        from ipa_twisted.config import OPTIONS
+
+        found = [getattr(self.config, o.name) for o in OPTIONS if o.secret]
+        found.append(self.current_token())
+        return [v for v in found if isinstance(v, str) and v]
 
     def get_extension(self, name: str) -> Any:
         return self.extensions[name]

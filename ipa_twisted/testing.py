@@ -65,6 +65,9 @@ class FakeProcessRunner:
 
         return d.addCallback(checked)
 
+    def stop(self) -> "Deferred[None]":
+        return succeed(None)
+
 
 class FakeHardwareManager(HardwareManager):
     """A manager with fixed answers; steps are recorded in ``ran``."""

@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
-from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -122,15 +121,60 @@ def server_options(
     )
 
 
-@implementer(IPolicyForHTTPS)
-class InsecurePolicy:
-    """Client TLS without certificate verification (``--insecure``)."""
+def stricter(first: str | None, second: str | None) -> str:
+    """The higher of two minimum TLS versions ("1.2"/"1.3"; None: 1.2)."""
+    versions = [v for v in (first, second) if v in ("1.2", "1.3")]
+    return max(versions, default="1.2")
 
-    def __init__(self, min_version: str = "1.2") -> None:
-        self._min = _tls_version(min_version)
+
+@implementer(IPolicyForHTTPS)
+class ClientPolicy:
+    """Client TLS for every outbound connection (Ironic, the inspector,
+    image, checksum and config-drive servers, proxies): TLS >=
+    ``min_version`` whatever else is configured, the configured TLS 1.2
+    ciphers, certificates verified against ``trust`` (None: the system's
+    CAs; ``verify=False``: not at all), an optional client certificate.
+
+    Ironic's lookup may make it stricter at run time (:meth:`apply`); new
+    connections follow at once.
+    """
+
+    def __init__(self, min_version: str = "1.2", ciphers: str | None = None,
+                 trust: Any = None, client_cert: Any = None,
+                 verify: bool = True) -> None:
+        self.min_version = stricter(min_version, None)
+        self.ciphers = ciphers or None
+        self._trust = trust
+        self._client_cert = client_cert
+        self._verify = verify
+
+    def apply(self, min_version: Any = None, ciphers: Any = None) -> bool:
+        """Take Ironic's lookup settings: a minimum version only raises
+        ours, a cipher string replaces ours.  True when anything changed."""
+        before = (self.min_version, self.ciphers)
+        if isinstance(min_version, str) and min_version:
+            self.min_version = stricter(self.min_version, min_version)
+        if isinstance(ciphers, str) and ciphers:
+            self.ciphers = ciphers
+        return (self.min_version, self.ciphers) != before
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "raiseMinimumTo": _tls_version(self.min_version)}
+        if self.ciphers:
+            options["acceptableCiphers"] = \
+                ssl.AcceptableCiphers.fromOpenSSLCipherString(self.ciphers)
+        return options
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.CertificateOptions(verify=False, raiseMinimumTo=self._min)
+        if not self._verify:
+            return ssl.CertificateOptions(verify=False, **self._options())
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=self._trust,
+            clientCertificate=self._client_cert,
+            extraCertificateOptions=self._options(),
+        )
 
 
 def client_policy(
@@ -139,10 +183,11 @@ def client_policy(
     certfile: str | None = None,
     keyfile: str | None = None,
     min_version: str = "1.2",
-) -> IPolicyForHTTPS:
+    ciphers: str | None = None,
+) -> ClientPolicy:
     """The TLS policy for outbound connections (Ironic, images)."""
     if insecure:
-        return InsecurePolicy(min_version)
+        return ClientPolicy(min_version, ciphers, verify=False)
     trust: Any = None
     if cafile:
         with open(cafile, "rb") as f:
@@ -158,19 +203,4 @@ def client_policy(
             client_cert = ssl.PrivateCertificate.loadPEM(
                 f2.read() + b"\n" + f1.read()
             )
-    if trust is None and client_cert is None:
-        return BrowserLikePolicyForHTTPS()
-
-    @implementer(IPolicyForHTTPS)
-    class _Policy:
-        def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-            return ssl.optionsForClientTLS(
-                hostname.decode("ascii"),
-                trustRoot=trust,
-                clientCertificate=client_cert,
-                extraCertificateOptions={
-                    "raiseMinimumTo": _tls_version(min_version)
-                },
-            )
-
-    return _Policy()
+    return ClientPolicy(min_version, ciphers, trust, client_cert)

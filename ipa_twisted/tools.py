@@ -46,7 +46,6 @@ TOOLS: tuple[Tool, ...] = (
          "erase, flushing buffers before power off"),
     Tool("bsdtar", "libarchive-tools", "config drives on 4K-sector disks"),
     Tool("chroot", "coreutils", "install_bootloader (the image's own GRUB)"),
-    Tool("cp", "coreutils", "install_bootloader (filling the ESP)"),
     Tool("df", "coreutils", "collect_system_logs"),
     Tool("dmesg", "util-linux", "collect_system_logs"),
     Tool("dmidecode", "dmidecode", "system vendor, memory and BIOS facts in "
@@ -74,6 +73,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mkfs.xfs", "xfsprogs", "partition images (xfs ephemeral "
          "partition)"),
     Tool("mcopy", "mtools", "config drives on 4K-sector disks"),
+    Tool("mknod", "coreutils", "install_bootloader (the sealed chroot's "
+         "own /dev)"),
     Tool("mkswap", "util-linux", "partition images (swap partition)"),
     Tool("mount", "mount", "install_bootloader"),
     Tool("nvme", "nvme-cli", "erase_devices on NVMe disks (format, "
@@ -82,6 +83,10 @@ TOOLS: tuple[Tool, ...] = (
          "collect_system_logs"),
     Tool("partprobe", "parted", "re-reading partitions after a write"),
     Tool("ps", "procps", "collect_system_logs"),
+    Tool("setpriv", "util-linux", "install_bootloader (the image's tools "
+         "run without the capabilities to escape)"),
+    Tool("setsid", "util-linux", "every tool in its own process group, so "
+         "that a timeout or a cancel stops all it started"),
     Tool("smartctl", "smartmontools", "erase_devices on ATA disks (can ATA "
          "security commands reach the drive)"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "
@@ -119,10 +124,13 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ldd", "libc-bin", "the UEFI test machine's initramfs", TEST),
     Tool("losetup", "mount", "loop devices as disks", TEST),
     Tool("mdir", "mtools", "reading ESPs and config drives", TEST),
+    Tool("minfo", "mtools", "checking an ESP is a FAT filesystem", TEST),
     Tool("mmd", "mtools", "making ESPs", TEST),
     Tool("mtype", "mtools", "reading ESPs", TEST),
     Tool("partx", "util-linux", "reading partition tables", TEST),
     Tool("pkill", "procps", "stopping test processes", TEST),
+    Tool("prlimit", "util-linux", "the agent under a low open-file limit",
+         TEST),
     Tool("qemu-img", "qemu-utils", "qcow2 images", TEST),
     Tool("qemu-io", "qemu-utils", "qcow2 images with compressed clusters",
          TEST),

@@ -1,31 +1,49 @@
 """The agent REST API that the Ironic conductor calls (contract section 1).
 
-``AgentAPI(runner, ...).app.resource()`` is a Twisted resource; routes are
-the same with and without the ``/v1`` prefix (except the documents at ``/``
-and ``/v1/``).  Every error answer is JSON ``{"faultcode", "faultstring"}``.
+``AgentAPI(runner, ...).resource()`` is the Twisted resource the site
+serves (``app.resource()`` is the bare Klein router, without the checks
+of the URL that Klein itself cannot answer in JSON); routes are the same
+with and without the ``/v1`` prefix (except the documents at ``/``,
+``/v1/`` and ``/v1/openapi.json``).  Every error answer is JSON
+``{"faultcode", "faultstring"}``.
+
+The token is read from the URI's query only (:mod:`ipa_twisted.api.query`),
+never from a body.  Before a body is read, the site asks
+:meth:`AgentAPI.body_policy` how large it may be and whether it is kept.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
+import attrs
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
+from twisted.web.resource import Resource
+from klein.interfaces import IKleinRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from ipa_twisted import __version__, encoding, errors
+from ipa_twisted.api import openapi, query
 from ipa_twisted.commands.base import CommandRunner
 
 log = Logger()
 
-#: Largest accepted request body; a command's params are small (a config
+#: Largest accepted command body; a command's params are small (a config
 #: drive is at most 64 MiB of base64, sent inside the params).
 MAX_BODY = 96 * 1024 * 1024
+#: Largest body accepted (read and dropped) on a route that takes none.
+MAX_IGNORED_BODY = 64 * 1024
+#: Deepest nesting of a command body (objects and arrays); Ironic's own
+#: params are a handful of levels deep.
+MAX_JSON_DEPTH = 64
 
 DOCS_URL = "https://docs.openstack.org/ironic-python-agent/"
 MEDIA_TYPE = "application/vnd.openstack.ironic-python-agent.v1+json"
@@ -34,6 +52,54 @@ MEDIA_TYPE = "application/vnd.openstack.ironic-python-agent.v1+json"
 class BadRequest(errors.AgentError):
     message = "400 Bad Request"
     status_code = 400
+
+
+class PayloadTooLarge(errors.AgentError):
+    message = "413 Payload Too Large"
+    status_code = 413
+
+
+@attrs.frozen
+class BodyPolicy:
+    """How much of a request body the site reads, and whether it keeps it
+    (else the bytes are counted and dropped)."""
+
+    limit: int
+    keep: bool
+
+
+def route_path(path: bytes) -> bytes:
+    """The path as the router matches it: percent escapes decoded in each
+    segment (as Twisted does), repeated slashes merged (as werkzeug
+    does)."""
+    decoded = b"/".join(unquote_to_bytes(s) for s in path.split(b"/"))
+    return re.sub(rb"/{2,}", b"/", decoded)
+
+
+def is_command_path(path: bytes) -> bool:
+    """Is this (raw) path one of the ``/commands`` routes (token needed)?"""
+    routed = route_path(path)
+    return routed in (b"/v1/commands", b"/commands") or \
+        routed.startswith((b"/v1/commands/", b"/commands/"))
+
+
+_TOO_DEEP = object()
+
+
+def _json_depth_ok(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _root_url(request: IRequest) -> str:
@@ -71,10 +137,67 @@ def fault_body(code: int, text: str) -> bytes:
 
 
 def _arg(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return None
-    return values[0].decode("utf-8", "replace")
+    """A query argument (never a form field of the body)."""
+    return query.arg(request.uri, name)
+
+
+def _fault(request: IRequest, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return fault_body(code, text)
+
+
+def _url_problem(request: IRequest) -> str | None:
+    """What Klein cannot route (it would answer text or raise outside the
+    app's error handlers): a path or Host that is not UTF-8, a Host that
+    is no valid name."""
+    try:
+        b"/".join(request.postpath or []).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the path is not UTF-8 once percent-decoded"
+    try:
+        host = request.getRequestHostname().decode("utf-8")
+        host.lower().encode("idna")
+    except UnicodeError:
+        return "invalid Host header"
+    return None
+
+
+def _methods_with_slash(request: IRequest) -> list[str]:
+    try:
+        mapper = IKleinRequest(request).mapper
+    except TypeError:
+        return []
+    path = mapper.path_info
+    if not path or path.endswith("/"):
+        return []
+    return sorted(mapper.allowed_methods(path + "/"))
+
+
+class _GuardedResource(Resource):
+    """The Klein router behind the checks it cannot answer in JSON."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        problem = _url_problem(request)
+        if problem is not None:
+            return _fault(request, 400, f"400 Bad Request: {problem}")
+        try:
+            return self._inner.render(request)
+        except HTTPException as e:
+            code = e.code or 400
+            return _fault(request, code, f"{code} {e.name}: {e.description}")
+        except Exception:
+            log.failure("unexpected error routing {method} {path}",
+                        method=request.method.decode("latin-1"),
+                        path=query.split_uri(request.uri)[0].decode(
+                            "latin-1"))
+            return _fault(request, 500, "500 Internal Server Error")
 
 
 class AgentAPI:
@@ -105,15 +228,38 @@ class AgentAPI:
         request.setHeader(b"Content-Type", b"application/json")
         return encoding.dump_bytes(obj)
 
-    def _check_token(self, request: IRequest) -> None:
+    def resource(self) -> Resource:
+        """The resource to serve (see the module's docstring)."""
+        return _GuardedResource(self.app.resource())
+
+    def token_valid(self, uri: bytes) -> bool:
+        """Does the query of ``uri`` carry the token in force?"""
         expected = self._token()
-        given = _arg(request, "agent_token")
-        if (
-            expected is None
-            or given is None
-            or not hmac.compare_digest(given.encode(), expected.encode())
-        ):
+        given = query.arg(uri, "agent_token")
+        return (
+            expected is not None
+            and given is not None
+            and hmac.compare_digest(given.encode(), expected.encode())
+        )
+
+    def _check_token(self, request: IRequest) -> None:
+        self._require_token(request.uri)
+
+    def _require_token(self, uri: bytes) -> None:
+        if not self.token_valid(uri):
             raise errors.Unauthorized()
+
+    def body_policy(self, method: bytes, uri: bytes) -> BodyPolicy:
+        """Called by the site once the headers of a request that announces
+        a body are in, before any of the body is read.  Raises
+        ``Unauthorized`` on a ``/commands`` route without the token (IPA
+        answers 401 without reading the body)."""
+        path, _ = query.split_uri(uri)
+        if is_command_path(path):
+            self._require_token(uri)
+            if method.upper() == b"POST":
+                return BodyPolicy(MAX_BODY, keep=True)
+        return BodyPolicy(MAX_IGNORED_BODY, keep=False)
 
     @staticmethod
     def _wants_wait(request: IRequest) -> bool:
@@ -144,6 +290,10 @@ class AgentAPI:
             {"base": "application/json", "type": MEDIA_TYPE}
         ]
         return self._json(request, doc)
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        return self._json(request, openapi.document(self._version))
 
     @app.route("/v1/status", methods=["GET"])
     @app.route("/status", methods=["GET"])
@@ -176,11 +326,16 @@ class AgentAPI:
         self._check_token(request)
         raw = request.content.read(MAX_BODY + 1) if request.content else b""
         if len(raw) > MAX_BODY:
-            raise BadRequest(f"request body larger than {MAX_BODY} bytes")
+            raise PayloadTooLarge(f"request body larger than {MAX_BODY} bytes")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"Failed to decode JSON object: {e}") from None
+        except RecursionError:
+            body = _TOO_DEEP
+        if body is _TOO_DEEP or not _json_depth_ok(body, MAX_JSON_DEPTH):
+            raise BadRequest(f"Failed to decode JSON object: nested deeper "
+                             f"than {MAX_JSON_DEPTH} levels")
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("name"), str)
@@ -216,6 +371,17 @@ class AgentAPI:
                 location += "?" + query  # keep the query (agent_token...)
             request.setHeader(b"Location", location.encode("utf-8"))
             return fault_body(code, f"{code} Permanent Redirect: {location}")
+        if isinstance(exc, NotFound):
+            # a method werkzeug does not redirect, on a path that exists
+            # with a trailing slash: that path's methods
+            slashed = _methods_with_slash(request)
+            if slashed:
+                exc = MethodNotAllowed(valid_methods=slashed)
+                code = 405
+                request.setResponseCode(code)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            request.setHeader(b"Allow",
+                              ", ".join(exc.valid_methods).encode("ascii"))
         return fault_body(code, f"{code} {exc.name}: {exc.description}")
 
     @app.handle_errors(Exception)

@@ -6,6 +6,13 @@ executes ``<extension>.<command>`` requests one at a time, keeps every result
 in order (the conductor reads the *last* one), and turns every outcome into
 the wire's five-field result object.
 
+The history is bounded: at most :data:`MAX_HISTORY` commands, and the
+oldest are forgotten while the results kept weigh more than
+:data:`MAX_HISTORY_BYTES` (the last command is always kept).  A command's
+params are kept with their large values (config drives, big image_info
+fields) and secret-looking ones elided: they are never sent back (the wire
+shape of a command is IPA's five fields), only kept for the record.
+
 Sync commands answer with their final result (they may still return a
 Deferred or be coroutines: the answer waits for them).  Async commands answer
 ``RUNNING`` at once and finish in the background; when they end, the agent
@@ -15,6 +22,8 @@ is asked for a heartbeat so that the conductor notices quickly.
 from __future__ import annotations
 
 import inspect
+import json
+import re
 import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -42,6 +51,40 @@ VERSION_MISMATCH = "CLEAN_VERSION_MISMATCH"
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK = "_ipa_command"
+
+#: How many commands the runner remembers (the conductor reads the last).
+MAX_HISTORY = 32
+#: How much the remembered results may weigh (their JSON), the last
+#: command's aside (a log tarball can be tens of MiB).
+MAX_HISTORY_BYTES = 64 * 1024 * 1024
+#: A param string longer than this is not kept in the history.
+MAX_PARAM_CHARS = 1024
+#: Nor more than this many items of a list or object, nor deeper than this.
+MAX_PARAM_ITEMS = 64
+MAX_PARAM_DEPTH = 8
+_SECRET_KEY = re.compile(r"(?i)password|passwd|token|secret|authorization"
+                         r"|credential")
+
+
+def elide_params(value: Any, depth: int = 0) -> Any:
+    """A small copy of command params, for the history: long strings,
+    large or deep containers and secret-looking fields replaced by a note
+    saying what was there."""
+    if isinstance(value, (str, bytes)):
+        if len(value) > MAX_PARAM_CHARS:
+            return f"<{len(value)} characters elided>"
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_PARAM_DEPTH:
+            return "<nested too deep, elided>"
+        if len(value) > MAX_PARAM_ITEMS:
+            return f"<{len(value)} items elided>"
+        if isinstance(value, dict):
+            return {k: "***" if isinstance(k, str) and _SECRET_KEY.search(k)
+                    and v not in (None, "") else elide_params(v, depth + 1)
+                    for k, v in value.items()}
+        return [elide_params(v, depth + 1) for v in value]
+    return value
 
 
 @attrs.frozen
@@ -102,8 +145,19 @@ class BoundCommand:
 
     def validate(self, params: Mapping[str, Any]) -> None:
         """Run the command's validator (400 when it refuses)."""
-        if self.spec.validator is not None:
+        if self.spec.validator is None:
+            return
+        try:
             self.spec.validator(self.owner, **params)
+        except errors.AgentError:
+            raise
+        except Exception as e:
+            # A validator that trips over hostile params: still the
+            # client's mistake (400), never a 500.
+            log.warn("validator of {name} failed with {kind} (answered "
+                     "400)", name=self.spec.name, kind=type(e).__name__)
+            raise errors.InvalidCommandParamsError(
+                f"{self.spec.name}: {type(e).__name__}: {e}") from None
 
 
 @implementer(IExtension)
@@ -139,6 +193,8 @@ class CommandResult:
     #: Free-form progress of long work (bytes written, rate...), for logs
     #: and operators; not part of the five wire fields.
     progress: dict[str, Any] | None = None
+    #: The size of the result's JSON (for bounding the history).
+    weight: int = 0
     _waiters: list[Deferred[CommandResult]] = attrs.field(factory=list,
                                                           repr=False)
 
@@ -203,9 +259,13 @@ class CommandRunner:
         self,
         extensions: Mapping[str, Any],
         on_async_done: Callable[[], None] = lambda: None,
+        max_history: int = MAX_HISTORY,
+        max_history_bytes: int = MAX_HISTORY_BYTES,
     ) -> None:
         self._extensions = dict(extensions)
         self._history: OrderedDict[str, CommandResult] = OrderedDict()
+        self._max_history = max(1, max_history)
+        self._max_history_bytes = max_history_bytes
         self._on_async_done = on_async_done
         self._running: dict[str, Deferred[Any]] = {}
 
@@ -268,8 +328,9 @@ class CommandRunner:
             # and kept in the list; Ironic's _raise_if_typeerror relies on
             # it to detect an older agent and retry without the argument.
             failed = CommandResult(command_name=command.spec.name,
-                                   params=dict(params))
+                                   params=elide_params(dict(params)))
             self._history[failed.id] = failed
+            self._trim()
             log.warn("command {name} refused: {error}", name=name,
                      error=str(mismatch))
             failed._finish(FAILED, None, errors.serialize_exception(mismatch))
@@ -277,10 +338,11 @@ class CommandRunner:
         command.validate(params)
         result = CommandResult(
             command_name=command.spec.name,
-            params=dict(params),
+            params=elide_params(dict(params)),
             is_async=command.spec.is_async,
         )
         self._history[result.id] = result
+        self._trim()
         log.info("running command {name} ({id})", name=name, id=result.id)
         d = ensureDeferred(_call(command.func, params))
         self._running[result.id] = d
@@ -315,7 +377,9 @@ class CommandRunner:
         else:
             value = _normalize(outcome, result.command_name, result.is_async)
             try:
-                value = encoding.to_jsonable(value)
+                text = encoding.dumps(value)
+                value = json.loads(text)
+                result.weight = len(text)
             except (TypeError, ValueError) as e:
                 log.error("command {name} returned a result that cannot be "
                           "sent: {error}", name=name, error=e)
@@ -325,11 +389,24 @@ class CommandRunner:
             else:
                 log.info("command {name} succeeded", name=name)
                 result._finish(SUCCEEDED, value, None)
+                self._trim()
         if result.is_async:
             try:
                 self._on_async_done()
             except Exception:
                 log.failure("could not request a heartbeat")
+
+    def _trim(self) -> None:
+        """Forget the oldest finished commands beyond the bounds."""
+        weight = sum(r.weight for r in self._history.values())
+        while len(self._history) > 1:
+            oldest = next(iter(self._history.values()))
+            if not oldest.done or (
+                    len(self._history) <= self._max_history
+                    and weight <= self._max_history_bytes):
+                break
+            del self._history[oldest.id]
+            weight -= oldest.weight
 
     def stop(self) -> Deferred[None]:
         """Cancel whatever still runs; fires when everything has ended."""

@@ -14,12 +14,24 @@ in a chroot).  A failed install removes what it wrote on the ESP.  When
 the ramdisk cannot write NVRAM (not booted by UEFI, or no efibootmgr) only
 the removable-media path is installed.
 
-BIOS, for partition images: the root filesystem (by its UUID) is mounted,
-``/dev``, ``/proc``, ``/sys`` and ``/run`` are bound into it, and the
-image's own ``grub-install`` (or ``grub2-install``) and ``grub-mkconfig``
-run in a chroot.  As in IPA this only happens when Ironic allows it
-(``enable_bios_bootloader_install``); otherwise the command fails, unless
-``ignore_bootloader_failure``.
+BIOS, for partition images: the root filesystem (by its UUID) is mounted
+and the image's own ``grub-install`` (or ``grub2-install``) and
+``grub-mkconfig`` run in a chroot.  As in IPA this only happens when
+Ironic allows it (``enable_bios_bootloader_install``); otherwise the
+command fails, unless ``ignore_bootloader_failure``.
+
+**The image is not trusted.**  Every partition mounted is checked against
+the device allow-list first (a holder built on another disk is refused).
+The image's /boot/efi is copied with its links resolved inside the image
+(:mod:`ipa_twisted.confined`): a link to ``/proc/cmdline`` or to a ramdisk
+file is refused, never followed.  The chroot is sealed: its ``/dev`` is a
+fresh tmpfs holding only the install disk, its partitions (and their
+``/dev/disk/by-uuid`` names) and the usual character devices; ``/proc``
+and ``/sys`` are bound read-only, ``/run`` is empty; the image's tools run
+without the capabilities to make device nodes, mount, load modules, do raw
+I/O, reboot or trace the agent (``setpriv``), and with os-prober disabled
+(``GRUB_DISABLE_OS_PROBER=true``; without mount rights and other disks it
+could not look anyway).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from typing import Any, AsyncIterator
 
@@ -35,6 +48,8 @@ from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command
+from ipa_twisted.confined import OutsideTree, copy_from_image, resolve_in
+from ipa_twisted.hardware.disks import kname_of
 from ipa_twisted.process import ProcessError
 
 log = Logger()
@@ -47,6 +62,23 @@ EFI_ARCH = {"x86_64": "x64", "aarch64": "aa64", "i686": "ia32",
 BOOT_ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})\*?\s+(.*?)(?:\t|$)")
 GRUB_EFI_TARGET = {"x86_64": "x86_64-efi", "aarch64": "arm64-efi",
                    "i686": "i386-efi", "riscv64": "riscv64-efi"}
+
+#: Where the kernel lists block devices (the install disk's partitions
+#: and device numbers come from here).
+SYS_BLOCK = "/sys/class/block"
+#: The character devices of the chroot's private /dev: name, major, minor.
+CHAR_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7),
+                ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+#: Capabilities the image's tools lose in the chroot (bounding set): no
+#: device nodes, mounts, modules, raw I/O, reboots, nor reading the
+#: agent's memory, environment or root through /proc.
+DROPPED_CAPABILITIES = ("mknod", "sys_admin", "sys_module", "sys_rawio",
+                        "sys_boot", "sys_ptrace")
+#: The environment of the image's tools (os-prober off).
+CHROOT_ENV = {"GRUB_DISABLE_OS_PROBER": "true"}
+#: Mount points of the chroot: never a link, never the ESP's place.
+SEALED = ("dev", "proc", "sys", "run")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]*")
 
 
 class BootloaderError(errors.AgentError):
@@ -127,11 +159,23 @@ class ImageExtension(Extension):
     name = "image"
 
     async def _run(self, argv: list[str], timeout: float = 600.0,
-                   check: bool = True) -> str:
-        result = await self.agent.process.run(argv, timeout=timeout,
-                                              check=check)
+                   check: bool = True,
+                   env: dict[str, str] | None = None) -> str:
+        if env is None:
+            result = await self.agent.process.run(argv, timeout=timeout,
+                                                  check=check)
+        else:
+            result = await self.agent.process.run(argv, timeout=timeout,
+                                                  check=check, env=env)
         out: str = result.out
         return out
+
+    async def _chroot(self, root: str, argv: list[str]) -> str:
+        """Run one of the image's tools in its (sealed) root."""
+        drop = ",".join("-" + cap for cap in DROPPED_CAPABILITIES)
+        return await self._run(["setpriv", "--bounding-set", drop, "--",
+                                "chroot", root] + argv, timeout=1800.0,
+                               env=dict(CHROOT_ENV))
 
     @async_command("install_bootloader", validator=_check_install_params)
     async def install_bootloader(self, root_uuid: Any = None,
@@ -273,24 +317,30 @@ class ImageExtension(Extension):
         GRUB.  Returns the loaders found on the ESP afterwards.  On failure
         what was written on the ESP is removed again, so that a later try
         does not take a half-made install for a finished one."""
-        async with self._mounted_root(device, root_uuid) as root, \
+        async with self._mounted_root(device, root_uuid) as (root, parts), \
                 self._mounted(esp) as esp_dir:
             before = tree_of(esp_dir)
             try:
-                image_esp = os.path.join(root, "boot", "efi")
+                image_esp = self._esp_place(root)
                 if os.path.isdir(image_esp) and os.listdir(image_esp):
                     log.info("copying the image's /boot/efi onto {esp}",
                              esp=esp)
-                    await self._run(["cp", "-rL", "--", image_esp + "/.",
-                                     esp_dir], timeout=600.0)
+                    try:
+                        await self.agent.in_thread(
+                            copy_from_image, root, "boot/efi", esp_dir)
+                    except OutsideTree as e:
+                        raise BootloaderError(
+                            f"the image's /boot/efi cannot be copied: {e}"
+                        ) from None
                     loaders = find_loaders(esp_dir, efi_arch())
                     if loaders:
                         return loaders
                 os.makedirs(image_esp, exist_ok=True)
                 await self._run(["mount", "--bind", esp_dir, image_esp])
                 try:
-                    await self._efi_grub_install(root, device, esp,
-                                                 removable_only)
+                    async with self._sealed(root, device, parts):
+                        await self._efi_grub_install(root, device, esp,
+                                                     removable_only)
                 finally:
                     await self._umount(image_esp)
                 return find_loaders(esp_dir, efi_arch())
@@ -308,34 +358,35 @@ class ImageExtension(Extension):
                                 removable_only: bool) -> None:
         tool = grub_tool(root)
         target = GRUB_EFI_TARGET.get(os.uname().machine, "x86_64-efi")
-        base = ["chroot", root, f"{tool}-install", f"--target={target}",
+        base = [f"{tool}-install", f"--target={target}",
                 "--efi-directory=/boot/efi", "--no-nvram"]
         log.info("installing {tool} for UEFI on {esp} (disk {dev})",
                  tool=tool, esp=esp, dev=device)
         try:
             if not removable_only:
-                await self._run(base, timeout=1800.0)
+                await self._chroot(root, base)
             # the fallback path too, for firmware that loses its entries
-            await self._run(base + ["--removable"], timeout=1800.0)
-            await self._run(["chroot", root, f"{tool}-mkconfig", "-o",
-                             grub_cfg(tool)], timeout=1800.0)
+            await self._chroot(root, base + ["--removable"])
+            await self._chroot(root, [f"{tool}-mkconfig", "-o",
+                                      grub_cfg(tool)])
         except ProcessError as e:
             raise BootloaderError(failure_text(e)) from None
 
     async def _bios_grub(self, device: str, root_uuid: str) -> None:
         """The image's own GRUB into ``device``'s boot sector."""
-        async with self._mounted_root(device, root_uuid) as root:
+        async with self._mounted_root(device, root_uuid) as (root, parts), \
+                self._sealed(root, device, parts):
             tool = grub_tool(root)
-            argv = ["chroot", root, f"{tool}-install"]
+            argv = [f"{tool}-install"]
             if os.uname().machine in ("x86_64", "i686"):
                 # never guess from the ramdisk's firmware: BIOS is asked for
                 argv.append("--target=i386-pc")
             log.info("installing {tool} on {dev} (BIOS)", tool=tool,
                      dev=device)
             try:
-                await self._run(argv + [device], timeout=1800.0)
-                await self._run(["chroot", root, f"{tool}-mkconfig", "-o",
-                                 grub_cfg(tool)], timeout=1800.0)
+                await self._chroot(root, argv + [device])
+                await self._chroot(root, [f"{tool}-mkconfig", "-o",
+                                          grub_cfg(tool)])
             except ProcessError as e:
                 raise BootloaderError(failure_text(e)) from None
 
@@ -343,6 +394,7 @@ class ImageExtension(Extension):
     async def _mounted(self, part: str) -> AsyncIterator[str]:
         """``part`` mounted on a fresh directory, unmounted (lazily if it
         must) and the directory removed afterwards."""
+        self.agent.guard.check(part)
         where = tempfile.mkdtemp(prefix="ipa-mnt-")
         try:
             try:
@@ -361,9 +413,11 @@ class ImageExtension(Extension):
 
     @contextlib.asynccontextmanager
     async def _mounted_root(self, device: str, root_uuid: str
-                            ) -> AsyncIterator[str]:
-        """The image's root filesystem (by UUID or PARTUUID) mounted, with
-        /dev, /proc, /sys and /run bound in, ready for a chroot."""
+                            ) -> AsyncIterator[tuple[str, list[dict[str,
+                                                                     str]]]]:
+        """The image's root filesystem (by UUID or PARTUUID) mounted (and
+        nothing in it yet: :meth:`_sealed` readies it for a chroot), with
+        the partitions of ``device``."""
         parts = await self._partitions(device)
         root = next((p for p in parts if root_uuid in
                      (p.get("UUID"), p.get("PARTUUID"))), None)
@@ -371,17 +425,105 @@ class ImageExtension(Extension):
             raise errors.DeviceNotFound(
                 f"no partition with UUID {root_uuid} on {device}")
         async with self._mounted(f"/dev/{root['NAME']}") as mnt:
-            bound: list[str] = []
-            try:
-                for fs in ("/dev", "/proc", "/sys", "/run"):
-                    target = os.path.join(mnt, fs.lstrip("/"))
-                    os.makedirs(target, exist_ok=True)
-                    await self._run(["mount", "--bind", fs, target])
-                    bound.append(target)
-                yield mnt
-            finally:
-                for target in reversed(bound):
-                    await self._umount(target)
+            yield mnt, parts
+
+    @staticmethod
+    def _esp_place(root: str) -> str:
+        """Where the image's /boot/efi is, resolved inside the image; never
+        the image's root nor one of the chroot's mount points."""
+        try:
+            place = resolve_in(root, "boot/efi")
+        except OutsideTree as e:
+            raise BootloaderError(f"the image's /boot/efi: {e}") from None
+        first = os.path.relpath(place, root).split(os.sep)[0]
+        if first in (".",) + SEALED:
+            raise BootloaderError(
+                f"the image's /boot/efi leads to /{first.strip('.')}: "
+                f"refusing to mount the EFI system partition there")
+        return place
+
+    @staticmethod
+    def _mount_point(root: str, name: str) -> str:
+        """``root``/``name``, a real directory of the image (made if
+        missing): never a link that would carry a mount elsewhere."""
+        path = os.path.join(root, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+            return path
+        if not stat.S_ISDIR(info.st_mode):
+            raise BootloaderError(
+                f"the image's /{name} is not a directory (a link?): "
+                f"refusing to mount over it")
+        return path
+
+    @contextlib.asynccontextmanager
+    async def _sealed(self, root: str, device: str,
+                      parts: list[dict[str, str]]) -> AsyncIterator[None]:
+        """``root`` ready for the image's tools: a private /dev (the
+        install disk, its partitions, the usual character devices), /proc
+        and /sys bound read-only, an empty /run; all undone afterwards."""
+        mounted: list[str] = []
+        try:
+            dev = self._mount_point(root, "dev")
+            await self._run(["mount", "-t", "tmpfs", "-o",
+                             "mode=0755,nosuid,noexec,size=4m", "ipa-dev",
+                             dev])
+            mounted.append(dev)
+            await self._fill_dev(dev, device, parts)
+            for name in ("proc", "sys"):
+                target = self._mount_point(root, name)
+                await self._run(["mount", "-o", "bind,ro", f"/{name}",
+                                 target])
+                mounted.append(target)
+            run = self._mount_point(root, "run")
+            await self._run(["mount", "-t", "tmpfs", "-o",
+                             "mode=0755,nosuid,nodev,size=16m", "ipa-run",
+                             run])
+            mounted.append(run)
+            yield
+        except ProcessError as e:
+            raise BootloaderError(failure_text(e)) from None
+        finally:
+            for target in reversed(mounted):
+                await self._umount(target)
+
+    async def _fill_dev(self, dev: str, device: str,
+                        parts: list[dict[str, str]]) -> None:
+        """The private /dev: character devices, then the install disk and
+        its own partitions (from sysfs; each allow-listed), with the
+        names GRUB looks for (the disk's path as given, by-uuid and
+        by-partuuid links)."""
+        for name, major, minor in CHAR_DEVICES:
+            await self._run(["mknod", "-m", "0666", os.path.join(dev, name),
+                             "c", str(major), str(minor)])
+        disk = kname_of(device)
+        nodes = [disk] + partitions_of(disk)
+        for name in nodes:
+            self.agent.guard.check(f"/dev/{name}")
+            major, minor = device_number(name)
+            await self._run(["mknod", "-m", "0660", os.path.join(dev, name),
+                             "b", str(major), str(minor)])
+        links = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+                 "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+        alias = os.path.normpath(device)
+        if alias.startswith("/dev/") and alias != f"/dev/{disk}":
+            links[alias[len("/dev/"):]] = f"/dev/{disk}"
+        for row in parts:
+            if row.get("NAME") not in nodes:
+                continue
+            for key, kind in (("UUID", "by-uuid"),
+                              ("PARTUUID", "by-partuuid")):
+                value = row.get(key, "")
+                if _SAFE_NAME.fullmatch(value):
+                    links[f"disk/{kind}/{value}"] = f"/dev/{row['NAME']}"
+        os.mkdir(os.path.join(dev, "shm"), 0o1777)
+        for name, target in links.items():
+            path = os.path.join(dev, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.lexists(path):
+                os.symlink(target, path)
 
     async def _umount(self, path: str) -> None:
         try:
@@ -399,8 +541,30 @@ def efi_arch() -> str:
 
 def grub_tool(root: str) -> str:
     """grub2 (RHEL-like images) or grub (Debian-like)."""
-    return "grub2" if os.path.exists(
-        os.path.join(root, "usr/sbin/grub2-install")) else "grub"
+    try:
+        found = os.path.exists(resolve_in(root, "usr/sbin/grub2-install"))
+    except OutsideTree:
+        found = False
+    return "grub2" if found else "grub"
+
+
+def partitions_of(disk: str) -> list[str]:
+    """The kernel names of ``disk``'s own partitions (not of holders
+    built on it)."""
+    base = os.path.join(SYS_BLOCK, disk)
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    return [n for n in names
+            if os.path.exists(os.path.join(base, n, "partition"))]
+
+
+def device_number(name: str) -> tuple[int, int]:
+    """(major, minor) of a block device, from sysfs."""
+    with open(os.path.join(SYS_BLOCK, name, "dev")) as f:
+        major, _, minor = f.read().strip().partition(":")
+    return int(major), int(minor)
 
 
 def grub_cfg(tool: str) -> str:

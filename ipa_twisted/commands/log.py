@@ -2,6 +2,9 @@
 
 Every source is collected concurrently with a timeout; one that fails puts
 its error in the tarball instead, so the operator sees what was missing.
+Secrets are scrubbed from everything that goes in (``ps`` shows the agent's
+flags, ``dmesg`` and the journal the kernel command line):
+:func:`ipa_twisted.redact.scrub`.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import io
 import os
 import tarfile
 import time
+from typing import Iterable
 
 from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 
 from ipa_twisted.commands.base import Extension, sync_command
 from ipa_twisted.process import ProcessError
+from ipa_twisted.redact import scrub
 
 log = Logger()
 
@@ -52,12 +57,16 @@ def _tail(path: str) -> bytes:
         return f.read()
 
 
-def build_tarball(outputs: dict[str, bytes], log_dir: str | None) -> str:
+def build_tarball(outputs: dict[str, bytes], log_dir: str | None,
+                  secrets: Iterable[str] = ()) -> str:
+    """The tarball (base64) of ``outputs`` and the files of ``log_dir``,
+    every secret option's value and every value of ``secrets`` scrubbed."""
     buf = io.BytesIO()
     now = time.time()
+    secrets = list(secrets)
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, data in sorted(outputs.items()):
-            _add(tar, name, data, now)
+            _add(tar, name, scrub(data, secrets), now)
         if log_dir and os.path.isdir(log_dir):
             for root, _, files in os.walk(log_dir):
                 for fname in sorted(files):
@@ -69,7 +78,7 @@ def build_tarball(outputs: dict[str, bytes], log_dir: str | None) -> str:
                     except OSError as e:
                         data = f"cannot read: {e}\n".encode()
                     _add(tar, "var/log/" + os.path.relpath(path, log_dir),
-                         data, now)
+                         scrub(data, secrets), now)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -100,6 +109,7 @@ class LogExtension(Extension):
         journal_ok = not outputs.get("journal", b"").startswith(
             b"not collected")
         log_dir = None if journal_ok else "/var/log"
-        logs = await self.agent.in_thread(build_tarball, outputs, log_dir)
+        logs = await self.agent.in_thread(build_tarball, outputs, log_dir,
+                                          self.agent.secret_values())
         log.info("collected system logs ({n} bytes base64)", n=len(logs))
         return {"system_logs": logs}

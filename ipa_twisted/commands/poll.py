@@ -30,3 +30,7 @@ class PollExtension(Extension):
         config = node_info.get("config")
         if isinstance(config, dict):
             self.agent.lookup_config.update(config)
+            apply = getattr(self.agent.tls_policy, "apply", None)
+            if apply is not None:   # outbound TLS follows, as after lookup
+                apply(config.get("tls_min_version"),
+                      config.get("tls_cipher_suites"))

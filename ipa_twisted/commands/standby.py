@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
+from ipa_twisted.hardware.generic import validate_node_root_hints
 from ipa_twisted.image import checksum as checksums
 from ipa_twisted.image import configdrive as configdrive_mod
 from ipa_twisted.image import partition_image
@@ -99,6 +100,7 @@ class StandbyExtension(Extension):
 
     def _validate(self, image_info: Any, configdrive: Any = None) -> None:
         validate_image_info(image_info, self.agent.md5_enabled)
+        validate_node_root_hints(self.agent.node)
 
     @async_command("prepare_image", _validate)
     async def prepare_image(self, image_info: dict[str, Any],

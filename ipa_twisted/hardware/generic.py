@@ -121,6 +121,41 @@ def root_device_hints(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(found) if found else None
 
 
+def root_hints_problem(root_hints: Any) -> str | None:
+    """Why these root device hints cannot be used (None: they parse)."""
+    if not root_hints:
+        return None
+    try:
+        hints.parse_hints(root_hints)
+    except hints.HintError as e:
+        return str(e)
+    return None
+
+
+def validate_node_root_hints(node: Any) -> None:
+    """For a command's validator: the root device hints that ``node``
+    (instance_info, else properties) carries must parse, else HTTP 400 at
+    once (not a DeviceNotFound after every disk-wait attempt)."""
+    if not node:
+        return
+    if not isinstance(node, Mapping):
+        raise errors.InvalidCommandParamsError("node must be an object")
+    sections = [node.get("instance_info") or {}, node.get("properties") or {}]
+    if not all(isinstance(section, Mapping) for section in sections):
+        raise errors.InvalidCommandParamsError(
+            "node instance_info and properties must be objects")
+    found = sections[0].get("root_device") or sections[1].get("root_device")
+    if not found:
+        return
+    if not isinstance(found, Mapping):
+        raise errors.InvalidCommandParamsError(
+            f"root device hints must be an object: {found!r}")
+    problem = root_hints_problem(found)
+    if problem is not None:
+        raise errors.InvalidCommandParamsError(
+            f"invalid root device hints {dict(found)}: {problem}")
+
+
 def skip_list(node: Mapping[str, Any] | None, devices: list[BlockDevice]
               ) -> set[str]:
     """Names of the devices that ``properties.skip_block_devices`` (a list
@@ -339,6 +374,12 @@ class GenericHardwareManager(HardwareManager):
                 self.agent.refresh_node is not None:
             await self.agent.refresh_node()
             root_hints = root_device_hints(self.agent.node)
+        problem = root_hints_problem(root_hints)
+        if problem is not None:
+            # no disk that may still appear can help: fail at once
+            raise errors.DeviceNotFound(
+                f"No devices could be found using the root device hints "
+                f"{root_hints} because they failed to validate: {problem}")
         config = self.agent.config
         for attempt in range(1, config.disk_wait_attempts + 1):
             devices = await self.list_block_devices()

@@ -9,8 +9,9 @@ called on each.
 
 ``dispatch(method, ...)`` calls the first manager that has ``method`` and
 does not raise :class:`~ipa_twisted.errors.IncompatibleHardwareMethodError`;
-``dispatch_all`` calls every such manager and returns ``{class name:
-result}``.  Methods may return plain values, Deferreds or coroutines.
+``dispatch_to(names, method, ...)`` does the same over the named managers
+only (steps: those that advertised the step); ``dispatch_all`` calls every
+such manager and returns ``{class name: result}``.  Methods may return plain values, Deferreds or coroutines.
 """
 
 from __future__ import annotations
@@ -249,6 +250,24 @@ class HardwareManagers:
                 log.debug("{name}.{method} is not compatible; trying the "
                           "next manager", name=type(manager).__name__,
                           method=method)
+        raise errors.HardwareManagerMethodNotFound(method)
+
+    async def dispatch_to(self, names: Sequence[str], method: str,
+                          *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`dispatch`, but only to the managers named (class
+        names), in the order given: a step runs on the managers that
+        advertised it, never on another that merely has a method of that
+        name."""
+        by_name = {type(m).__name__: m for m in self.managers}
+        for name in names:
+            func = getattr(by_name.get(name), method, None)
+            if func is None:
+                continue
+            try:
+                return await _settle(func(*args, **kwargs))
+            except errors.IncompatibleHardwareMethodError:
+                log.debug("{name}.{method} is not compatible; trying the "
+                          "next manager", name=name, method=method)
         raise errors.HardwareManagerMethodNotFound(method)
 
     async def dispatch_all(self, method: str, *args: Any, **kwargs: Any

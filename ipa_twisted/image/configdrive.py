@@ -10,7 +10,10 @@ the four primary partitions are taken).
 On a disk with 4 KiB logical sectors Linux cannot read ISO9660, so the
 drive is rebuilt as a FAT filesystem labelled ``CONFIG-2`` with the same
 files (extracted with ``bsdtar``, copied with ``mcopy``; nothing is
-mounted).
+mounted).  mcopy follows links: the extracted files may hold only regular
+files, directories and links to files inside the drive (those become
+copies); a link out of the drive (``/proc/cmdline``, the agent's key), a
+device node or a FIFO refuses the drive.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import treq
 from twisted.logger import Logger
 
 from ipa_twisted import errors
+from ipa_twisted.confined import OutsideTree, check_extracted
 from ipa_twisted.hardware import blockio
 from ipa_twisted.process import ProcessError
 
@@ -144,6 +148,8 @@ async def _rebuild_as_fat(context: Any, part: str, image: bytes) -> None:
         os.makedirs(files)
         try:
             await _run(context, ["bsdtar", "-xf", iso, "-C", files])
+            # mcopy follows links: none may lead out of the drive
+            await context.in_thread(check_extracted, files)
             await _run(context, ["mkfs.vfat", "-n", "CONFIG-2", part])
             entries = sorted(os.listdir(files))
             if entries:
@@ -154,6 +160,9 @@ async def _rebuild_as_fat(context: Any, part: str, image: bytes) -> None:
             raise errors.DeploymentError(
                 f"cannot rebuild the config drive as FAT on {part}: {e}"
             ) from None
+        except OutsideTree as e:
+            raise errors.DeploymentError(
+                f"refusing the config drive: {e}") from None
 
 
 async def partition_numbers(context: Any, device: str) -> set[int]:

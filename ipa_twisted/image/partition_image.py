@@ -17,6 +17,10 @@ log = Logger()
 
 REQUIRED = ("root_mb", "swap_mb", "ephemeral_mb", "ephemeral_format",
             "preserve_ephemeral")
+#: filesystems an ephemeral partition may get (``mkfs -t``); FAT takes its
+#: label with ``-n``
+EPHEMERAL_FORMATS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat",
+                     "msdos", "ntfs")
 
 
 def _int(info: Mapping[str, Any], key: str) -> int:
@@ -34,6 +38,18 @@ def check_fields(image_info: Mapping[str, Any]) -> None:
             f"a partition image needs {', '.join(missing)} in image_info")
     if _int(image_info, "root_mb") <= 0:
         raise errors.InvalidCommandParamsError("root_mb must be positive")
+    ephemeral_format(image_info)
+
+
+def ephemeral_format(image_info: Mapping[str, Any]) -> str:
+    """The ephemeral filesystem type (ext4 when none is given); one of
+    :data:`EPHEMERAL_FORMATS`, never anything else on mkfs's command line."""
+    fmt = image_info.get("ephemeral_format") or "ext4"
+    if fmt not in EPHEMERAL_FORMATS:
+        raise errors.InvalidCommandParamsError(
+            f"ephemeral_format must be one of {', '.join(EPHEMERAL_FORMATS)}"
+            f", not {fmt!r}")
+    return str(fmt)
 
 
 async def uuid_of(context: Any, part: str) -> str:
@@ -105,11 +121,12 @@ async def finish(context: Any, image_info: Mapping[str, Any], device: str,
         if "swap" in paths:
             await run(["mkswap", "-L", "swap1", paths["swap"]], timeout=300.0)
         if "ephemeral" in paths and not preserve:
-            fmt = str(image_info.get("ephemeral_format") or "ext4")
+            fmt = ephemeral_format(image_info)
             argv = ["mkfs", "-t", fmt]
             if fmt in ("ext3", "ext4"):
                 argv.append("-F")
-            await run(argv + ["-L", "ephemeral0", paths["ephemeral"]],
+            label = "-n" if fmt in ("vfat", "msdos") else "-L"
+            await run(argv + [label, "ephemeral0", paths["ephemeral"]],
                       timeout=1800.0)
     except ProcessError as e:
         raise errors.DeploymentError(

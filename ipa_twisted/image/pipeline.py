@@ -356,10 +356,10 @@ class Qcow2Target(Pausable):
         self._reactor = reactor
         self._device_size = device_size
         self._queued = 0
-        self._hash = _HashThread(reactor, hash_algo, self._drained)
         self.writer = PositionalWriter(reactor, device, self._drained,
                                        on_progress)
-        self.writer.open()
+        self.writer.open()  # first: if it fails, no hashing thread waits
+        self._hash = _HashThread(reactor, hash_algo, self._drained)
         self.stream = Qcow2Stream(self._emit)
         self._checked = False
 

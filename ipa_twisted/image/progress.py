@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from ipa_twisted.looping import every
 
 log = Logger()
 
@@ -28,9 +29,8 @@ class Progress:
         self.total = total
         self.done = 0
         self.started = clock.seconds()
-        self._loop = LoopingCall(self.report)
-        self._loop.clock = clock
-        self._loop.start(interval, now=False)
+        self._loop = every(clock, interval, self.report,
+                           what=f"progress report of {what}")
 
     def update(self, done: int) -> None:
         self.done = done

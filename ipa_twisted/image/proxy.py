@@ -16,7 +16,11 @@ from urllib.parse import unquote, urlparse
 
 from treq.client import HTTPClient
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, ProxyAgent
@@ -61,6 +65,23 @@ def proxy_for(url: str, proxies: Mapping[str, str] | None,
     return proxy
 
 
+def _endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """TCP to ``host``: an IPv4 or IPv6 literal, or a name (whatever
+    address families it has)."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port)
+    if version == 6:
+        return TCP6ClientEndpoint(reactor, host, port)
+    return TCP4ClientEndpoint(reactor, host, port)
+
+
+def _authority(host: str, port: int) -> str:
+    """``host:port`` as a request target (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _auth(proxy: Any) -> str | None:
     if proxy.username is None:
         return None
@@ -83,8 +104,8 @@ class _Tunnel(Protocol):
         self._inner: Any = None
 
     def connectionMade(self) -> None:
-        host, port = self._target
-        lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
+        target = _authority(*self._target)
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
         if self._auth:
             lines.append(f"Proxy-Authorization: {self._auth}")
         assert self.transport is not None
@@ -133,25 +154,41 @@ class _Tunnel(Protocol):
 class _TunnelEndpoint:
     def __init__(self, reactor: Any, proxy: Any, target: tuple[str, int],
                  creator: Any) -> None:
-        self._proxy = TCP4ClientEndpoint(reactor, proxy.hostname,
-                                         proxy.port or 3128)
+        self._proxy = _endpoint(reactor, proxy.hostname, proxy.port or 3128)
         self._auth = _auth(proxy)
         self._target = target
         self._creator = creator
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
-        ready: defer.Deferred[Any] = defer.Deferred()
+        tunnel: list[_Tunnel] = []
+        cancelled: list[bool] = []
+
+        def cancel(_: defer.Deferred[Any]) -> None:
+            # stop connecting to the proxy, or drop the connection that
+            # waits for its answer (``ready`` then fails with
+            # CancelledError, whatever the endpoint says)
+            cancelled.append(True)
+            connecting.cancel()
+            for protocol in tunnel:
+                transport: Any = protocol.transport
+                if transport is not None:
+                    transport.abortConnection()
+
+        ready: defer.Deferred[Any] = defer.Deferred(cancel)
 
         class _F(Factory):
             def buildProtocol(inner_self, addr: Any) -> Protocol:
-                return _Tunnel(self._target, self._auth, self._creator,
-                               factory, ready)
+                protocol = _Tunnel(self._target, self._auth, self._creator,
+                                   factory, ready)
+                tunnel.append(protocol)
+                return protocol
 
         def failed(failure: Any) -> None:
-            if not ready.called:
+            if not ready.called and not cancelled:
                 ready.errback(failure)
 
-        self._proxy.connect(_F()).addErrback(failed)
+        connecting = self._proxy.connect(_F())
+        connecting.addErrback(failed)
         return ready
 
 
@@ -181,7 +218,7 @@ def client_through(reactor: Any, proxy_url: str, scheme: str, policy: Any,
         agent = Agent.usingEndpointFactory(
             reactor, _TunnelEndpoints(reactor, proxy, policy), pool=pool)
         return HTTPClient(agent), {}
-    endpoint = TCP4ClientEndpoint(reactor, proxy.hostname, proxy.port or 3128)
+    endpoint = _endpoint(reactor, proxy.hostname, proxy.port or 3128)
     auth = _auth(proxy)
     return HTTPClient(ProxyAgent(endpoint, reactor, pool=pool)), (
         {"Proxy-Authorization": auth} if auth else {})

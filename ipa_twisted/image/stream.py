@@ -18,7 +18,6 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -26,6 +25,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from ipa_twisted import errors
+from ipa_twisted.looping import every
 
 log = Logger()
 
@@ -216,9 +216,19 @@ async def stream_body(
                 f"no data for {stall_timeout} s after {body.received} bytes"
             ))
 
-    check = LoopingCall(watchdog)
-    check.clock = clock
-    check.start(min(1.0, stall_timeout / 4), now=False)
+    def watchdog_failed(failure: Failure) -> None:
+        # unwatched, a stall would go unnoticed: stop here, with that error
+        broken.append(failure.value)
+        transport: Any = body.transport
+        if transport is not None:
+            transport.stopProducing()
+        if not body.done.called:
+            body.done.errback(failure)
+
+    broken: list[BaseException | None] = []
+    check = every(clock, min(1.0, stall_timeout / 4), watchdog,
+                  what=f"the stall watchdog of {url}",
+                  on_failure=watchdog_failed)
     response.deliverBody(body)
     try:
         received = await body.done
@@ -227,8 +237,8 @@ async def stream_body(
     except errors.AgentError:
         raise
     except Exception as e:
-        if getattr(consumer, "error", None) is e:
-            raise  # the device's error, not the network's
+        if getattr(consumer, "error", None) is e or e in broken:
+            raise  # the device's error (or ours), not the network's
         raise errors.ImageDownloadError(
             image_id,
             f"connection to {url} broke after {body.received} bytes: "

@@ -26,6 +26,7 @@ from ipa_twisted.image.pipeline import FormatGate, Qcow2Target
 from ipa_twisted.image.progress import Progress
 from ipa_twisted.image.sink import SinkError
 from ipa_twisted.image.stream import fetch_range, stream_body
+from ipa_twisted.looping import every
 
 log = Logger()
 
@@ -88,11 +89,7 @@ async def download_to_device(
         if on_progress is not None:
             on_progress(progress)
 
-    from twisted.internet.task import LoopingCall
-
-    ticker = LoopingCall(tick)
-    ticker.clock = clock
-    ticker.start(2.0, now=False)
+    ticker = every(clock, 2.0, tick, what=f"progress of image {image_id}")
     try:
         while True:
             attempt += 1

@@ -83,12 +83,14 @@ def build_context(reactor: Any, config: Config) -> Any:
 
     policy = tls.client_policy(config.insecure, config.cafile,
                                config.certfile, config.keyfile,
-                               config.tls_min_version)
+                               config.tls_min_version,
+                               config.tls_cipher_suites)
     http = HTTPClient(Agent(reactor, contextFactory=policy,
                             pool=QuietPool(reactor, persistent=False)))
     return AgentContext(config=config, reactor=reactor,
                         process=ProcessRunner(reactor, reactor),
-                        guard=DeviceGuard(config.device_allowlist), http=http)
+                        guard=DeviceGuard(config.device_allowlist), http=http,
+                        tls_policy=policy)
 
 
 async def run(reactor: Any, config: Config) -> int:

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted.hardware import dmi, netif
@@ -292,16 +293,22 @@ class LLDPCollector:
 
 
 async def _copy(d: Any) -> Any:
-    """Await a Deferred shared by others without taking its result."""
+    """Await a Deferred shared by others without taking its result (nor
+    cancelling it: cancelling the wait only ends the wait)."""
     from twisted.internet.defer import Deferred
 
     copy: Deferred[Any] = Deferred()
 
     def give(result: Any) -> Any:
-        copy.callback(result)
+        # a failure too: the waiter learns it, the owner keeps it
+        if not copy.called:
+            if isinstance(result, Failure):
+                copy.errback(result)
+            else:
+                copy.callback(result)
         return result
 
-    d.addCallback(give)
+    d.addBoth(give)
     return await copy
 
 

@@ -524,7 +524,8 @@ class Agent:
                  device: str, api_url: str | None,
                  extra: list[str] | None = None,
                  name: str = "agent",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
         self.workdir = workdir
         self.log = os.path.join(workdir, f"{name}.log")
         run_dir = os.path.join(workdir, f"{name}-run")
@@ -536,13 +537,16 @@ class Agent:
         argv = ["ip", "netns", "exec", netns,
                 "unshare", "--pid", "--mount", "--fork", "--mount-proc",
                 "--kill-child=SIGTERM",
-                SANDBOX, device, stubs, "--",
-                twistd(), "--nodaemon", "--pidfile=", f"--logfile={self.log}",
-                "ipa", "--device-allowlist", device,
-                "--cmdline-file", cmdline, "--run-dir", run_dir,
-                "--power-off-command", "true", "--reboot-command", "true",
-                "--no-sysrq-fallback", "--lookup-timeout", "120",
-                "--disk-wait-attempts", "2", "--disk-wait-delay", "1"]
+                SANDBOX, device, stubs, "--"]
+        if nofile is not None:           # soft and hard open file limit
+            argv += ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
+        argv += [twistd(), "--nodaemon", "--pidfile=",
+                 f"--logfile={self.log}",
+                 "ipa", "--device-allowlist", device,
+                 "--cmdline-file", cmdline, "--run-dir", run_dir,
+                 "--power-off-command", "true", "--reboot-command", "true",
+                 "--no-sysrq-fallback", "--lookup-timeout", "120",
+                 "--disk-wait-attempts", "2", "--disk-wait-delay", "1"]
         if api_url:
             argv += ["--api-url", api_url]
         argv += extra or []

@@ -129,6 +129,59 @@ class SandboxedAgentTests(SandboxTestCase):
         self.assertIn("GET /v1/commands/ - 401", log)
         self.assertNotIn(TOKEN, log)
 
+    def test_collected_logs_do_not_hold_the_token(self) -> None:
+        # ps shows the agent's --agent-token; the kernel log shows a
+        # command line with ipa-agent-token (written to /dev/kmsg here,
+        # as the kernel prints its command line at boot)
+        token = "Tk" + os.urandom(24).hex()
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(f"ipa-twisted test: Command line: BOOT_IMAGE=/vmlinuz "
+                       f"ipa-agent-token={token} ipa-debug=1\n")
+        agent = self.agent(None, "--standalone", "--agent-token", token,
+                           "--listen-host", "127.0.0.1")
+        agent.wait_for_log("agent API listening", 30)
+        status, _, body = self.request(
+            "POST", f"/v1/commands/?wait=true&agent_token={token}",
+            {"name": "log.collect_system_logs", "params": {}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["command_status"], "SUCCEEDED", body)
+        import base64
+        import io
+        import tarfile
+
+        raw = base64.b64decode(body["command_result"]["system_logs"])
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            texts = {m.name: tar.extractfile(m).read()  # type: ignore
+                     for m in tar.getmembers() if m.isfile()}
+        self.assertNotIn(token.encode(), b"\n".join(texts.values()))
+        self.assertNotIn(token[:20].encode(), raw)
+        # the lines were there, scrubbed
+        self.assertIn(b"--agent-token ***", texts["ps"])
+        self.assertIn(b"ipa-agent-token=*** ipa-debug=1", texts["dmesg"])
+
+    def test_token_from_a_file(self) -> None:
+        token = "Tf" + os.urandom(24).hex()
+        path = os.path.join(self.workdir, "token")
+        with open(path, "w") as f:
+            f.write(token + "\n")
+        agent = self.agent(None, "--standalone", "--agent-token-file", path,
+                           "--listen-host", "127.0.0.1")
+        agent.wait_for_log("agent API listening", 30)
+        status, _, body = self.request(
+            "POST", f"/v1/commands/?wait=true&agent_token={token}",
+            {"name": "log.collect_system_logs", "params": {}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.request("GET", "/v1/commands/")[0], 401)
+        import base64
+        import io
+        import tarfile
+
+        raw = base64.b64decode(body["command_result"]["system_logs"])
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            ps = tar.extractfile("ps").read()  # type: ignore
+        self.assertIn(b"--agent-token-file", ps)
+        self.assertNotIn(token.encode(), ps)
+
     def test_static_tls_with_minimum_version(self) -> None:
         import ssl
 

@@ -1,9 +1,13 @@
 """Partition images and config drives, written by a sandboxed agent onto
 loop devices (512-byte and 4 KiB sectors), checked with the system's own
-tools (blkid, parted, bsdtar, mtools)."""
+tools (blkid, parted, bsdtar, mtools).  (A UEFI partition image whose
+/boot/efi links out is tested in the UEFI test machine, whose kernel can
+mount the ESP: test_uefi_bootloader.EspLinkingOutTests.)"""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import os
 import time
 from typing import Any
@@ -193,6 +197,31 @@ class PartitionImageTests(_Sandbox):
                       "::/openstack/latest/meta_data.json"]).stdout
         self.assertIn(META["uuid"], meta)
 
+    def test_4k_config_drive_linking_out_is_refused(self) -> None:
+        # mcopy follows links: a drive with a link to /proc/cmdline used to
+        # put the ramdisk's kernel command line on the deployed disk
+        device = self.loop(4096)
+        digest, _ = h.make_fs_image(os.path.join(self.www, "root.img"),
+                                    64 * MiB)
+        self.agent(device)
+        tree = os.path.join(self.workdir, "hostile-cd")
+        latest = os.path.join(tree, "openstack", "latest")
+        os.makedirs(latest)
+        with open(os.path.join(latest, "meta_data.json"), "w") as f:
+            f.write('{"uuid": "x"}')
+        os.symlink("/proc/cmdline", os.path.join(latest, "user_data"))
+        iso = os.path.join(self.workdir, "hostile.iso")
+        h.run(["genisoimage", "-o", iso, "-quiet", "-J", "-r", "-V",
+               "config-2", tree])
+        with open(iso, "rb") as f:
+            drive = base64.b64encode(gzip.compress(f.read())).decode()
+        result = self.prepare(self.partition_info(
+            "root.img", digest, swap_mb=0, ephemeral_mb=0, root_mb=100),
+            drive)
+        self.assertEqual(result["command_status"], "FAILED", result)
+        self.assertIn("refusing the config drive: /openstack/latest/"
+                      "user_data links to '/proc/cmdline', outside the "
+                      "config drive", result["command_error"]["details"])
 
 
 class BootloaderTests(_Sandbox):
@@ -206,6 +235,28 @@ class BootloaderTests(_Sandbox):
         # driver would (tests/integration/shims/loop_geometry.c).  It lives
         # in the test's OS image only (/etc/ld.so.preload), so it affects
         # grub-install in the chroot and nothing of the agent's own.
+        #
+        # The image's /etc/default/grub (grub-mkconfig sources it, as root,
+        # in the chroot) probes what it can reach: another disk (a decoy
+        # loop device with a marker), by its node, by a node it makes, or
+        # through the agent's root in /proc; it writes what it saw into
+        # the image.
+        decoy, marker = self.decoy()
+        major, minor = os.major(os.stat(decoy).st_rdev), \
+            os.minor(os.stat(decoy).st_rdev)
+        probe = f"""
+set +e
+{{
+echo "== dev"; ls -1A /dev
+echo "== mapper"; ls -1A /dev/mapper
+echo "== decoy"; head -c 64 {decoy}
+echo "== mknod"; mknod /tmp/decoy b {major} {minor} && head -c 64 /tmp/decoy
+rm -f /tmp/decoy
+echo "== proc"; head -c 64 /proc/1/root{decoy}
+echo "== env"; echo "os-prober: ${{GRUB_DISABLE_OS_PROBER-unset}}"
+}} > /root/probe.txt 2>&1
+set -e
+""".encode()
         try:
             shim = h.build_loop_geometry_shim(self.workdir)
             with open(shim, "rb") as f:
@@ -214,7 +265,8 @@ class BootloaderTests(_Sandbox):
                 os.path.join(self.www, "debian.img"), 700 * MiB,
                 files={"/usr/local/lib/loop_geometry.so": library,
                        "/etc/ld.so.preload":
-                           b"/usr/local/lib/loop_geometry.so\n"})
+                           b"/usr/local/lib/loop_geometry.so\n",
+                       "/etc/default/grub": probe})
         except h.Unavailable as e:
             unavailable(e)
         device = self.loop()
@@ -245,3 +297,32 @@ class BootloaderTests(_Sandbox):
         listing = h.run(["debugfs", "-R", "ls -l /boot/grub", root]).stdout
         self.assertIn("grub.cfg", listing)
         self.assertIn("i386-pc", listing)
+        seen = h.run(["debugfs", "-R", "cat /root/probe.txt", root]).stdout
+        self.assertNotIn(marker, seen)
+        sections = dict(part.split("\n", 1) for part in
+                        seen.split("== ")[1:])
+        name = os.path.basename(device)
+        # GRUB's device-mapper library makes /dev/mapper (empty: it cannot
+        # make device nodes)
+        self.assertEqual(sorted(set(sections["dev"].split()) - {"mapper"}),
+                         sorted([
+            "disk", "fd", "full", name, f"{name}p1", "null", "random",
+            "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]))
+        self.assertNotIn("control", sections["mapper"])
+        self.assertIn("No such file", sections["decoy"])
+        self.assertIn("Operation not permitted", sections["mknod"])
+        self.assertIn("Permission denied", sections["proc"])
+        self.assertIn("os-prober: true", sections["env"])
+
+    def decoy(self) -> tuple[str, str]:
+        """Another disk on this machine, with a marker in its first
+        bytes: the agent's sandbox hides it, the image must not see it."""
+        marker = f"DECOY-{os.urandom(8).hex()}"
+        backing = os.path.join(self.workdir, "decoy.img")
+        with open(backing, "wb") as f:
+            f.write(marker.encode().ljust(4096, b"\0"))
+            f.truncate(1 * MiB)
+        dev = h.run(["losetup", "--find", "--show", backing]).stdout.strip()
+        self.cleanups.add(f"loop {dev}", lambda: h.run(["losetup", "-d",
+                                                        dev]))
+        return dev, marker

@@ -11,7 +11,10 @@ entry the agent made, and the GRUB it names must run its configuration
   the image's own GRUB into it (chroot) and registers it;
 - a whole-disk UEFI image (ESP with a BOOTX64.CSV, as cloud images ship),
   deployed by a real Ironic 39 in UEFI boot mode: the agent registers the
-  entry the CSV names.
+  entry the CSV names;
+- a tiny partition image whose /boot/efi links to the ramdisk's kernel
+  command line and to a ramdisk file: refused, nothing of them on the ESP
+  (here because mounting the ESP needs vfat, which the guest's kernel has).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from typing import Any
@@ -51,6 +55,26 @@ def assert_boots(test: Any, machine: uefi_vm.UefiMachine, label: str,
     return match.group(1)
 
 
+def blocks_holding(device: str, offset: int, length: int,
+                   marks: list[bytes]) -> list[bytes]:
+    """Which of ``marks`` the ``length`` bytes of ``device`` from
+    ``offset`` hold (read a MiB at a time)."""
+    found: set[bytes] = set()
+    overlap = max(len(m) for m in marks) - 1
+    tail = b""
+    with open(device, "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            chunk = f.read(min(MiB, length))
+            if not chunk:
+                break
+            length -= len(chunk)
+            window = tail + chunk
+            found.update(m for m in marks if m in window)
+            tail = window[-overlap:]
+    return [m for m in marks if m in found]
+
+
 class _StandaloneAgent(uefi_vm.MachineTestCase):
     """The agent in the test machine, driven by the test as Ironic would."""
 
@@ -70,6 +94,12 @@ class _StandaloneAgent(uefi_vm.MachineTestCase):
         (with ``files``) in UEFI mode: (root fs UUID, ESP UUID)."""
         digest, fs_uuid = h.make_os_image(
             os.path.join(self.www, "root.img"), 700 * MiB, files=files)
+        return self.deploy_root_img(digest, fs_uuid, 800, setup)
+
+    def deploy_root_img(self, digest: str, fs_uuid: str, root_mb: int,
+                        setup: str = "") -> tuple[str, str]:
+        """Boot the machine, have its agent write ``self.www``/root.img
+        as a partition image in UEFI mode: (root fs UUID, ESP UUID)."""
         self.start_agent(["--standalone", "--agent-token", TOKEN,
                           "--listen-host", "0.0.0.0"], setup=setup)
         body = self.command("poll.set_node_info", node_info={"node": {
@@ -81,7 +111,7 @@ class _StandaloneAgent(uefi_vm.MachineTestCase):
             "id": "root.img", "urls": ["http://127.0.0.1:8080/root.img"],
             "os_hash_algo": "sha256", "os_hash_value": digest,
             "disk_format": "raw", "image_type": "partition",
-            "root_mb": 800, "swap_mb": 0, "ephemeral_mb": 0,
+            "root_mb": root_mb, "swap_mb": 0, "ephemeral_mb": 0,
             "ephemeral_format": "ext4", "deploy_boot_mode": "uefi",
             "preserve_ephemeral": False})
         self.assertEqual(body["command_status"], "SUCCEEDED", body)
@@ -135,6 +165,86 @@ class StandaloneUefiTests(_StandaloneAgent):
                             "\\EFI\\debian\\grubx64.efi")
         self.assertRegex(said, r"^root=hd0,gpt\d+ "
                                r"prefix=\(hd0,gpt\d+\)/boot/grub$")
+
+
+class EspLinkingOutTests(_StandaloneAgent):
+    """A partition image whose /boot/efi links to the ramdisk's kernel
+    command line and to a ramdisk file: the agent must refuse to copy them
+    onto the ESP it made (``cp -rL`` once did).  In the test machine
+    because the agent mounts the ESP and this machine's kernel may have no
+    vfat (the guest's Debian kernel has it).  One boot, no Debian root (a
+    tiny ext4 image does); the ESP is read afterwards from this machine
+    with mtools, which need no kernel FAT."""
+
+    needs_debian_root = False
+
+    def test_esp_content_linking_out_is_refused(self) -> None:
+        secret = f"RAMDISK-SECRET-{os.urandom(8).hex()}"
+        # what the guest's /proc/cmdline holds (uefi_vm.boot_ramdisk)
+        cmdline_mark = b"ipa_guest_script="
+        tree = os.path.join(self.workdir, "root-tree")
+        boot = os.path.join(tree, "boot", "efi", "EFI", "BOOT")
+        os.makedirs(boot)
+        with open(os.path.join(boot, "BOOTX64.EFI"), "wb") as f:
+            f.write(b"MZ not really a loader")
+        os.symlink("/proc/cmdline", os.path.join(boot, "cmdline"))
+        os.symlink("/run/ipa-ramdisk-secret", os.path.join(boot, "secret"))
+        image = os.path.join(self.www, "root.img")
+        with open(image, "wb") as f:
+            f.truncate(16 * MiB)
+        h.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, image])
+        fs_uuid = h.run(["blkid", "-o", "value", "-s", "UUID",
+                         image]).stdout.strip()
+        start = time.monotonic()
+        fs_uuid, efi_uuid = self.deploy_root_img(
+            h.file_sha256(image), fs_uuid, 32,
+            # a file of the ramdisk, not of the image
+            setup=f"echo {secret} > /run/ipa-ramdisk-secret\n")
+        refused = f"the image's /boot/efi cannot be copied: " \
+                  f"/boot/efi/EFI/BOOT/cmdline links to '/proc/cmdline'"
+        results = []
+        # twice: the failed copy left nothing behind that the second
+        # try would take for an installed loader, and the agent is free
+        for _ in (1, 2):
+            body = self.command("image.install_bootloader",
+                                root_uuid=fs_uuid,
+                                efi_system_part_uuid=efi_uuid,
+                                target_boot_mode="uefi")
+            results.append(body)
+        body = self.command("standby.get_partition_uuids")
+        self.assertEqual(body["command_status"], "SUCCEEDED", body)
+        self.command("standby.power_off", wait=False)
+        self.assertEqual(self.machine.wait_for_exit(120), 0)
+        h.say(f"UEFI guest: {time.monotonic() - start:.1f} s from power on "
+              f"to power off")
+
+        first, size = (int(n) for n in h.run(
+            ["partx", "-g", "-o", "START,SECTORS", "-n", "1",
+             self.device]).stdout.split())
+        esp = f"{self.device}@@{first * 512}"
+        h.run(["minfo", "-i", esp, "::"])  # a FAT filesystem mtools reads
+        listing = h.run(["mdir", "-/", "-b", "-i", esp, "::"], check=False)
+        if listing.returncode != 0:  # mdir's word for an empty root
+            self.assertIn('"::" not found', listing.stderr)
+        files = [line.strip() for line in listing.stdout.splitlines()
+                 if line.strip() and not line.strip().endswith("/")]
+        contents = b"".join(subprocess.run(
+            ["mtype", "-i", esp, name], capture_output=True, check=True
+        ).stdout for name in files)
+        marks = {cmdline_mark: "the ramdisk's kernel command line",
+                 secret.encode(): "the ramdisk's file"}
+        leaks = [f"a file of the ESP holds {what}"
+                 for mark, what in marks.items() if mark in contents]
+        # nor any block of it (a file written, then removed)
+        leaks += [f"a block of the ESP holds {marks[mark]}" for mark in
+                  blocks_holding(self.device, first * 512, size * 512,
+                                 list(marks))]
+        self.assertEqual(leaks, [])
+        for body in results:
+            self.assertEqual(body["command_status"], "FAILED", body)
+            self.assertIn(refused, body["command_error"]["details"])
+        self.assertEqual(listing.stdout.strip(), "",
+                         "the failed copy left files on the ESP")
 
 
 class IronicUefiDeployTests(IronicTestCase):

@@ -6,6 +6,7 @@ from typing import Any
 
 import os
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ipa_twisted.agent import AgentService, format_callback_url
 from ipa_twisted.config import load_config
 from ipa_twisted.ironic import LookupResult
+from ipa_twisted.testing import FakeProcessRunner
 
 NODE = {"uuid": "n-1", "properties": {"root_device": {"name": "/dev/sdb"}}}
 
@@ -83,3 +85,47 @@ class MissingToolsTests(SynchronousTestCase):
         efi = next(e for e in events if e.get("tool") == "efibootmgr")
         self.assertEqual(efi["package"], "efibootmgr")
         self.assertIn("install_bootloader", efi["needed_for"])
+
+
+class StartupCancelTests(SynchronousTestCase):
+    """Stopping the agent during start-up."""
+
+    def stuck_agent(self) -> tuple[AgentService, Deferred[None]]:
+        from ipa_twisted.hardware.manager import HardwareManagers
+        from ipa_twisted.testing import FakeHardwareManager
+
+        stuck: Deferred[None] = Deferred()
+
+        class Stuck(FakeHardwareManager):
+            def initialize(self, agent: Any) -> Any:
+                return stuck
+
+        agent = AgentService(load_config({}), Clock(),
+                             http=object(),
+                             hardware=HardwareManagers([Stuck()]),
+                             exit_on_fatal=False)
+        return agent, stuck
+
+    def test_ready_fails_when_start_up_is_cancelled(self) -> None:
+        agent, stuck = self.stuck_agent()
+        agent.startService()
+        early = agent.when_ready()
+        self.assertNoResult(early)
+        self.successResultOf(agent.stopService())
+        self.failureResultOf(early, CancelledError)
+        self.failureResultOf(agent.when_ready(), CancelledError)
+
+    def test_stop_waits_for_the_tools_it_stops(self) -> None:
+        agent, _ = self.stuck_agent()
+        stopping: Deferred[None] = Deferred()
+
+        class Runner(FakeProcessRunner):
+            def stop(self) -> Deferred[None]:
+                return stopping
+
+        agent.context.process = Runner()
+        agent.startService()
+        done = agent.stopService()
+        self.assertNoResult(done)
+        stopping.callback(None)
+        self.successResultOf(done)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from ipa_twisted import errors
 from ipa_twisted.api.app import AgentAPI
-from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.commands.base import CommandRunner, Extension, async_command
 from ipa_twisted.testing import FakeExtension
 
 TOKEN = "t" * 43
@@ -239,6 +241,81 @@ class APITests(SynchronousTestCase):
             self.assertTrue(body["faultstring"].startswith("400 Bad Request"),
                             body)
 
+    def test_deeply_nested_json_is_400(self) -> None:
+        for depth in (70, 1000, 100_000):
+            raw = (b'{"name": "fake.echo", "params": {"value": '
+                   + b"[" * depth + b"]" * depth + b"}}")
+            code, _, body = self.request("POST", "/v1/commands/", raw=raw)
+            self.assertEqual(code, 400, depth)
+            self.assertEqual(body["faultstring"],
+                             "400 Bad Request: Failed to decode JSON object: "
+                             "nested deeper than 64 levels")
+        raw = (b'{"name": "fake.echo", "params": {"value": '
+               + b"[" * 60 + b"]" * 60 + b"}}")
+        code, _, body = self.request("POST", "/v1/commands/", raw=raw)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.runner.list()[-1].command_name, "echo")
+
+    def test_token_in_a_form_body_does_not_authenticate(self) -> None:
+        # (twisted.web parses form bodies into request.args; the API only
+        # reads the query)
+        response = self.successResultOf(self.stub.request(
+            "POST", BASE + "/v1/commands/",
+            data={"agent_token": TOKEN, "name": "fake.echo"}))
+        self.assertEqual(response.code, 401)
+        response = self.successResultOf(self.stub.request(
+            "GET", BASE + "/v1/commands/", data={"agent_token": TOKEN}))
+        self.assertEqual(response.code, 401)
+
+    def test_query_token_with_semicolon_separator(self) -> None:
+        response = self.successResultOf(self.stub.request(
+            "GET", BASE + f"/v1/commands/?x=1;agent_token={TOKEN}"))
+        self.assertEqual(response.code, 200)
+
+    def test_method_not_allowed_says_what_is(self) -> None:
+        code, headers, _ = self.request("DELETE", "/v1/status", token=None)
+        self.assertEqual(code, 405)
+        self.assertEqual(
+            sorted(headers.getRawHeaders("allow")[0].split(", ")),
+            ["GET", "HEAD"])
+
+    def test_other_methods_on_unslashed_paths_are_405(self) -> None:
+        for path, allowed in (("/v1/commands", ["GET", "HEAD", "POST"]),
+                              ("/v1", ["GET", "HEAD"])):
+            code, headers, body = self.request("TRACE", path)
+            self.assertEqual(code, 405, path)
+            self.assertEqual(
+                sorted(headers.getRawHeaders("allow")[0].split(", ")),
+                allowed)
+            self.assertTrue(body["faultstring"].startswith("405 "))
+        code, _, _ = self.request("TRACE", "/v1/nothing")
+        self.assertEqual(code, 404)
+
+    def test_validator_that_trips_is_400(self) -> None:
+        class Tripping(Extension):
+            name = "trip"
+
+            def _check(self, value: Any = 0) -> None:
+                if value < 1:          # TypeError for a string
+                    raise errors.InvalidCommandParamsError("too small")
+
+            @async_command("run", _check)
+            def run(self, value: Any = 0) -> None:
+                pass
+
+        runner = CommandRunner({"trip": Tripping(None)})
+        stub = StubTreq(AgentAPI(runner, lambda: TOKEN, 1.0).resource())
+        response = self.successResultOf(stub.request(
+            "POST", BASE + "/v1/commands/", params={"agent_token": TOKEN},
+            data=json.dumps({"name": "trip.run",
+                             "params": {"value": "x"}}).encode()))
+        body = json.loads(self.successResultOf(stub.content(response)))
+        self.assertEqual(response.code, 400)
+        self.assertEqual(body["faultstring"], "Invalid command parameters: "
+                         "run: TypeError: '<' not supported between "
+                         "instances of 'str' and 'int'")
+        self.assertEqual(runner.list(), [])
+
     def test_unknown_command_id(self) -> None:
         code, _, body = self.request("GET", "/v1/commands/nope")
         self.assertEqual(code, 404)
@@ -270,8 +347,6 @@ class APITests(SynchronousTestCase):
         self.assertEqual(result.status, "SUCCEEDED")
 
     def test_version_mismatch_status(self) -> None:
-        from ipa_twisted import errors
-
         _, body = self.post("fake.slow")
         self.ext.pending[0].errback(errors.VersionMismatch({"a": "1"},
                                                            {"a": "2"}))
@@ -289,3 +364,45 @@ class DeferredResultTests(SynchronousTestCase):
         result = runner.execute("fake.echo", {})
         d: Deferred[Any] = result.wait()
         self.assertIs(self.successResultOf(d), result)
+
+
+class OpenAPITests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.api = AgentAPI(CommandRunner({"fake": FakeExtension()}),
+                            lambda: TOKEN, started_at=1.0, version="9.9")
+        self.stub = StubTreq(self.api.resource())
+
+    def get(self, path: str) -> tuple[int, Any]:
+        response = self.successResultOf(self.stub.get(BASE + path))
+        return response.code, json.loads(
+            self.successResultOf(self.stub.content(response)))
+
+    def test_served_and_valid(self) -> None:
+        from openapi_spec_validator import validate
+
+        code, doc = self.get("/v1/openapi.json")
+        self.assertEqual(code, 200)
+        self.assertEqual(doc["info"]["version"], "9.9")
+        validate(doc)
+
+    def test_every_route_is_documented_and_every_path_answers(self) -> None:
+        _, doc = self.get("/v1/openapi.json")
+        documented = {(path, method.upper())
+                      for path, ops in doc["paths"].items() for method in ops}
+        routed = set()
+        for rule in self.api.app.url_map.iter_rules():
+            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+            for method in rule.methods or ():
+                if method not in ("HEAD", "OPTIONS"):
+                    routed.add((path, method))
+        self.assertEqual(routed - documented, set())
+        # the rest are the slash redirects, as documented
+        for path, method in sorted(documented - routed):
+            responses = doc["paths"][path][method.lower()]["responses"]
+            self.assertIn("308", responses, path)
+            response = self.successResultOf(self.stub.request(
+                method, BASE + path, params={"agent_token": TOKEN},
+                allow_redirects=False))
+            self.assertEqual(response.code, 308, (method, path))
+            self.assertEqual(response.headers.getRawHeaders("location"),
+                             [f"{BASE}{path}/?agent_token={TOKEN}"])

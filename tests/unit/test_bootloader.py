@@ -15,6 +15,7 @@ import tempfile
 from typing import Any, Sequence
 
 from twisted.internet.defer import ensureDeferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
@@ -82,23 +83,32 @@ class FindLoadersTests(SynchronousTestCase):
                          "\\EFI\\debian\\shimx64.efi")
 
 
+class Link(str):
+    """In a FakeDisk tree: a symbolic link to this target."""
+
+
 class FakeDisk:
     """The file trees of a disk's partitions behind fake ``mount``,
     ``umount`` and ``chroot`` (what the image's grub-install would write),
-    with lsblk, blkid and efibootmgr answering from real captures."""
+    with lsblk, blkid and efibootmgr answering from real captures, and a
+    sysfs (``image.SYS_BLOCK``) that lists vda's partitions."""
 
     def __init__(self, runner: FakeProcessRunner,
                  trees: dict[str, dict[str, bytes]],
                  listing: str = "efibootmgr-v-before.txt",
                  create_exit: int = 0,
-                 failing: dict[str, str] | None = None) -> None:
+                 failing: dict[str, str] | None = None,
+                 lsblk: str = "lsblk-vda.txt") -> None:
         self.trees = trees
         self.failing = failing or {}
         self.mounted: dict[str, str] = {}
         self.listing = load("uefi", listing)
+        self.lsblk_out = load("uefi", lsblk) if lsblk.endswith(".txt") \
+            else lsblk
         self.create_exit = create_exit
+        self.chroots: list[tuple[str, ...]] = []
         for tool in ("mount", "umount", "chroot", "lsblk", "blkid",
-                     "efibootmgr", "cp"):
+                     "efibootmgr", "setpriv", "mknod"):
             runner.handlers[tool] = getattr(self, tool)
 
     @staticmethod
@@ -112,11 +122,16 @@ class FakeDisk:
             os.rmdir(argv[3])
             os.symlink(argv[2], argv[3])
             self.mounted[argv[3]] = "bind"
+        elif argv[1] in ("-t", "-o"):      # tmpfs, read-only binds
+            self.mounted[argv[-1]] = argv[2] if argv[1] == "-t" else "ro"
         elif argv[1] != "--bind":
             part, where = argv[1], argv[2]
             for name, data in self.trees.get(part, {}).items():
                 path = os.path.join(where, name)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
+                if isinstance(data, Link):
+                    os.symlink(data, path)
+                    continue
                 with open(path, "wb") as f:
                     f.write(data)
             self.mounted[where] = part
@@ -128,18 +143,55 @@ class FakeDisk:
         if part == "bind":
             os.unlink(where)
             os.mkdir(where)
+        elif part in ("tmpfs", "ro"):
+            # what was made on the tmpfs goes with it
+            for name in os.listdir(where):
+                full = os.path.join(where, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                else:
+                    os.unlink(full)
         elif part is not None:
             tree = self.trees.setdefault(part, {})
-            for base, _, files in os.walk(where):
-                for name in files:
+            for base, dirs, files in os.walk(where):
+                for name in files + dirs:
                     path = os.path.join(base, name)
-                    with open(path, "rb") as f:
-                        tree[os.path.relpath(path, where)] = f.read()
+                    if os.path.islink(path):
+                        tree[os.path.relpath(path, where)] = Link(
+                            os.readlink(path))
+                    elif name in files:
+                        with open(path, "rb") as f:
+                            tree[os.path.relpath(path, where)] = f.read()
             for name in os.listdir(where):
-                shutil.rmtree(os.path.join(where, name))
+                full = os.path.join(where, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                else:
+                    os.unlink(full)
         return self.ok(argv)
 
+    def mknod(self, argv: Sequence[str]) -> ProcessResult:
+        return self.ok(argv)
+
+    def setpriv(self, argv: Sequence[str]) -> ProcessResult:
+        rest = list(argv[1:])
+        assert rest[:2] == ["--bounding-set", ",".join(
+            "-" + c for c in image.DROPPED_CAPABILITIES)], argv
+        assert rest[2:4] == ["--", "chroot"], argv
+        return self.chroot(rest[3:])
+
     def chroot(self, argv: Sequence[str]) -> ProcessResult:
+        self.chroots.append(tuple(argv))
+        # the chroot is sealed when the image's tools run
+        root = argv[1]
+        dev = os.path.join(root, "dev")
+        self.dev_seen = sorted(
+            os.path.relpath(os.path.join(base, n), dev)
+            for base, dirs, files in os.walk(dev) for n in dirs + files)
+        for name, kind in (("dev", "tmpfs"), ("proc", "ro"), ("sys", "ro"),
+                           ("run", "tmpfs")):
+            assert self.mounted.get(os.path.join(root, name)) == kind, \
+                (name, self.mounted)
         root, tool = argv[1], argv[2]
         if tool in self.failing:
             return self.ok(argv, code=1,
@@ -154,18 +206,15 @@ class FakeDisk:
             f.write(b"written by " + tool.encode())
         return self.ok(argv)
 
-    def cp(self, argv: Sequence[str]) -> ProcessResult:
-        assert tuple(argv[1:3]) == ("-rL", "--"), argv
-        source, target = argv[3], argv[4]
-        shutil.copytree(source, target, dirs_exist_ok=True)
-        return self.ok(argv)
-
     def lsblk(self, argv: Sequence[str]) -> ProcessResult:
-        return self.ok(argv, load("uefi", "lsblk-vda.txt"))
+        return self.ok(argv, self.lsblk_out)
 
     def blkid(self, argv: Sequence[str]) -> ProcessResult:
         name = os.path.basename(argv[-1])
-        return self.ok(argv, load("uefi", f"blkid-{name}.txt"))
+        try:
+            return self.ok(argv, load("uefi", f"blkid-{name}.txt"))
+        except OSError:
+            return self.ok(argv, code=2)
 
     def efibootmgr(self, argv: Sequence[str]) -> ProcessResult:
         if "-c" in argv:
@@ -177,6 +226,66 @@ class FakeDisk:
         return self.ok(argv, self.listing)
 
 
+class RecordingRunner(FakeProcessRunner):
+    """Records the environment each tool was given, too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envs: list[tuple[tuple[str, ...], dict[str, str]]] = []
+
+    def run(self, argv: Sequence[str], timeout: float = 60.0,
+            check: bool = True, stdin: bytes | None = None,
+            env: Any = None) -> Any:
+        self.envs.append((tuple(argv), dict(env or {})))
+        return super().run(argv, timeout, check, stdin, env)
+
+
+class ThreadsAtOnce:
+    """A reactor whose thread pool runs work at once (synchronous tests)."""
+
+    def getThreadPool(self) -> Any:
+        return self
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *a: Any,
+                                 **kw: Any) -> None:
+        try:
+            result = func(*a, **kw)
+        except BaseException as e:
+            onResult(False, Failure(e))
+        else:
+            onResult(True, result)
+
+    def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+
+def fake_sys_block(case: SynchronousTestCase, disks: dict[str, list[str]],
+                   holders: dict[str, str] | None = None) -> str:
+    """A /sys/class/block: each disk (major 254) with its partitions, and
+    holder devices' partitions (``{partition: holder}``)."""
+    top = case.mktemp()
+    minor = 0
+    for disk, parts in disks.items():
+        os.makedirs(os.path.join(top, disk))
+        with open(os.path.join(top, disk, "dev"), "w") as f:
+            f.write(f"254:{minor}\n")
+        for part in parts:
+            minor += 1
+            os.makedirs(os.path.join(top, disk, part))
+            for name, text in (("dev", f"254:{minor}\n"),
+                               ("partition", "1\n")):
+                with open(os.path.join(top, disk, part, name), "w") as f:
+                    f.write(text)
+            os.symlink(os.path.join(disk, part), os.path.join(top, part))
+        minor += 16
+    for part, holder in (holders or {}).items():
+        os.makedirs(os.path.join(top, holder, part), exist_ok=True)
+        with open(os.path.join(top, holder, part, "partition"), "w") as f:
+            f.write("1\n")
+        os.symlink(os.path.join(holder, part), os.path.join(top, part))
+    return top
+
+
 CSV_LOADER = {
     "EFI/debian/BOOTX64.CSV":
         "grubx64.efi,Debian from CSV,,This is the boot entry for Debian "
@@ -186,13 +295,16 @@ CSV_LOADER = {
 ROOT_PARTUUID = "613f0ec2-5f72-4587-a446-475fdcac8bc0"  # vda2's
 
 
-class InstallBootloaderUefiTests(SynchronousTestCase):
+class BootloaderCase(SynchronousTestCase):
     """image.install_bootloader on a UEFI machine, its tools faked."""
 
     def setUp(self) -> None:
         self.patch(image, "uefi_firmware", lambda: True)
-        self.process = FakeProcessRunner()
-        self.context = AgentContext(config=load_config({}), reactor=None,
+        self.process = RecordingRunner()
+        self.sys_block = fake_sys_block(self, {"vda": ["vda1", "vda2"]})
+        self.patch(image, "SYS_BLOCK", self.sys_block)
+        self.context = AgentContext(config=load_config({}),
+                                    reactor=ThreadsAtOnce(),
                                     process=self.process,
                                     guard=DeviceGuard(None))
         self.hardware = HardwareManagers([
@@ -210,8 +322,12 @@ class InstallBootloaderUefiTests(SynchronousTestCase):
         return self.successResultOf(result.wait())
 
     def calls(self, tool: str) -> list[tuple[str, ...]]:
+        if tool == "chroot":    # run through setpriv: what follows it
+            return [c[5:] for c in self.process.calls if c[0] == "setpriv"]
         return [c[1:] for c in self.process.calls if c[0] == tool]
 
+
+class InstallBootloaderUefiTests(BootloaderCase):
     def test_whole_disk_image_entry_from_the_csv(self) -> None:
         FakeDisk(self.process, {"/dev/vda1": dict(CSV_LOADER)})
         result = self.install(root_uuid="0x00000000")
@@ -303,7 +419,8 @@ class InstallBootloaderUefiTests(SynchronousTestCase):
         result = self.install(root_uuid=ROOT_PARTUUID)
         self.assertEqual(result.status, "SUCCEEDED", result.error)
         self.assertEqual(self.calls("chroot"), [])
-        self.assertIn(("-rL", "--"), [c[:2] for c in self.calls("cp")])
+        self.assertEqual(self.calls("cp"), [])
+        self.assertEqual(disk.trees["/dev/vda1"], dict(CSV_LOADER))
         self.assertEqual(self.calls("efibootmgr")[-1][7:9],
                          ("-L", "Debian from CSV"))
         self.assertEqual(disk.mounted, {})
@@ -357,3 +474,126 @@ class InstallBootloaderUefiTests(SynchronousTestCase):
                 self.runner.execute("image.install_bootloader", params)
         self.assertEqual(self.process.calls, [])
         self.assertEqual(self.runner.list(), [])
+
+
+class SealedChrootTests(BootloaderCase):
+    """What the image's own tools see, and what the image can make the
+    agent mount or copy (issue 12, items 9 and 10)."""
+
+    def test_the_chroot_has_a_private_dev(self) -> None:
+        disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {}})
+        result = self.install(root_uuid=ROOT_PARTUUID)
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        root = disk.chroots[0][1]
+        mounts = self.calls("mount")
+        # the ramdisk's /dev is never bound in; a tmpfs with only...
+        self.assertNotIn(("--bind", "/dev", f"{root}/dev"), mounts)
+        self.assertIn(("-t", "tmpfs", "-o", "mode=0755,nosuid,noexec,size=4m",
+                       "ipa-dev", f"{root}/dev"), mounts)
+        nodes = {c[2][len(root) + 5:]: c[3:] for c in self.calls("mknod")}
+        self.assertEqual(nodes, {
+            "null": ("c", "1", "3"), "zero": ("c", "1", "5"),
+            "full": ("c", "1", "7"), "random": ("c", "1", "8"),
+            "urandom": ("c", "1", "9"), "tty": ("c", "5", "0"),
+            # ...the install disk and its own partitions (sysfs numbers)
+            "vda": ("b", "254", "0"), "vda1": ("b", "254", "1"),
+            "vda2": ("b", "254", "2")})
+        self.assertIn(f"disk/by-partuuid/{ROOT_PARTUUID}", disk.dev_seen)
+        self.assertIn("disk/by-uuid/F064-641A", disk.dev_seen)
+        for fs in ("proc", "sys"):
+            self.assertIn(("-o", "bind,ro", f"/{fs}", f"{root}/{fs}"),
+                          mounts)
+        self.assertIn(("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev,size=16m",
+                       "ipa-run", f"{root}/run"), mounts)
+        # os-prober off, capabilities dropped, for every tool of the image
+        runs = [(argv, env) for argv, env in self.process.envs
+                if argv[0] == "setpriv"]
+        self.assertEqual(len(runs), 3)
+        for argv, env in runs:
+            self.assertEqual(argv[:5], (
+                "setpriv", "--bounding-set",
+                "-mknod,-sys_admin,-sys_module,-sys_rawio,-sys_boot,"
+                "-sys_ptrace", "--", "chroot"))
+            self.assertEqual(env.get("GRUB_DISABLE_OS_PROBER"), "true")
+        self.assertEqual(disk.mounted, {})
+
+    def test_a_holder_on_another_disk_is_not_mounted(self) -> None:
+        # md0 is built on vda and another disk: its partition is listed
+        # under vda by lsblk, but is not vda's
+        self.patch(image, "SYS_BLOCK", fake_sys_block(
+            self, {"vda": ["vda1", "vda2"]}, holders={"md0p1": "md0"}))
+        self.context.guard = DeviceGuard(
+            ["/dev/vda"], sys_block=image.SYS_BLOCK)
+        disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/md0p1": {}},
+                        lsblk="vda disk\nvda1 part\nvda2 part\nmd0 raid1\n"
+                              "md0p1 part\n")
+        blkid = disk.blkid
+
+        def holder_blkid(argv: Sequence[str]) -> ProcessResult:
+            if argv[-1] == "/dev/md0p1":
+                return disk.ok(argv, "PART_ENTRY_UUID=4d0e1d9a-0000-4000-"
+                                     "8000-000000000001\n")
+            return blkid(argv)
+
+        self.process.handlers["blkid"] = holder_blkid
+        result = self.install(
+            root_uuid="4d0e1d9a-0000-4000-8000-000000000001")
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "DeviceNotAllowed")
+        self.assertIn("/dev/md0p1", result.error["details"])
+        self.assertNotIn("/dev/md0p1", [c[0] for c in self.calls("mount")])
+        self.assertEqual(disk.mounted, {})
+
+    def test_an_image_dev_that_is_a_link_is_not_mounted_over(self) -> None:
+        disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {
+            "dev": Link("/"), "boot/grub/.keep": b""}})
+        result = self.install(root_uuid=ROOT_PARTUUID)
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "BootloaderError")
+        self.assertIn("the image's /dev is not a directory",
+                      result.error["details"])
+        targets = [c[-1] for c in self.calls("mount")]
+        self.assertFalse([t for t in targets if t.endswith("/dev")], targets)
+        self.assertEqual(self.calls("chroot"), [])
+        self.assertEqual(disk.mounted, {})
+
+    def test_esp_content_links_are_resolved_in_the_image(self) -> None:
+        # an absolute link means the image's file, not the ramdisk's
+        disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {
+            "boot/efi/EFI/BOOT/BOOTX64.EFI": Link(
+                "/usr/lib/shim/shimx64.efi.signed"),
+            "boot/efi/EFI/BOOT/fb.efi": Link("../../../../usr/lib/shim/"
+                                             "fbx64.efi"),
+            "usr/lib/shim/shimx64.efi.signed": b"MZ the image's shim",
+            "usr/lib/shim/fbx64.efi": b"MZ the image's fallback"}})
+        result = self.install(root_uuid=ROOT_PARTUUID)
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual(disk.trees["/dev/vda1"], {
+            "EFI/BOOT/BOOTX64.EFI": b"MZ the image's shim",
+            "EFI/BOOT/fb.efi": b"MZ the image's fallback"})
+        self.assertEqual(self.calls("chroot"), [])
+
+    def test_esp_content_linking_out_of_the_image_is_refused(self) -> None:
+        secret = self.mktemp()
+        with open(secret, "wb") as f:
+            f.write(b"ramdisk secret")
+        for link, why in (
+                (Link(os.path.abspath(secret)), "not in the image"),
+                (Link("/proc/cmdline"), "not in the image"),
+                (Link("../../../../../../.." + os.path.abspath(secret)),
+                 "leads out of the image")):
+            self.process.calls.clear()
+            disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {
+                "boot/efi/EFI/BOOT/BOOTX64.EFI": b"MZ",
+                "boot/efi/EFI/BOOT/leak": link}})
+            result = self.install(root_uuid=ROOT_PARTUUID)
+            self.assertEqual(result.status, "FAILED", link)
+            self.assertEqual(result.error["type"], "BootloaderError")
+            self.assertIn("the image's /boot/efi cannot be copied: "
+                          "/boot/efi/EFI/BOOT/leak", result.error["details"])
+            self.assertIn(why, result.error["details"])
+            # nothing left on the ESP, nothing of the ramdisk anywhere
+            self.assertEqual(disk.trees["/dev/vda1"], {})
+            self.assertEqual(disk.mounted, {})
+            self.assertEqual(self.calls("chroot"), [])
+

@@ -66,14 +66,26 @@ class PrecedenceTests(SynchronousTestCase):
         self.assertTrue(c.insecure and c.debug)
 
     def test_describe_masks_secrets(self) -> None:
-        c = cfg.load_config({"agent_token": "supersecret123"})
+        c = cfg.load_config({"agent_token": "supersecret123" * 3})
         text = "\n".join(c.describe())
         self.assertNotIn("supersecret123", text)
         self.assertIn("agent_token = '***'", text)
 
-    def test_allowlist(self) -> None:
-        c = cfg.load_config(cmdline="ipa-device-allowlist=/dev/loop3,/dev/loop4")
-        self.assertEqual(c.device_allowlist, ["/dev/loop3", "/dev/loop4"])
+    def test_token_from_a_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("  " + "k" * 43 + "\n")
+        c = cfg.load_config({"agent_token_file": path, "standalone": True})
+        self.assertEqual(c.agent_token, "k" * 43)
+        self.assertEqual(c.source("agent_token"), f"file {path}")
+        c = cfg.load_config(cmdline=f"ipa-agent-token-file={path}")
+        self.assertEqual(c.agent_token, "k" * 43)
+        ini = self.mktemp()
+        with open(ini, "w") as f:
+            f.write(f"[DEFAULT]\nagent_token_file = {path}\n")
+        c = cfg.load_config(config_files=[ini])
+        self.assertEqual(c.agent_token, "k" * 43)
+
 
 
 class BadValueTests(SynchronousTestCase):
@@ -125,6 +137,36 @@ class BadValueTests(SynchronousTestCase):
         with self.assertRaises(cfg.ConfigError) as cm:
             cfg.load_config({"agent_token": "short"})
         self.assertNotIn("short'", str(cm.exception))
+
+    def test_token_file_errors_are_one_line(self) -> None:
+        missing = self.mktemp()
+        self.check(f"cannot read option agent-token-file {missing} "
+                   f"(command line --agent-token-file): No such file",
+                   cli={"agent_token_file": missing})
+        empty = self.mktemp()
+        open(empty, "w").close()
+        self.check("is empty", cli={"agent_token_file": empty})
+        short = self.mktemp()
+        with open(short, "w") as f:
+            f.write("tooShortToken\n")
+        self.check(f"agent-token (file {short}): 13 characters, must be 32 "
+                   f"or more", cli={"agent_token_file": short})
+        self.check("exclude each other", cli={"agent_token_file": short,
+                                              "agent_token": "t" * 40})
+
+    def test_allowlist(self) -> None:
+        c = cfg.load_config(cmdline="ipa-device-allowlist=/dev/loop3,/dev/loop4")
+        self.assertEqual(c.device_allowlist, ["/dev/loop3", "/dev/loop4"])
+
+    def test_a_token_has_32_characters_or_more(self) -> None:
+        # Ironic's are 43 (secrets.token_urlsafe()); 31 is refused
+        self.check("agent-token (kernel parameter ipa-agent-token): 31 "
+                   "characters, must be 32 or more",
+                   cmdline="ipa-agent-token=" + "a" * 31)
+        self.check("agent-token (command line --agent-token): 12 "
+                   "characters", cli={"agent_token": "abcdefghijkl"})
+        self.assertEqual(cfg.load_config({"agent_token": "a" * 32}
+                                         ).agent_token, "a" * 32)
 
 
 class OptionsTests(SynchronousTestCase):

@@ -101,6 +101,57 @@ class ExtensionTests(SynchronousTestCase):
         # journald answered: /var/log is not packed
         self.assertFalse(any(n.startswith("var/log") for n in names))
 
+    def collect(self, context: AgentContext) -> dict[str, bytes]:
+        self.runner = CommandRunner({"log": LogExtension(context)})
+        result = self.run_("log.collect_system_logs")
+        self.assertEqual(result.status, "SUCCEEDED")
+        raw = base64.b64decode(result.result["system_logs"])
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            return {m.name: tar.extractfile(m).read()  # type: ignore
+                    for m in tar.getmembers()}
+
+    def test_collected_logs_hold_no_secret_option(self) -> None:
+        # every spelling of every secret option, as the tools print them
+        token = "T0ken-" + "q" * 40
+        context = AgentContext(
+            config=load_config({"agent_token": token,
+                                "image_server_user": "alice",
+                                "image_server_password": "s3cr3t pass"}),
+            reactor=Reactor(), process=self.process, guard=DeviceGuard(None))
+        self.process.add("ps", (
+            f"root 1 0.3 twistd --nodaemon ipa --agent-token {token} "
+            f"--listen-host 127.0.0.1\n"
+            f"root 2 0.0 ipa --agent-token={token[:-1]} --image-server-user "
+            f"bob --image-server-password='an0ther pass'\n"))
+        self.process.add("dmesg", (
+            f"[    0.000000] Command line: BOOT_IMAGE=/vmlinuz "
+            f"ipa-agent-token={token}X ipa-api-url=http://k:6385 quiet\n"))
+        self.process.add("journalctl", (
+            "agent_token = from-an-ini-file\n"
+            "image_server_password=s3cr3t pass\n"
+            '{"image_server_password": "json-pass"}\n'
+            "GET /v1/commands?wait=true&agent_token=from-a-query&x=1\n"))
+        texts = self.collect(context)
+        everything = b"\n".join(texts.values())
+        for secret in (token[:-1], "s3cr3t", "alice", "bob", "an0ther",
+                       "from-an-ini-file", "json-pass", "from-a-query"):
+            self.assertNotIn(secret.encode(), everything)
+        # what is not secret stays
+        self.assertIn(b"--listen-host 127.0.0.1", texts["ps"])
+        self.assertIn(b"ipa-api-url=http://k:6385 quiet", texts["dmesg"])
+        self.assertIn(b"ipa-agent-token=*** ", texts["dmesg"])
+        self.assertIn(b"&x=1", texts["journal"])
+
+    def test_collected_logs_hold_not_the_token_ironic_gave(self) -> None:
+        issued = "issued" + "Z" * 37
+        context = AgentContext(
+            config=load_config({}), reactor=Reactor(), process=self.process,
+            guard=DeviceGuard(None), current_token=lambda: issued)
+        self.process.add("journalctl", f"something printed {issued}\n")
+        texts = self.collect(context)
+        self.assertNotIn(issued.encode(), texts["journal"])
+        self.assertEqual(texts["journal"], b"something printed ***\n")
+
     def test_power_off_runs_the_configured_command(self) -> None:
         self.process.add("my-poweroff")
         result = self.run_("standby.power_off")

@@ -1,19 +1,17 @@
 """The image pipeline end to end on this machine's loopback: formats
-(raw, gzip, xz, bzip2, zstd, qcow2), refusals, resumable downloads against
-a server that drops, stalls or ignores ranges.  The "disk" is a file."""
+(raw, qcow2), refusals, resumable downloads against a server that drops
+the connection or ignores ranges.  The "disk" is a file.  (Compressed
+formats and a real stall take seconds: they are in
+tests/integration/test_image_pipeline_slow.py.)"""
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import lzma
 import os
 import shutil
 import subprocess
 from typing import Any
 
-import zstandard
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -78,7 +76,12 @@ class Files(Resource):
         cut = rule.pop("drop_at", None)
         if cut is not None:
             request.write(data[:cut - start])
-            request.transport.loseConnection()  # after sending that much
+            # close once that much is sent (the channel, registered as the
+            # transport's producer, would otherwise hold the close back
+            # and the "drop" became a stall)
+            transport = request.channel.transport
+            transport.unregisterProducer()
+            transport.loseConnection()
             return NOT_DONE_YET
         stall = rule.pop("stall_at", None)
         if stall is not None:
@@ -136,23 +139,6 @@ class PipelineTests(_PipelineBase):
         self.assertEqual((result.detected, result.written, result.attempts),
                          ("raw", len(RAW), 1))
         self.assertEqual(self.disk_bytes(len(RAW)), RAW)
-
-    async def test_compressed_raw(self) -> None:
-        packed = {
-            "gzip": gzip.compress(RAW[:3 * MiB]) + gzip.compress(RAW[3 * MiB:]),
-            "xz": lzma.compress(RAW),
-            "bzip2": bz2.compress(RAW),
-            "zstd": zstandard.ZstdCompressor().compress(RAW),
-        }
-        for kind, data in packed.items():
-            with open(self.disk, "r+b") as f:
-                f.write(bytes(len(RAW)))
-            result = await self.write(self.serve(f"disk.{kind}", data))
-            self.assertEqual(result.detected, kind)
-            # the checksum is the compressed file's
-            self.assertEqual(result.digest, hashlib.sha256(data).hexdigest())
-            self.assertEqual(result.written, len(RAW), kind)
-            self.assertEqual(self.disk_bytes(len(RAW)), RAW, kind)
 
     def qcow2(self, *options: str, grow: bool = False) -> bytes:
         if shutil.which("qemu-img") is None:
@@ -226,13 +212,6 @@ class PipelineTests(_PipelineBase):
                                              ignore_range=True))
         self.assertEqual(result.attempts, 2)
         self.assertEqual(result.digest, hashlib.sha256(RAW).hexdigest())
-        self.assertEqual(self.disk_bytes(len(RAW)), RAW)
-        self.flushLoggedErrors()
-
-    async def test_stall_is_cut_and_resumed(self) -> None:
-        result = await self.write(self.serve("disk.img", RAW,
-                                             stall_at=1 * MiB))
-        self.assertEqual(result.attempts, 2)
         self.assertEqual(self.disk_bytes(len(RAW)), RAW)
         self.flushLoggedErrors()
 

@@ -22,6 +22,7 @@ from ipa_twisted.config import load_config
 from ipa_twisted.context import AgentContext
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManager, HardwareManagers
+from ipa_twisted.image import partition_image
 from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
 
 IMAGE = b"\x00" * 440 + b"\x78\x56\x34\x12" + os.urandom(2 * 1024 * 1024)
@@ -62,6 +63,10 @@ class TestStandby(StandbyExtension):
 class Generic(HardwareManager):
     def evaluate_hardware_support(self) -> int:
         return 1
+
+    def get_deploy_steps(self, node: Any, ports: Any) -> list[Any]:
+        return [{"step": "write_image", "priority": 0, "interface": "deploy",
+                 "reboot_requested": False}]
 
     async def write_image(self, node: Any, ports: Any, image_info: Any,
                           configdrive: Any = None) -> Any:
@@ -186,6 +191,22 @@ class StandbyTests(TestCase):
                 self.runner.execute("standby.prepare_image",
                                     {"image_info": info})
         self.assertEqual(self.runner.list(), [])
+
+    async def test_ephemeral_format_is_a_known_filesystem(self) -> None:
+        await self._init()
+        partition = self.info(image_type="partition", root_mb=10, swap_mb=0,
+                              ephemeral_mb=10, preserve_ephemeral=False)
+        for fmt in ("ext4 -E root_owner=0:0", "-V", "../../bin/sh",
+                    "ext4;reboot", ["ext4"], 4):
+            with self.assertRaises(errors.InvalidCommandParamsError) as cm:
+                self.runner.execute("standby.prepare_image", {
+                    "image_info": dict(partition, ephemeral_format=fmt)})
+            self.assertIn("ephemeral_format must be one of ext2, ext3, ext4",
+                          str(cm.exception))
+        self.assertEqual(self.runner.list(), [])
+        self.assertEqual(self.context.process.calls, [])  # type: ignore
+        for fmt in ("ext4", "xfs", "vfat", None):
+            partition_image.check_fields(dict(partition, ephemeral_format=fmt))
 
     async def test_deploy_step_validation_fails_the_command(self) -> None:
         step = {"step": "write_image", "args": {"image_info": {"id": "x"}}}

@@ -116,22 +116,71 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(self.fake.ran, [])
 
     def test_unexpected_exception_is_wrapped(self) -> None:
-        result = self.run_cmd("service.execute_service_step",
+        result = self.run_cmd("clean.execute_clean_step",
                               step={"step": "only_here"}, node={}, ports=[])
         self.assertEqual(result.status, "FAILED")
-        self.assertEqual(result.error["type"], "ServicingError")
+        self.assertEqual(result.error["type"], "CleaningError")
         self.assertEqual(result.error["details"],
-                         "Unexpected exception performing service step "
+                         "Unexpected exception performing clean step "
                          "only_here. RuntimeError: disk exploded")
         self.flushLoggedErrors()
 
     def test_unknown_step(self) -> None:
         result = self.run_cmd("clean.execute_clean_step",
-                              step={"step": "broken_step"}, node={}, ports=[])
+                              step={"step": "no_such_step"}, node={},
+                              ports=[])
         self.assertEqual(result.status, "FAILED")
-        self.assertEqual(result.error["type"], "HardwareManagerMethodNotFound")
+        self.assertEqual(result.error["type"], "InvalidCommandParamsError")
+        self.assertIn("'no_such_step' was not advertised by get_clean_steps "
+                      "(advertised: fake_clean, only_here)",
+                      result.error["details"])
+
+    def test_only_advertised_steps_run(self) -> None:
+        # methods the managers have, that no get_*_steps advertised: a
+        # helper, a method of the manager interface, a clean step asked
+        # for as a service step
+        for command, step in (
+                ("clean.execute_clean_step", "broken_step"),
+                ("clean.execute_clean_step", "full_sync"),
+                ("clean.execute_clean_step", "list_hardware_info"),
+                ("deploy.execute_deploy_step", "fake_clean"),
+                ("service.execute_service_step", "only_here")):
+            result = self.run_cmd(command, step={"step": step}, node={},
+                                  ports=[])
+            self.assertEqual(result.status, "FAILED", (command, step))
+            self.assertEqual(result.error["type"],
+                             "InvalidCommandParamsError")
+            self.assertIn(f"{step!r} was not advertised",
+                          result.error["details"])
+        self.assertEqual(self.fake.ran, [])
+
+    def test_a_step_runs_on_the_manager_that_advertised_it(self) -> None:
+        # the better-supported manager has a method of the same name but
+        # did not advertise it: Mainline's step runs, not that method
+        class Shadow(FakeHardwareManager):
+            def only_here(self, node: Any, ports: Any, **kw: Any) -> str:
+                self.ran.append(("only_here", kw))
+                return "the wrong one"
+
+        shadow = Shadow()
+        agent = Agent(HardwareManagers([Mainline(), shadow]))
+        runner = CommandRunner({"clean": CleanExtension(agent)})
+        result = self.successResultOf(runner.execute(
+            "clean.execute_clean_step", {"step": {"step": "only_here"},
+                                         "node": {}, "ports": []}).wait())
         self.assertEqual(result.error["details"],
-                         "Could not find method: broken_step")
+                         "Unexpected exception performing clean step "
+                         "only_here. RuntimeError: disk exploded")
+        self.assertEqual(shadow.ran, [])
+        self.flushLoggedErrors()
+
+    def test_step_args_must_be_an_object(self) -> None:
+        result = self.run_cmd("clean.execute_clean_step",
+                              step={"step": "fake_clean", "args": ["x"]},
+                              node={}, ports=[])
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "InvalidCommandParamsError")
+        self.assertEqual(self.fake.ran, [])
 
     def test_missing_or_unknown_argument_is_a_typeerror(self) -> None:
         """What Ironic's _raise_if_typeerror looks for (IPA raises a

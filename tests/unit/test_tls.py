@@ -97,3 +97,115 @@ def handshake(options: object, client_max: int) -> str | None:
         except (SSL.WantReadError, SSL.Error):
             continue
     return None
+
+
+def client_handshake(policy: object, server_max: int,
+                     cert: tls.GeneratedCertificate,
+                     host: bytes = b"127.0.0.1") -> tuple[str | None, str]:
+    """Our client (``policy``, through Twisted's TLS protocol as the agent
+    uses it) against an in-memory server that speaks at most
+    ``server_max``: (version agreed or None, what went wrong)."""
+    from twisted.internet import ssl
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    private = ssl.PrivateCertificate.loadPEM(cert.key_pem + "\n"
+                                             + cert.cert_pem)
+    sctx = SSL.Context(SSL.TLS_METHOD)
+    sctx.use_certificate(private.original)
+    sctx.use_privatekey(private.privateKey.original)
+    sctx.set_max_proto_version(server_max)
+    server = SSL.Connection(sctx, None)
+    server.set_accept_state()
+    creator = policy.creatorForNetloc(host, 443)  # type: ignore
+    factory = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol))
+    client = factory.buildProtocol(None)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    errors = []
+    for _ in range(20):
+        data = transport.value()
+        transport.clear()
+        if data:
+            server.bio_write(data)
+        try:
+            server.do_handshake()
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as e:
+            errors.append(f"server: {e}")
+        try:
+            out = server.bio_read(65536)
+        except SSL.WantReadError:
+            out = b""
+        if out:
+            client.dataReceived(out)
+        reason = getattr(client, "_reason", None)
+        if reason is not None:
+            errors.append(f"client: {reason.value}")
+        if errors:
+            return None, "; ".join(errors)
+        if not data and not out:
+            break
+    tls_connection = client._tlsConnection  # type: ignore[attr-defined]
+    if tls_connection is None or client._handshakeDone is False:
+        return None, "no handshake"
+    return tls_connection.get_protocol_version_name(), ""
+
+
+class ClientPolicyTests(SynchronousTestCase):
+    """Outbound TLS honours tls_min_version however verification is set
+    up (it used to apply only with a CA file or a client certificate)."""
+
+    def setUp(self) -> None:
+        self.cert = tls.generate_certificate("127.0.0.1", "server")
+        self.cafile = self.mktemp()
+        with open(self.cafile, "w") as f:
+            f.write(self.cert.cert_pem)
+
+    def assertVersionRefused(self, policy: object) -> None:
+        version, error = client_handshake(policy, SSL.TLS1_2_VERSION,
+                                          self.cert)
+        self.assertIsNone(version)
+        # refused for the version, not for the certificate
+        self.assertRegex(error, r"(?i)protocol|version")
+        self.assertNotIn("certificate verify failed", error)
+
+    def test_minimum_13_refuses_a_12_server_with_a_ca_file(self) -> None:
+        self.assertVersionRefused(tls.client_policy(cafile=self.cafile,
+                                                    min_version="1.3"))
+        version, _ = client_handshake(
+            tls.client_policy(cafile=self.cafile, min_version="1.2"),
+            SSL.TLS1_2_VERSION, self.cert)
+        self.assertEqual(version, "TLSv1.2")
+
+    def test_minimum_13_refuses_a_12_server_without_a_ca_file(self) -> None:
+        self.assertVersionRefused(tls.client_policy(min_version="1.3"))
+        self.assertVersionRefused(tls.client_policy(insecure=True,
+                                                    min_version="1.3"))
+        version, _ = client_handshake(
+            tls.client_policy(insecure=True, min_version="1.2"),
+            SSL.TLS1_2_VERSION, self.cert)
+        self.assertEqual(version, "TLSv1.2")
+
+    def test_lookup_raises_the_minimum_never_lowers_it(self) -> None:
+        policy = tls.client_policy(cafile=self.cafile)
+        self.assertTrue(policy.apply("1.3", None))
+        self.assertVersionRefused(policy)
+        self.assertFalse(policy.apply("1.2", None))
+        self.assertEqual(policy.min_version, "1.3")
+        version, _ = client_handshake(policy, SSL.TLS1_3_VERSION, self.cert)
+        self.assertEqual(version, "TLSv1.3")
+
+    def test_configured_ciphers_apply_to_tls12(self) -> None:
+        # the server's key is EC: an RSA-only cipher list cannot agree
+        policy = tls.client_policy(cafile=self.cafile,
+                                   ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+        version, error = client_handshake(policy, SSL.TLS1_2_VERSION,
+                                          self.cert)
+        self.assertIsNone(version)
+        self.assertIn("handshake failure", error)
+        self.assertTrue(policy.apply(None, "ECDHE-ECDSA-AES128-GCM-SHA256"))
+        version, _ = client_handshake(policy, SSL.TLS1_2_VERSION, self.cert)
+        self.assertEqual(version, "TLSv1.2")

@@ -22,6 +22,9 @@ from ipa_twisted import config, tools
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
+#: tools that run the tool named after their ``--``
+WRAPPERS = {"setpriv"}
+
 #: calls whose positional arguments may be an argv
 RUN_CALLS = {"run", "_run", "_optional", "sandboxed", "Popen",
              "check_output", "check_call"}
@@ -106,6 +109,14 @@ class Scan:
             for arg in call.args:
                 self._argv(module, arg, module.scope(call), where, 0)
 
+    def _wrapped(self, expr: ast.List | ast.Tuple, where: str) -> None:
+        words = [e.value if isinstance(e, ast.Constant) else None
+                 for e in expr.elts]
+        if "--" in words:
+            rest = words[words.index("--") + 1:]
+            if rest and isinstance(rest[0], str):
+                self.tools.setdefault(rest[0], set()).add(where)
+
     def _argv(self, module: _Module, expr: ast.AST, scope: ast.AST,
               where: str, depth: int, named: bool = False) -> None:
         """Read the tool out of ``expr``; ``named``: it is the value of a
@@ -119,6 +130,8 @@ class Scan:
             if isinstance(first, ast.Constant) and isinstance(first.value,
                                                               str):
                 self.tools.setdefault(first.value, set()).add(where)
+                if first.value in WRAPPERS:
+                    self._wrapped(expr, where)
             else:
                 self.dynamic.add(where)
         elif isinstance(expr, ast.BinOp):
@@ -193,11 +206,12 @@ class ScannerTests(SynchronousTestCase):
                     await run(["eta"], timeout=3)
                     if shutil.which("theta"):
                         pass
+                    await self._run(["setpriv", "--x", "--", "iota", "y"])
         """)
         self.assertEqual(
             set(scan.tools),
             {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta",
-             "theta"})
+             "theta", "setpriv", "iota"})
         self.assertEqual(scan.dynamic, set())
 
     def test_dynamic_argv_is_reported(self) -> None:
