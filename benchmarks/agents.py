@@ -328,6 +328,9 @@ class OurAgent:
         self.port = port
         flags = ["--standalone", "--agent-token", TOKEN,
                  "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+        for old in ("ours.log", "ours.stderr"):  # an earlier run's
+            if os.path.exists(os.path.join(work, old)):
+                os.unlink(os.path.join(work, old))
         if entry == "twistd":
             self.agent = h.Agent(cleanups, netns, work, device, None, flags,
                                  name="ours", env=env)
