@@ -127,10 +127,15 @@ TOOLS: tuple[Tool, ...] = (
     Tool("minfo", "mtools", "checking an ESP is a FAT filesystem", TEST),
     Tool("mmd", "mtools", "making ESPs", TEST),
     Tool("mtype", "mtools", "reading ESPs", TEST),
+    Tool("nginx", "nginx-light", "the deploy benchmark (serves images as "
+         "Ironic deployments do: sendfile)", TEST),
     Tool("partx", "util-linux", "reading partition tables", TEST),
     Tool("pkill", "procps", "stopping test processes", TEST),
     Tool("prlimit", "util-linux", "the agent under a low open-file limit",
          TEST),
+    Tool("py-spy", None, "the sampling part of the write-path profile "
+         "(benchmarks/profile_write.py; from PyPI: pip install py-spy)",
+         TEST, optional=True),
     Tool("qemu-img", "qemu-utils", "qcow2 images", TEST),
     Tool("qemu-io", "qemu-utils", "qcow2 images with compressed clusters",
          TEST),

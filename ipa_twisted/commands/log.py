@@ -12,9 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import os
-import tarfile
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
@@ -22,6 +21,9 @@ from twisted.logger import Logger
 from ipa_twisted.commands.base import Extension, sync_command
 from ipa_twisted.process import ProcessError
 from ipa_twisted.redact import scrub
+
+if TYPE_CHECKING:
+    import tarfile
 
 log = Logger()
 
@@ -43,6 +45,8 @@ COMMANDS: dict[str, list[str]] = {
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = int(mtime)
@@ -61,6 +65,8 @@ def build_tarball(outputs: dict[str, bytes], log_dir: str | None,
                   secrets: Iterable[str] = ()) -> str:
     """The tarball (base64) of ``outputs`` and the files of ``log_dir``,
     every secret option's value and every value of ``secrets`` scrubbed."""
+    import tarfile  # only when logs are collected: not held by an idle agent
+
     buf = io.BytesIO()
     now = time.time()
     secrets = list(secrets)

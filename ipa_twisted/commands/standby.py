@@ -5,6 +5,9 @@ the root device, hashing it on the way; nothing is staged in memory or on
 a temporary file.  A checksum mismatch or a failed write fails the command
 and wipes the start and end of the disk, so that a half-written image can
 never boot.
+
+The image pipeline, config drives and partition images are imported when
+a command needs them: an idle agent does not hold them (a test checks).
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
 from ipa_twisted.hardware.generic import validate_node_root_hints
 from ipa_twisted.image import checksum as checksums
-from ipa_twisted.image import configdrive as configdrive_mod
-from ipa_twisted.image import partition_image
-from ipa_twisted.image.writer import download_to_device
 from ipa_twisted.process import ProcessError
 
 log = Logger()
@@ -84,6 +84,8 @@ def validate_image_info(image_info: Any, md5_enabled: bool) -> None:
             )
     checksums.checksum_spec(image_info, md5_enabled)
     if image_info.get("image_type") == "partition":
+        from ipa_twisted.image import partition_image
+
         partition_image.check_fields(image_info)
 
 
@@ -189,6 +191,8 @@ class StandbyExtension(Extension):
                      dev=device)
         partitions = await self._after_write(device)
         if configdrive:
+            from ipa_twisted.image import configdrive as configdrive_mod
+
             drive = await configdrive_mod.fetch(self.agent, configdrive)
             part = await configdrive_mod.add_to_whole_disk(self.agent, device,
                                                            drive)
@@ -207,6 +211,8 @@ class StandbyExtension(Extension):
                                configdrive: Any, algo: str, expected: str
                                ) -> str:
         import platform
+
+        from ipa_twisted.image import partition_image
 
         paths, _, _, _ = await partition_image.prepare(
             self.agent, image_info, device, configdrive, self.agent.node,
@@ -258,6 +264,8 @@ class StandbyExtension(Extension):
                      ) -> None:
         """Stream the image onto ``device`` (a disk, or the root partition
         of a partition image); on failure wipe ``wipe`` (the disk)."""
+        from ipa_twisted.image.writer import download_to_device
+
         image_id = str(image_info["id"])
         try:
             result = await download_to_device(

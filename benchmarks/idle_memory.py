@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Idle memory: our agent against ironic-python-agent 13.0.0, in one run.
+
+Run as root from the repository root:
+
+    python benchmarks/idle_memory.py [--rounds 3] [--settle 5]
+
+Each round starts, one after the other and the same way
+(benchmarks/agents.py: in a private network namespace and the
+disk-masking sandbox, the only disk a loop device, serving their API on
+loopback, no Ironic): our agent by its console script
+``ipa-twisted-agent`` and by ``twistd ipa``, IPA 13.0.0 by its own, and a
+bare Klein app importing treq on the same interpreter (the floor of this
+stack).  Each is left alone ``--settle`` seconds, then its RSS (VmRSS)
+and PSS are read, and it is stopped.  Prints the medians and the ratios
+to IPA; the goal (issue 14) is at most 0.75x.  Also prints which of the
+modules that an idle agent does not need our agent imported, read from a
+``-X importtime`` trace of its start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                os.pardir))
+
+from benchmarks import agents  # noqa: E402
+from tests.integration import harness as h  # noqa: E402
+
+#: imported by an idle agent, they would be memory for nothing
+LAZY = ("zeroconf", "zstandard", "gzip", "tarfile", "hypothesis",
+        "unittest", "twisted.trial", "ipa_twisted.image.writer",
+        "ipa_twisted.image.pipeline", "ipa_twisted.image.qcow2",
+        "ipa_twisted.image.configdrive")
+
+
+def imported(stderr_path: str) -> set[str]:
+    """Module names in a ``-X importtime`` trace."""
+    names = set()
+    try:
+        with open(stderr_path, errors="replace") as f:
+            for line in f:
+                if line.startswith("import time:") and "|" in line:
+                    names.add(line.rsplit("|", 1)[1].strip())
+    except OSError:
+        pass
+    return names
+
+
+#: the floor: a bare Klein app that imports treq, served by twistd's
+#: reactor the same way (sandboxed, loopback)
+BARE = """
+import sys
+import treq  # noqa: F401  (what an agent's HTTP client costs)
+from klein import Klein
+from twisted.internet import endpoints, reactor
+from twisted.web.server import Site
+
+app = Klein()
+
+
+@app.route("/v1/status")
+def status(request):
+    return b"{}"
+
+
+endpoints.serverFromString(reactor, "tcp:%s:interface=127.0.0.1" %
+                           sys.argv[1]).listen(Site(app.resource()))
+print("listening", flush=True)
+reactor.run()
+"""
+
+
+class Bare:
+    name = "bare Klein + treq"
+
+    def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
+                 device: str, port: int) -> None:
+        import subprocess
+        import time
+
+        script = os.path.join(work, "bare.py")
+        with open(script, "w") as f:
+            f.write(BARE)
+        stubs = os.path.join(work, "stubs")
+        h.make_stubs(stubs)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "unshare", "--pid", "--mount",
+             "--fork", "--mount-proc", "--kill-child=SIGTERM", h.SANDBOX,
+             device, stubs, "--", sys.executable, script, str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        cleanups.add("bare app", self.stop)
+        started = time.monotonic()
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()
+        self.ready_after = time.monotonic() - started
+        pid = h.child_pid(self.proc.pid)
+        assert pid is not None
+        self.pid = pid
+
+    def stop(self) -> None:
+        h.stop_process(self.proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=5.0)
+    args = parser.parse_args()
+    try:
+        h.require_prerequisites()
+        h.ipa_venv()
+    except h.Unavailable as e:
+        print(f"benchmark cannot run here: {e}", file=sys.stderr)
+        return 2
+    cleanups = h.Cleanups()
+    kinds = ("ipa-twisted-agent", "twistd ipa", "ironic-python-agent",
+             "bare Klein + treq")
+    results: dict[str, list[tuple[int, int]]] = {k: [] for k in kinds}
+    try:
+        work = h.workdir(cleanups)
+        netns = h.make_netns(cleanups)
+        device = h.make_loop_device(cleanups, work, 5 * agents.GiB)
+        tmpdir = os.path.join(work, "ipa-tmp")
+        os.makedirs(tmpdir)
+        # unmeasured: what our agent imports (a -X importtime trace)
+        traced = agents.OurAgent(cleanups, netns, work, device, 9999,
+                                 env={"PYTHONPROFILEIMPORTTIME": "1"},
+                                 entry="ipa-twisted-agent")
+        traced.stop()
+        seen = imported(os.path.join(work, "ours.stderr"))
+        for n in range(args.rounds):
+            # rotate the order, so that order does not bias
+            order = kinds[n % len(kinds):] + kinds[:n % len(kinds)]
+            for kind in order:
+                agent: Any
+                if kind == "ipa-twisted-agent":
+                    agent = agents.OurAgent(cleanups, netns, work, device,
+                                            9999, entry=kind)
+                elif kind == "twistd ipa":
+                    agent = agents.OurAgent(cleanups, netns, work, device,
+                                            9999, entry="twistd")
+                elif kind == "ironic-python-agent":
+                    agent = agents.IPAAgent(cleanups, netns, work, device,
+                                            9998, tmpdir)
+                else:
+                    agent = Bare(cleanups, netns, work, device, 9997)
+                rss, pss = agents.idle_rss(agent.pid, args.settle)
+                results[kind].append((rss, pss))
+                print(f"  round {n + 1}: {kind:20s} idle RSS "
+                      f"{rss / 1024:5.1f} MiB, PSS {pss / 1024:5.1f} MiB "
+                      f"(up after {agent.ready_after:.1f} s)", flush=True)
+                agent.stop()
+    finally:
+        cleanups.run()
+
+    def med(kind: str, i: int) -> float:
+        return statistics.median(r[i] for r in results[kind]) / 1024
+
+    ipa = med("ironic-python-agent", 0)
+    print(f"idle memory, median of {args.rounds} (one run; the machine is "
+          f"shared, compare only within one run):")
+    for kind in kinds:
+        print(f"  {kind:20s} RSS {med(kind, 0):5.1f} MiB "
+              f"({med(kind, 0) / ipa:.2f}x IPA), PSS {med(kind, 1):5.1f} "
+              f"MiB ({med(kind, 1) / med('ironic-python-agent', 1):.2f}x)")
+    print(f"  goal: ours <= 0.75x IPA's RSS = {0.75 * ipa:.1f} MiB")
+    heavy = sorted(m for m in LAZY if m in seen)
+    print(f"  modules an idle agent need not hold, imported by ours "
+          f"(ipa-twisted-agent): {', '.join(heavy) if heavy else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""An idle agent does not hold what only some commands need.
+
+Memory matters in a ramdisk: the image pipeline (qcow2 reader, device
+sink, decompressors), config drives, partition images, log tarballs, mDNS
+and the optional codecs are imported when a command or an option needs
+them.  The agent's start-up runs here in a fresh interpreter (a
+subprocess: this test process has imported everything already), in
+standalone mode on a memory reactor with fake tools, until it serves;
+then its ``sys.modules`` is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+START = """
+import json, sys
+from twisted.internet.testing import MemoryReactorClock
+from ipa_twisted.agent import AgentService
+from ipa_twisted.config import load_config
+from ipa_twisted.testing import FakeProcessRunner
+
+reactor = MemoryReactorClock()
+config = load_config({"standalone": True, "agent_token": "t" * 40,
+                      "listen_host": "127.0.0.1"}, cmdline="")
+agent = AgentService(config, reactor, exit_on_fatal=False)
+agent.context.process = FakeProcessRunner()
+agent.startService()
+ready = []
+agent.when_ready().addBoth(ready.append)
+print(json.dumps({"ready": ready == [None], "outcome": repr(ready),
+                  "listening": len(reactor.tcpServers),
+                  "extensions": sorted(agent.context.extensions),
+                  "modules": sorted(sys.modules)}))
+"""
+
+#: what an idle agent must not have imported
+LAZY = (
+    "ipa_twisted.image.writer",
+    "ipa_twisted.image.pipeline",
+    "ipa_twisted.image.qcow2",
+    "ipa_twisted.image.sink",
+    "ipa_twisted.image.stream",
+    "ipa_twisted.image.configdrive",
+    "ipa_twisted.image.partition_image",
+    "tarfile",
+    "gzip",
+    "zeroconf",
+    "zstandard",
+    "hypothesis",
+)
+
+
+def idle_agent() -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-c", START], cwd=TOP, capture_output=True,
+        text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": TOP})
+    if result.returncode != 0:
+        raise AssertionError(f"the start-up script failed:\n"
+                             f"{result.stderr[-3000:]}")
+    answer: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+    return answer
+
+
+class IdleImportsTests(SynchronousTestCase):
+
+    def test_idle_agent_does_not_import_what_commands_need(self) -> None:
+        idle = idle_agent()
+        # it really started: serving, with the extensions that lazily
+        # import the write path loaded
+        self.assertTrue(idle["ready"], idle["outcome"])
+        self.assertEqual(idle["listening"], 1)
+        extensions = idle["extensions"]
+        assert isinstance(extensions, list)
+        self.assertIn("standby", extensions)
+        self.assertIn("log", extensions)
+        modules = idle["modules"]
+        assert isinstance(modules, list)
+        self.assertIn("ipa_twisted.commands.standby", modules)
+        self.assertEqual([m for m in LAZY if m in modules], [])
+
+
+OPTIONS = """
+import json, sys
+from ipa_twisted.cli import server_options
+
+options = server_options()()
+options.parseOptions(["--nodaemon", "--pidfile=", "ipa", "--standalone"])
+print(json.dumps({"command": options.subCommand,
+                  "options": type(options.subOptions).__module__,
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+class EntryPointTests(SynchronousTestCase):
+
+    def test_agent_entry_point_reads_no_other_plugin(self) -> None:
+        """``ipa-twisted-agent`` finds the ``ipa`` plugin without twistd's
+        scan of every plugin (which imports trial, words, cred...)."""
+        result = subprocess.run(
+            [sys.executable, "-c", OPTIONS], cwd=TOP, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        answer = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(answer["command"], "ipa")
+        self.assertEqual(answer["options"], "ipa_twisted.tap")
+        self.assertEqual([m for m in ("twisted.trial", "unittest",
+                                      "twisted.words", "twisted.cred.strcred")
+                          if m in answer["modules"]], [])
