@@ -125,13 +125,15 @@ class AgentService(MultiService):
             from treq.client import HTTPClient
             from twisted.web.client import Agent
 
+            from ipa_twisted.httpfetch import IdentityAgent
+
             pool = QuietPool(reactor, persistent=True)
             pool.maxPersistentPerHost = 4
             policy = tls.client_policy(config.insecure, config.cafile,
                                        config.certfile, config.keyfile,
                                        config.tls_min_version)
-            http = HTTPClient(Agent(reactor, contextFactory=policy,
-                                         pool=pool))
+            http = HTTPClient(IdentityAgent(Agent(
+                reactor, contextFactory=policy, pool=pool)))
             self._tls_policy: Any = policy
         else:
             self._tls_policy = None

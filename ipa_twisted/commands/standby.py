@@ -12,13 +12,13 @@ from __future__ import annotations
 import shlex
 from typing import Any, Mapping
 
-import treq
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
+from ipa_twisted.httpfetch import MiB, describe, get_bytes
 from ipa_twisted.image import checksum as checksums
 from ipa_twisted.image import configdrive as configdrive_mod
 from ipa_twisted.image import partition_image
@@ -27,6 +27,8 @@ from ipa_twisted.process import ProcessError
 
 log = Logger()
 
+#: The most of a checksums file read (one line per file of a directory).
+CHECKSUM_FILE_LIMIT = 16 * MiB
 
 
 def auth_headers(image_info: Mapping[str, Any], config: Any) -> dict[str, str]:
@@ -231,21 +233,20 @@ class StandbyExtension(Extension):
         assert spec.url is not None
         url = spec.url
         try:
-            d = self.agent.http.get(url)
-            d.addTimeout(self.agent.config.image_download_connection_timeout,
-                         self.agent.reactor)
-            response = await d
-            if response.code != 200:
-                raise errors.ImageDownloadError(
-                    str(image_info["id"]),
-                    f"checksum file {url} answered HTTP {response.code}")
-            text = (await treq.content(response)).decode("utf-8", "replace")
-        except errors.AgentError:
-            raise
+            response, body = await get_bytes(
+                self.agent.http, self.agent.reactor, url,
+                limit=CHECKSUM_FILE_LIMIT,
+                timeout=self.agent.config.image_download_connection_timeout)
         except Exception as e:
             raise errors.ImageDownloadError(
                 str(image_info["id"]),
-                f"cannot get the checksum file {url}: {e}") from None
+                f"cannot get the checksum file {url}: {describe(e)}"
+            ) from None
+        if response.code != 200:
+            raise errors.ImageDownloadError(
+                str(image_info["id"]),
+                f"checksum file {url} answered HTTP {response.code}")
+        text = body.decode("utf-8", "replace")
         digest = checksums.parse_checksum_file(text, image_info["urls"][0])
         algo = spec.algo or checksums.algo_for_digest(
             digest, self.agent.md5_enabled)
