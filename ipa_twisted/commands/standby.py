@@ -181,6 +181,10 @@ class StandbyExtension(Extension):
                 image_info, device, configdrive, expected_algo, expected)
             log.info(message)
             return message
+        # the config drive first: a bad one fails before the disk is
+        # touched (it is at most 64 MiB once decoded)
+        drive = (await configdrive_mod.fetch(self.agent, configdrive)
+                 if configdrive else None)
         if self.cached_image_id != image_id:
             await self._write(image_info, device, expected_algo, expected)
             self.cached_image_id = image_id
@@ -188,8 +192,7 @@ class StandbyExtension(Extension):
             log.info("image {id} is already on {dev}", id=image_id,
                      dev=device)
         partitions = await self._after_write(device)
-        if configdrive:
-            drive = await configdrive_mod.fetch(self.agent, configdrive)
+        if drive is not None:
             part = await configdrive_mod.add_to_whole_disk(self.agent, device,
                                                            drive)
             log.info("config drive on {part}", part=part)

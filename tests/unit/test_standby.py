@@ -297,6 +297,21 @@ class HostileImageTests(_StandbyBase):
         await self.next_command_runs()
         self.flushLoggedErrors()
 
+    async def test_config_drive_bomb_fails_before_the_disk_is_touched(
+            self) -> None:
+        # 128 MiB of config drive in 170 KB: decoding stops at 64 MiB + 1
+        info = self.info()
+        result = await self.execute("standby.prepare_image", image_info=info,
+                                    configdrive=hi.config_drive_bomb(
+                                        128 * 1024 * 1024))
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "DeploymentError")
+        self.assertIn("exceeds maximum limit of 64MiB",
+                      result.error["details"])
+        self.assertEqual(self.images.hits, [])
+        self.assertEqual(self.disk_bytes(4), b"\xff" * 4)
+        await self.next_command_runs()
+
     async def test_hash_algorithms_outside_the_allow_list(self) -> None:
         await self._init()
         for algo in ("shake_128", "shake_256", "sm3", "md5-sha1", "nope"):
