@@ -132,14 +132,16 @@ class AgentService(MultiService):
             from treq.client import HTTPClient
             from twisted.web.client import Agent
 
+            from ipa_twisted.httpfetch import IdentityAgent
+
             pool = QuietPool(reactor, persistent=True)
             pool.maxPersistentPerHost = 4
             policy = tls.client_policy(config.insecure, config.cafile,
                                        config.certfile, config.keyfile,
                                        config.tls_min_version,
                                        config.tls_cipher_suites)
-            http = HTTPClient(Agent(reactor, contextFactory=policy,
-                                         pool=pool))
+            http = HTTPClient(IdentityAgent(Agent(
+                reactor, contextFactory=policy, pool=pool)))
             self._tls_policy: tls.ClientPolicy | None = policy
             self._pool: QuietPool | None = pool
         else:

@@ -12,7 +12,6 @@ import random
 from typing import Any, Mapping, Sequence
 
 import attrs
-import treq
 from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.task import deferLater
@@ -22,6 +21,7 @@ from twisted.web import client as webclient
 from twisted.web.iweb import IResponse
 
 from ipa_twisted import __version__, errors
+from ipa_twisted.httpfetch import MiB, get_bytes
 
 log = Logger()
 
@@ -43,6 +43,10 @@ CONNECTION_ERRORS = (
     webclient.RequestTransmissionFailed,
     webclient.ResponseFailed,
 )
+
+#: The most of an answer read (lookup answers are a few KiB; a bigger
+#: body fails like a broken connection: BodyTooLarge is a ResponseFailed).
+ANSWER_LIMIT = 16 * MiB
 
 LOOKUP_MAX_BACKOFF = 60.0
 LOOKUP_CONFLICT_PAUSES = (5.0, 10.0, 30.0)
@@ -151,13 +155,9 @@ class IronicClient:
 
     async def _one(self, method: str, url: str, **kwargs: Any
                    ) -> tuple[IResponse, bytes]:
-        d = self._http.request(method, url, **kwargs)
-        d.addTimeout(self._timeout, self._clock)
-        response = await d
-        body_d = treq.content(response)
-        body_d.addTimeout(self._timeout, self._clock)
-        body = await body_d
-        return response, body
+        return await get_bytes(self._http, self._clock, url,
+                               limit=ANSWER_LIMIT, timeout=self._timeout,
+                               method=method, **kwargs)
 
     async def request(
         self,

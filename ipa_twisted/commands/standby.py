@@ -15,7 +15,6 @@ from __future__ import annotations
 import shlex
 from typing import Any, Mapping
 
-import treq
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -23,11 +22,14 @@ from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
 from ipa_twisted.hardware.generic import validate_node_root_hints
+from ipa_twisted.httpfetch import MiB, describe, get_bytes
 from ipa_twisted.image import checksum as checksums
 from ipa_twisted.process import ProcessError
 
 log = Logger()
 
+#: The most of a checksums file read (one line per file of a directory).
+CHECKSUM_FILE_LIMIT = 16 * MiB
 
 
 def auth_headers(image_info: Mapping[str, Any], config: Any) -> dict[str, str]:
@@ -183,6 +185,12 @@ class StandbyExtension(Extension):
                 image_info, device, configdrive, expected_algo, expected)
             log.info(message)
             return message
+        # the config drive first: a bad one fails before the disk is
+        # touched (it is at most 64 MiB once decoded)
+        from ipa_twisted.image import configdrive as configdrive_mod
+
+        drive = (await configdrive_mod.fetch(self.agent, configdrive)
+                 if configdrive else None)
         if self.cached_image_id != image_id:
             await self._write(image_info, device, expected_algo, expected)
             self.cached_image_id = image_id
@@ -190,10 +198,7 @@ class StandbyExtension(Extension):
             log.info("image {id} is already on {dev}", id=image_id,
                      dev=device)
         partitions = await self._after_write(device)
-        if configdrive:
-            from ipa_twisted.image import configdrive as configdrive_mod
-
-            drive = await configdrive_mod.fetch(self.agent, configdrive)
+        if drive is not None:
             part = await configdrive_mod.add_to_whole_disk(self.agent, device,
                                                            drive)
             log.info("config drive on {part}", part=part)
@@ -239,21 +244,20 @@ class StandbyExtension(Extension):
         assert spec.url is not None
         url = spec.url
         try:
-            d = self.agent.http.get(url)
-            d.addTimeout(self.agent.config.image_download_connection_timeout,
-                         self.agent.reactor)
-            response = await d
-            if response.code != 200:
-                raise errors.ImageDownloadError(
-                    str(image_info["id"]),
-                    f"checksum file {url} answered HTTP {response.code}")
-            text = (await treq.content(response)).decode("utf-8", "replace")
-        except errors.AgentError:
-            raise
+            response, body = await get_bytes(
+                self.agent.http, self.agent.reactor, url,
+                limit=CHECKSUM_FILE_LIMIT,
+                timeout=self.agent.config.image_download_connection_timeout)
         except Exception as e:
             raise errors.ImageDownloadError(
                 str(image_info["id"]),
-                f"cannot get the checksum file {url}: {e}") from None
+                f"cannot get the checksum file {url}: {describe(e)}"
+            ) from None
+        if response.code != 200:
+            raise errors.ImageDownloadError(
+                str(image_info["id"]),
+                f"checksum file {url} answered HTTP {response.code}")
+        text = body.decode("utf-8", "replace")
         digest = checksums.parse_checksum_file(text, image_info["urls"][0])
         algo = spec.algo or checksums.algo_for_digest(
             digest, self.agent.md5_enabled)

@@ -22,6 +22,25 @@ from ipa_twisted import errors
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _BY_LENGTH = {32: "md5", 64: "sha256", 128: "sha512"}
 
+#: What ``os_hash_algo`` may name: the fixed-length digests Python always
+#: has (Glance's ``hashing_algorithm`` choices).  Nothing else reaches a
+#: hasher: ``shake_128`` and ``shake_256`` cannot give a digest without a
+#: length, and other OpenSSL names may not exist on the ramdisk.  MD5 is
+#: further gated by ``agent_md5_checksum_enable``.
+ALGORITHMS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512",
+              "sha3_224", "sha3_256", "sha3_384", "sha3_512", "blake2b",
+              "blake2s")
+
+
+def new_hasher(algo: str) -> Any:
+    """A hashlib object for an allowed algorithm (else
+    InvalidCommandParamsError)."""
+    if algo not in ALGORITHMS:
+        raise errors.InvalidCommandParamsError(
+            f"unsupported os_hash_algo {algo!r} (supported: "
+            f"{', '.join(ALGORITHMS)})")
+    return hashlib.new(algo)
+
 
 @attrs.frozen
 class ChecksumSpec:
@@ -50,9 +69,10 @@ def checksum_spec(image_info: Mapping[str, Any], md5_enabled: bool
                 "os_hash_algo and os_hash_value must be strings"
             )
         algo = algo.lower()
-        if algo not in hashlib.algorithms_available:
+        if algo not in ALGORITHMS:
             raise errors.InvalidCommandParamsError(
-                f"unknown os_hash_algo {algo!r}"
+                f"unsupported os_hash_algo {algo!r} (supported: "
+                f"{', '.join(ALGORITHMS)})"
             )
         if algo == "md5" and not md5_enabled:
             raise errors.InvalidCommandParamsError(

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import os
 import tempfile
 import uuid
+import zlib
 from typing import Any
 
-import treq
 from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.confined import OutsideTree, check_extracted
+from ipa_twisted.httpfetch import BodyTooLarge, describe, get_bytes
 from ipa_twisted.hardware import blockio
 from ipa_twisted.process import ProcessError
 
@@ -38,11 +38,51 @@ log = Logger()
 
 MAX_MB = 64
 MiB = 1024 * 1024
+#: The largest config drive (Ironic's limit): decoding stops one byte past.
+MAX_BYTES = MAX_MB * MiB
+#: The most read from a config-drive URL: base64 of a gzip of the largest
+#: drive (64 MiB gzips to a little more when incompressible; base64 adds a
+#: third, line breaks a little more).
+URL_LIMIT = 90 * MiB
+#: Time allowed for the whole config-drive download.
+URL_TIMEOUT = 300.0
+
+
+def _too_large() -> errors.DeploymentError:
+    return errors.DeploymentError(
+        f"Config drive size exceeds maximum limit of {MAX_MB}MiB")
+
+
+def gunzip(packed: bytes, limit: int = MAX_BYTES) -> bytes:
+    """Inflate gzip members one after another, stopping (DeploymentError)
+    as soon as there is more than ``limit`` bytes: a bomb costs no more
+    than the limit."""
+    out = bytearray()
+    data = packed
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while True:
+        # a MiB at a time: the output is the only large buffer
+        out += d.decompress(data, min(MiB, limit + 1 - len(out)))
+        if len(out) > limit:
+            raise _too_large()
+        if d.eof:
+            data = d.unused_data
+            if not data:
+                break
+            if data[:2] != b"\x1f\x8b":
+                raise zlib.error("trailing garbage after the gzip data")
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            continue
+        data = d.unconsumed_tail
+        if not data:
+            raise EOFError("the gzip data ends before its end marker")
+    return bytes(out)
 
 
 def decode(data: bytes | str) -> bytes:
     """base64 of a gzipped image -> the image; raw bytes (from a URL) that
-    are not base64 are taken as the image itself."""
+    are not base64 are taken as the image itself.  Never more than
+    :data:`MAX_BYTES` (DeploymentError past that, before inflating more)."""
     raw = data.encode("ascii", "replace") if isinstance(data, str) else data
     try:
         packed = base64.b64decode(raw, validate=False)
@@ -51,36 +91,46 @@ def decode(data: bytes | str) -> bytes:
             raise errors.DeploymentError(
                 "the config drive is not base64 encoded or is malformed"
             ) from None
-        return raw
+        return _bounded(raw)
     try:
-        return gzip.decompress(packed)
-    except (OSError, EOFError) as e:
+        return gunzip(packed)
+    except (OSError, EOFError, zlib.error) as e:
         if not isinstance(data, str) and packed[:2] != b"\x1f\x8b":
-            return raw
+            return _bounded(raw)
         raise errors.DeploymentError(
             f"Encountered error while decompressing and writing config "
             f"drive: {e}") from None
 
 
+def _bounded(image: bytes) -> bytes:
+    if len(image) > MAX_BYTES:
+        raise _too_large()
+    return image
+
+
 async def fetch(context: Any, value: str) -> bytes:
-    """The decoded config drive image."""
+    """The decoded config drive image (decoded in a thread)."""
     if value.lower().startswith(("http://", "https://")):
         try:
-            d = context.http.get(value)
-            d.addTimeout(context.config.image_download_connection_timeout,
-                         context.reactor)
-            response = await d
-            body: bytes = await treq.content(response)
+            response, body = await get_bytes(
+                context.http, context.reactor, value, limit=URL_LIMIT,
+                timeout=URL_TIMEOUT)
+        except BodyTooLarge:
+            raise _too_large() from None
         except Exception as e:
             raise errors.DeploymentError(
-                f"cannot download the config drive from {value}: {e}"
-            ) from None
+                f"cannot download the config drive from {value}: "
+                f"{describe(e)}") from None
         if response.code >= 400:
             raise errors.DeploymentError(
                 f"cannot download the config drive from {value}: HTTP "
                 f"{response.code}")
-        return decode(body)
-    return decode(value)
+        result: bytes = await context.in_thread(decode, body)
+        return result
+    if not isinstance(value, str):
+        raise errors.DeploymentError("the config drive must be a string")
+    decoded: bytes = await context.in_thread(decode, value)
+    return decoded
 
 
 def size_mb(image: bytes) -> int:

@@ -8,15 +8,17 @@ everything to one target:
 - raw (and gpt, iso): :class:`~ipa_twisted.image.sink.DeviceSink`, which
   hashes and writes in parallel threads;
 - gzip, xz, zstd, bzip2: :class:`DecompressStage` (one thread hashes the
-  compressed bytes and inflates them through a bounded stream reader) in
-  front of a new gate that must find a raw image inside;
+  compressed bytes and inflates them through a bounded stream reader: xz
+  under a memory limit, zstd with a bounded window) in front of a new gate
+  that must find a raw image inside, no larger than the disk;
 - qcow2: :class:`Qcow2Target` (a hashing thread, the streaming qcow2
   reader on the reactor, :class:`~ipa_twisted.image.sink.PositionalWriter`
   for the clusters, unwritten ranges zeroed at the end).
 
 Every target is a push consumer with back-pressure (``pauseProducing`` on
 its producer when its queues are full), so memory stays bounded whatever
-the image.  ``finish()`` fires with ``(bytes written to the disk, hex
+the image.  A stage that fails stops its producer (``stopProducing``) and
+says so in ``error``: nothing waits for a resume that cannot come.  ``finish()`` fires with ``(bytes written to the disk, hex
 digest of the image file)``; ``finalize()`` completes what a second pass
 needed (qcow2) and closes the device.
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import lzma
 import queue
@@ -35,19 +36,26 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipa_twisted import errors
 from ipa_twisted.image import formats
+from ipa_twisted.image.checksum import new_hasher
 from ipa_twisted.image.qcow2 import Qcow2Error, Qcow2Stream
 from ipa_twisted.image.sink import (DeviceSink, Pausable,
                                    PositionalWriter, SinkError)
 
 log = Logger()
 
-QUEUE_LIMIT = 32 * 1024 * 1024
-REPORT_EVERY = 4 * 1024 * 1024
-OUT_CHUNK = 4 * 1024 * 1024
+MiB = 1024 * 1024
+QUEUE_LIMIT = 32 * MiB
+REPORT_EVERY = 4 * MiB
+OUT_CHUNK = 4 * MiB
+#: The most memory an xz stream may ask for (``xz -9`` needs 65 MiB).
+XZ_MEMLIMIT = 128 * MiB
+#: The largest zstd window accepted (zstd's own default limit).
+ZSTD_MAX_WINDOW = 128 * MiB
 _EOF = object()
 
 
@@ -75,6 +83,14 @@ class FormatGate(Pausable):
 
     def write(self, data: bytes) -> None:
         self.received += len(data)
+        if self.received > self._device_size and (
+                self._inner or isinstance(self.target, DeviceSink)):
+            # (a qcow2 file may be larger than its virtual size, which its
+            # own reader checks; a compressed one has its inner gate)
+            raise errors.ImageWriteError(
+                self.device, None, "",
+                f"the image is larger than the device ({self._device_size} "
+                f"bytes)" + (" once inflated" if self._inner else ""))
         if self.target is not None:
             self.target.write(data)
             return
@@ -188,17 +204,66 @@ class _QueueReader(io.RawIOBase):
         return n
 
 
+class _XzReader(io.RawIOBase):
+    """xz (concatenated streams too) under a memory limit: the dictionary
+    an xz header asks for is what the decoder allocates."""
+
+    def __init__(self, raw: Any, memlimit: int) -> None:
+        self._raw = raw
+        self._memlimit = memlimit
+        self._d = self._new()
+        self._done = False
+
+    def _new(self) -> Any:
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=self._memlimit)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._done:
+            if self._d.eof:
+                # another stream may follow (after null padding)
+                rest = self._d.unused_data.lstrip(b"\0")
+                while not rest:
+                    more = self._raw.read(1024 * 1024)
+                    if not more:
+                        self._done = True
+                        return 0
+                    rest = more.lstrip(b"\0")
+                self._d = self._new()
+                data = rest
+            elif self._d.needs_input:
+                data = self._raw.read(1024 * 1024)
+                if not data:
+                    raise EOFError("the xz stream ends before its end marker")
+            else:
+                data = b""
+            try:
+                out = self._d.decompress(data, max_length=len(b))
+            except lzma.LZMAError as e:
+                if "memory" in str(e).lower():
+                    raise lzma.LZMAError(
+                        f"{e}: the stream needs more than "
+                        f"{self._memlimit // MiB} MiB to inflate") from None
+                raise
+            if out:
+                b[:len(out)] = out
+                return len(out)
+        return 0
+
+
 @implementer(IPushProducer)
 class DecompressStage(Pausable):
     """Hash and inflate in one thread; feed the inflated bytes downstream
-    (pausing when downstream is paused)."""
+    (pausing when downstream is paused, stopping when it failed)."""
 
     def __init__(self, reactor: Any, kind: str, hash_algo: str | None,
                  downstream: FormatGate) -> None:
         super().__init__()
         self._reactor = reactor
         self._kind = kind
-        self._hasher = hashlib.new(hash_algo) if hash_algo else None
+        self._hasher = new_hasher(hash_algo) if hash_algo else None
         self._down = downstream
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued = 0
@@ -215,16 +280,25 @@ class DecompressStage(Pausable):
 
     # downstream's back-pressure on us
     def pauseProducing(self) -> None:
+        if self._down.error is not None:
+            self.stopProducing()
+            return
         self._go.clear()
 
     def resumeProducing(self) -> None:
         self._go.set()
 
     def stopProducing(self) -> None:
+        error = self._down.error
+        if error is not None and self._failure is None:
+            self._failure = error
         self._stop = True
         self._go.set()
 
     def write(self, data: bytes) -> None:
+        if self._failure is not None:
+            # inflating has stopped: refuse more (the download stops)
+            raise self._failure
         with self._lock:
             self._queued += len(data)
             full = self._queued > QUEUE_LIMIT
@@ -243,14 +317,15 @@ class DecompressStage(Pausable):
         if self._kind == "gzip":
             return gzip.GzipFile(fileobj=raw)
         if self._kind == "xz":
-            return lzma.LZMAFile(raw)
+            return io.BufferedReader(_XzReader(raw, XZ_MEMLIMIT), OUT_CHUNK)
         if self._kind == "bzip2":
             return bz2.BZ2File(raw)
         if self._kind == "zstd":
             import zstandard
 
-            return zstandard.ZstdDecompressor().stream_reader(
-                raw, read_across_frames=True)
+            return zstandard.ZstdDecompressor(
+                max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+                    raw, read_across_frames=True)
         raise errors.InvalidImage(f"unknown compression {self._kind}")
 
     def _run(self) -> None:
@@ -277,8 +352,10 @@ class DecompressStage(Pausable):
     def _deliver(self, chunk: bytes, done: threading.Event) -> None:
         try:
             self._down.write(chunk)
+            if self._down.error is not None:
+                self._failure = self._failure or self._down.error
         except BaseException as e:
-            self._failure = e
+            self._failure = self._failure or e
         finally:
             done.set()
 
@@ -305,7 +382,8 @@ class DecompressStage(Pausable):
         return self._down.finalize()
 
     def abort(self) -> "Deferred[None]":
-        self.stopProducing()
+        self._stop = True
+        self._go.set()
         self._q.put(_EOF)
         return self._down.abort()
 
@@ -313,7 +391,7 @@ class DecompressStage(Pausable):
 class _HashThread:
     def __init__(self, reactor: Any, algo: str | None,
                  consumed: Callable[[int], None]) -> None:
-        self._hasher = hashlib.new(algo) if algo else None
+        self._hasher = new_hasher(algo) if algo else None
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._consumed = consumed
         self._reactor = reactor
@@ -328,12 +406,16 @@ class _HashThread:
 
     def _run(self) -> None:
         done = 0
+        error: BaseException | None = None
         while True:
             item = self._q.get()
             if item is _EOF:
                 break
-            if self._hasher is not None:
-                self._hasher.update(item)
+            if self._hasher is not None and error is None:
+                try:
+                    self._hasher.update(item)
+                except Exception as e:  # keep draining: never hang
+                    error = e
             done += len(item)
             # tell the reactor in batches: a wake-up per chunk is costly
             if done >= REPORT_EVERY or self._q.empty():
@@ -341,8 +423,16 @@ class _HashThread:
                 done = 0
         if done:
             self._reactor.callFromThread(self._consumed, done)
-        digest = self._hasher.hexdigest() if self._hasher else None
-        self._reactor.callFromThread(self.done.callback, digest)
+        digest = None
+        if error is None and self._hasher is not None:
+            try:
+                digest = self._hasher.hexdigest()
+            except Exception as e:
+                error = e
+        if error is not None:
+            self._reactor.callFromThread(self.done.errback, Failure(error))
+        else:
+            self._reactor.callFromThread(self.done.callback, digest)
 
 
 class Qcow2Target(Pausable):
@@ -360,8 +450,9 @@ class Qcow2Target(Pausable):
                                        on_progress)
         self.writer.open()  # first: if it fails, no hashing thread waits
         self._hash = _HashThread(reactor, hash_algo, self._drained)
-        self.stream = Qcow2Stream(self._emit)
-        self._checked = False
+        # the virtual size is checked against the device before anything
+        # is sized from it
+        self.stream = Qcow2Stream(self._emit, max_size=device_size)
 
     def _emit(self, offset: int, data: bytes) -> None:
         self._queued += len(data)
@@ -379,25 +470,25 @@ class Qcow2Target(Pausable):
     def write(self, data: bytes) -> None:
         self._queued += len(data)
         self._hash.put(data)
-        try:
-            self.stream.feed(data)
-        except Qcow2Error as e:
-            raise errors.InvalidImage(str(e)) from None
-        if not self._checked and self.stream.header is not None:
-            self._checked = True
-            if self.stream.header.size > self._device_size:
-                raise errors.InvalidImage(
-                    f"the image's virtual size ({self.stream.header.size} "
-                    f"bytes) is larger than the device "
-                    f"({self._device_size} bytes)")
+        self._parse(self.stream.feed, data)
         if self._queued > QUEUE_LIMIT:
             self._pause()
 
-    async def _finish(self) -> tuple[int, str | None]:
+    @staticmethod
+    def _parse(func: Callable[..., None], *args: Any) -> None:
+        """Run the qcow2 reader: whatever it raises is the image's fault
+        (InvalidImage), never a network error to retry."""
         try:
-            self.stream.end()
+            func(*args)
         except Qcow2Error as e:
             raise errors.InvalidImage(str(e)) from None
+        except Exception as e:
+            log.failure("the qcow2 reader failed")
+            raise errors.InvalidImage(
+                f"cannot read the qcow2 image: {e!r}") from None
+
+    async def _finish(self) -> tuple[int, str | None]:
+        self._parse(self.stream.end)
         self._hash.close()
         digest = await self._hash.done
         await self.writer.drain()
@@ -407,15 +498,16 @@ class Qcow2Target(Pausable):
         return Deferred.fromCoroutine(self._finish())
 
     def refetched(self, missed: Any, data: bytes) -> None:
-        self.stream.refetched(missed, data)
+        self._parse(self.stream.refetched, missed, data)
 
     async def _finalize(self) -> None:
         if not self.stream.complete:
             raise errors.InvalidImage(
                 f"the qcow2 image was not complete: {self.stream.state()}")
         await self.writer.drain()
-        ranges = list(self.stream.unwritten_ranges())
-        await self.writer.close(zero=ranges)
+        # the unwritten ranges are found (a generator) in the writer's
+        # thread, not on the reactor: the bitmap may be tens of MiB
+        await self.writer.close(zero=self.stream.unwritten_ranges())
 
     def finalize(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._finalize())

@@ -28,6 +28,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from ipa_twisted import errors
+from ipa_twisted.httpfetch import IdentityAgent
 
 
 def bypass(host: str, no_proxy: str | None) -> bool:
@@ -217,8 +218,9 @@ def client_through(reactor: Any, proxy_url: str, scheme: str, policy: Any,
     if scheme == "https":
         agent = Agent.usingEndpointFactory(
             reactor, _TunnelEndpoints(reactor, proxy, policy), pool=pool)
-        return HTTPClient(agent), {}
+        return HTTPClient(IdentityAgent(agent)), {}
     endpoint = _endpoint(reactor, proxy.hostname, proxy.port or 3128)
     auth = _auth(proxy)
-    return HTTPClient(ProxyAgent(endpoint, reactor, pool=pool)), (
+    return HTTPClient(IdentityAgent(ProxyAgent(endpoint, reactor,
+                                               pool=pool))), (
         {"Proxy-Authorization": auth} if auth else {})

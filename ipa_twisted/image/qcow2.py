@@ -15,10 +15,21 @@ caller zeroes the guest ranges that nothing wrote
 Refused (a :class:`Qcow2Error`): backing files (a "raw" image pointing at a
 host file is a classic attack), encryption, external data files, extended
 L2 entries, images marked corrupt, unknown incompatible features.
+
+Memory is bounded by the disk, never by what the file claims: the virtual
+size is checked against the disk before anything is sized from it; the L1
+table must fit the virtual size and 32 MiB (as in qemu); tables, clusters
+and extents must be aligned; a compressed cluster inflates to one cluster
+at most (zlib and zstd alike, zstd with a bounded window); at most
+:data:`MAX_PENDING` table entries may wait for their bytes; compressed
+extents may not pile up on each other.  Anything else is a
+:class:`Qcow2Error`.
 """
 
 from __future__ import annotations
 
+import heapq
+import re
 import struct
 import zlib
 from typing import Any, Callable, Iterator
@@ -38,6 +49,22 @@ INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
 KNOWN_INCOMPAT = (INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE
                   | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2)
+MiB = 1024 * 1024
+#: The largest L1 table (qemu's QCOW_MAX_L1_SIZE).
+MAX_L1_BYTES = 32 * MiB
+#: Table entries (L2 tables, data and compressed clusters) known but not
+#: reached yet, plus those to fetch again.  qemu-img's files keep each L2
+#: table just ahead of its data (a few thousand waiting at most); each
+#: entry costs ~100 bytes.
+MAX_PENDING = 1 << 20
+#: The bitmap of written clusters (one bit each): 512 Mi clusters.
+MAX_BITMAP_BYTES = 64 * MiB
+#: Compressed extents begun but not ended at once (qemu packs them end to
+#: end, so only a few share a sector).
+MAX_OPEN_EXTENTS = 256
+#: The window a zstd cluster may use (qemu compresses one cluster of at
+#: most 2 MiB per frame).
+ZSTD_MAX_WINDOW = 8 * MiB
 
 
 class Qcow2Error(ValueError):
@@ -61,6 +88,16 @@ class Header:
     def l2_entries(self) -> int:
         return self.cluster_size // 8
 
+    @property
+    def clusters(self) -> int:
+        """Guest clusters in the virtual size."""
+        return -(-self.size // self.cluster_size)
+
+    @property
+    def l1_used(self) -> int:
+        """L1 entries that map the virtual size (any more are unused)."""
+        return -(-self.size // (self.cluster_size * self.l2_entries))
+
 
 def parse_header(data: bytes) -> Header:
     if len(data) < HEADER_V2 or data[:4] != MAGIC:
@@ -75,6 +112,17 @@ def parse_header(data: bytes) -> Header:
         raise Qcow2Error("encrypted qcow2 images are not supported")
     if not 9 <= cluster_bits <= 21:
         raise Qcow2Error(f"bad cluster size 2^{cluster_bits}")
+    cluster = 1 << cluster_bits
+    if l1_size * 8 > MAX_L1_BYTES:
+        raise Qcow2Error(f"the L1 table ({l1_size} entries) is larger than "
+                         f"{MAX_L1_BYTES // MiB} MiB")
+    needed = -(-size // (cluster * (cluster // 8)))
+    if l1_size < needed:
+        raise Qcow2Error(f"the L1 table ({l1_size} entries) is too small for "
+                         f"the virtual size ({size} bytes: {needed} entries)")
+    if l1_offset % cluster:
+        raise Qcow2Error(f"the L1 table offset {l1_offset:#x} is not "
+                         f"aligned to a cluster")
     compression = 0
     if version == 3:
         if len(data) < 104:
@@ -102,6 +150,8 @@ def parse_header(data: bytes) -> Header:
 
 
 def _inflater(compression: int) -> Callable[[bytes, int], bytes]:
+    """``inflate(data, size)``: at most ``size`` bytes out, whatever the
+    data says."""
     if compression == 0:
         def inflate(data: bytes, size: int) -> bytes:
             return zlib.decompressobj(-12).decompress(data, size)
@@ -114,8 +164,15 @@ def _inflater(compression: int) -> Callable[[bytes, int], bytes]:
                          "package") from None
 
     def inflate_zstd(data: bytes, size: int) -> bytes:
-        out = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        return out[:size]
+        reader = zstandard.ZstdDecompressor(
+            max_window_size=ZSTD_MAX_WINDOW).stream_reader(data)
+        out = bytearray()
+        while len(out) < size:
+            chunk = reader.read(size - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
 
     return inflate_zstd
 
@@ -133,25 +190,57 @@ class Missed:
     target: int        # L1 index (l2) or guest offset (data, compressed)
 
 
+_SET_BYTE = re.compile(rb"[^\x00]")      # a byte with a bit set
+_CLEAR_BYTE = re.compile(rb"[^\xff]")    # a byte with a bit clear
+
+
+def _next_bit(bits: bytes | bytearray, n: int, total: int, value: int
+              ) -> int:
+    """The first cluster index >= ``n`` whose bit is ``value``, else
+    ``total`` (bytes with nothing to find are skipped by a regex, in C)."""
+    skip = _CLEAR_BYTE if value == 0 else _SET_BYTE
+    while n < total:
+        i = n >> 3
+        byte = bits[i]
+        for k in range(n & 7, 8):
+            if (byte >> k) & 1 == value:
+                return min((i << 3) + k, total)
+        m = skip.search(bits, i + 1)
+        if m is None:
+            return total
+        n = m.start() << 3
+    return total
+
+
 class Qcow2Stream:
     """Feed the file's bytes in order with :meth:`feed`; writes come out
-    through ``emit(guest_offset, data)``."""
+    through ``emit(guest_offset, data)``.
+
+    ``max_size`` is the disk's size: a larger virtual size is refused
+    before anything is sized from it.
+    """
 
     HEAD = 4096
 
-    def __init__(self, emit: Emit) -> None:
-        self._emit = emit
+    def __init__(self, emit: Emit, max_size: int | None = None) -> None:
+        self._emit_raw = emit
+        self._max_size = max_size
         self.pos = 0                      # bytes of the file scanned
         self.header: Header | None = None
         self._head = bytearray()
         self._l1_buf = bytearray()
         self._l1_loaded = False
-        #: L2 tables still to come: host offset -> (L1 index, buffer)
-        self._l2_wanted: dict[int, tuple[int, bytearray]] = {}
+        #: L2 tables still to come: host offset -> L1 index
+        self._l2_wanted: dict[int, int] = {}
+        #: the L2 table being received: (host offset, bytes so far)
+        self._l2_partial: tuple[int, bytearray] | None = None
         #: known data clusters still to come: host cluster offset -> guest
         self._data: dict[int, int] = {}
-        #: compressed extents still to come: host start -> (end, guest, buf)
-        self._compressed: dict[int, tuple[int, int, bytearray]] = {}
+        #: compressed extents still to come: (host start, end, guest)
+        self._compressed: list[tuple[int, int, int]] = []
+        #: compressed extents begun: [host start, end, guest, bytes so far]
+        self._open: list[list[Any]] = []
+        self._open_bytes = 0
         self._written = bytearray()
         self.missed: list[Missed] = []
         self._inflate: Callable[[bytes, int], bytes] | None = None
@@ -176,11 +265,19 @@ class Qcow2Stream:
             self._scan_all(memoryview(data))
 
     def _start(self, head: bytes) -> None:
-        self.header = parse_header(head)
-        h = self.header
-        clusters = (h.size + h.cluster_size - 1) // h.cluster_size
-        self._written = bytearray((clusters + 7) // 8)
+        h = parse_header(head)
+        if self._max_size is not None and h.size > self._max_size:
+            raise Qcow2Error(
+                f"the image's virtual size ({h.size} bytes) is larger than "
+                f"the device ({self._max_size} bytes)")
+        if (h.clusters + 7) // 8 > MAX_BITMAP_BYTES:
+            raise Qcow2Error(
+                f"the image has {h.clusters} clusters of {h.cluster_size} "
+                f"bytes: more than this agent can track (use larger "
+                f"clusters)")
         self._inflate = _inflater(h.compression_type)
+        self._written = bytearray((h.clusters + 7) // 8)
+        self.header = h
 
     def _scan_all(self, view: memoryview) -> None:
         assert self.header is not None
@@ -201,41 +298,60 @@ class Qcow2Stream:
         end = start + len(piece)
         cluster_start = start - start % h.cluster_size
         if not self._l1_loaded:
-            l1_end = h.l1_offset + h.l1_size * 8
+            l1_end = h.l1_offset + h.l1_used * 8
             lo, hi = max(start, h.l1_offset), min(end, l1_end)
             if lo < hi:
                 self._l1_buf += piece[lo - start:hi - start]
             if end >= l1_end:
-                self._load_l1(bytes(self._l1_buf), end)
-        wanted = self._l2_wanted.get(cluster_start)
-        if wanted is not None:
-            index, buf = wanted
+                raw, self._l1_buf = bytes(self._l1_buf), bytearray()
+                self._load_l1(raw, end)
+        if self._l2_partial is None and cluster_start == start:
+            index = self._l2_wanted.pop(cluster_start, None)
+            if index is not None:
+                self._l2_partial = (index, bytearray())
+        if self._l2_partial is not None:
+            index, buf = self._l2_partial
             buf += piece
             if len(buf) >= h.cluster_size:
-                del self._l2_wanted[cluster_start]
-                self._load_l2(index, bytes(buf[:h.cluster_size]), end)
+                self._l2_partial = None
+                self._load_l2(index, bytes(buf), end)
         guest = self._data.get(cluster_start)
         if guest is not None:
             self._emit(guest + (start - cluster_start), piece)
             if end - cluster_start >= h.cluster_size:
                 del self._data[cluster_start]
                 self._mark(guest)
-        if self._compressed:
+        if self._compressed or self._open:
             self._feed_compressed(start, piece)
 
     def _feed_compressed(self, start: int, piece: Any) -> None:
+        assert self.header is not None
         end = start + len(piece)
-        done = []
-        for host, (stop, guest, buf) in self._compressed.items():
+        while self._compressed and self._compressed[0][0] < end:
+            host, stop, guest = heapq.heappop(self._compressed)
+            if len(self._open) >= MAX_OPEN_EXTENTS:
+                raise Qcow2Error(
+                    f"more than {MAX_OPEN_EXTENTS} compressed clusters "
+                    f"overlap at byte {host}")
+            self._open.append([host, stop, guest, bytearray()])
+        cap = 4 * self.header.cluster_size + MiB
+        still = []
+        for extent in self._open:
+            host, stop, guest, buf = extent
             lo, hi = max(start, host), min(end, stop)
-            if lo >= hi:
-                continue
-            buf += piece[lo - start:hi - start]
-            if len(buf) >= stop - host:
-                done.append(host)
-        for host in done:
-            stop, guest, buf = self._compressed.pop(host)
-            self._emit_compressed(guest, bytes(buf))
+            if lo < hi:
+                buf += piece[lo - start:hi - start]
+                self._open_bytes += hi - lo
+                if self._open_bytes > cap:
+                    raise Qcow2Error(
+                        f"compressed clusters overlap at byte {host}: more "
+                        f"than {cap} bytes of them at once")
+            if end >= stop:
+                self._open_bytes -= len(buf)
+                self._emit_compressed(guest, bytes(buf))
+            else:
+                still.append(extent)
+        self._open = still
 
     def _emit_compressed(self, guest: int, data: bytes) -> None:
         assert self.header is not None and self._inflate is not None
@@ -250,30 +366,59 @@ class Qcow2Stream:
         self._emit(guest, out)
         self._mark(guest)
 
+    def _emit(self, guest: int, data: Any) -> None:
+        """Write ``data`` at ``guest``, no further than the virtual size."""
+        assert self.header is not None
+        room = self.header.size - guest
+        if room <= 0:
+            return
+        if len(data) > room:
+            data = data[:room]
+        self._emit_raw(guest, data)
+
     # ------------------------------------------------------------ tables
+
+    def _pending(self) -> int:
+        return (len(self._l2_wanted) + len(self._data)
+                + len(self._compressed) + len(self.missed))
+
+    def _add_pending(self) -> None:
+        if self._pending() >= MAX_PENDING:
+            raise Qcow2Error(
+                f"more than {MAX_PENDING} table entries wait for data "
+                f"further on in the file (at byte {self.pos}): this image "
+                f"cannot be streamed (rewrite it with qemu-img convert)")
 
     def _load_l1(self, raw: bytes, scanned: int) -> None:
         h = self.header
         assert h is not None
         self._l1_loaded = True
-        for index in range(h.l1_size):
-            offset = struct.unpack_from(">Q", raw, index * 8)[0] \
-                & L1_OFFSET_MASK
+        for index, (entry,) in enumerate(struct.iter_unpack(">Q", raw)):
+            offset = entry & L1_OFFSET_MASK
             if not offset:
                 continue
-            if offset < scanned - (scanned % h.cluster_size) or \
-                    offset + h.cluster_size <= scanned:
+            if offset % h.cluster_size:
+                raise Qcow2Error(f"L2 table offset {offset:#x} is not "
+                                 f"aligned to a cluster")
+            self._add_pending()
+            if offset < scanned:
                 self.missed.append(Missed("l2", offset, h.cluster_size,
                                           index))
+            elif offset in self._l2_wanted:
+                raise Qcow2Error(f"two L1 entries name the L2 table at "
+                                 f"{offset:#x}")
             else:
-                self._l2_wanted[offset] = (index, bytearray())
+                self._l2_wanted[offset] = index
 
     def _load_l2(self, index: int, raw: bytes, scanned: int) -> None:
         h = self.header
         assert h is not None
+        if len(raw) != h.cluster_size:
+            raise Qcow2Error(f"the L2 table for L1 entry {index} is "
+                             f"truncated ({len(raw)} bytes)")
         base = index * h.l2_entries * h.cluster_size
         x = 62 - (h.cluster_bits - 8)
-        for j, entry in enumerate(struct.unpack(f">{h.l2_entries}Q", raw)):
+        for j, (entry,) in enumerate(struct.iter_unpack(">Q", raw)):
             guest = base + j * h.cluster_size
             if guest >= h.size:
                 break
@@ -281,19 +426,27 @@ class Qcow2Stream:
                 host = entry & ((1 << x) - 1)
                 sectors = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
                 length = sectors * 512 - (host & 511)
+                self._add_pending()
                 if host < scanned:
                     self.missed.append(Missed("compressed", host, length,
                                               guest))
                 else:
-                    self._compressed[host] = (host + length, guest,
-                                              bytearray())
+                    heapq.heappush(self._compressed,
+                                   (host, host + length, guest))
                 continue
             offset = entry & L2_OFFSET_MASK
             if entry & ZERO or not offset:
                 continue
+            if offset % h.cluster_size:
+                raise Qcow2Error(f"data cluster offset {offset:#x} is not "
+                                 f"aligned to a cluster")
+            self._add_pending()
             if offset < scanned:
                 self.missed.append(Missed("data", offset, h.cluster_size,
                                           guest))
+            elif offset in self._data:
+                raise Qcow2Error(f"two guest clusters share the data "
+                                 f"cluster at {offset:#x}")
             else:
                 self._data[offset] = guest
 
@@ -304,7 +457,13 @@ class Qcow2Stream:
         return missed
 
     def refetched(self, missed: Missed, data: bytes) -> None:
-        """Something listed in :attr:`missed`, fetched again."""
+        """Something listed in :attr:`missed`, fetched again (shorter
+        where the file ends: as in qemu, what lies past the end reads as
+        zeros)."""
+        assert self.header is not None
+        data = bytes(data[:missed.length])
+        if len(data) < missed.length and missed.kind != "compressed":
+            data += bytes(missed.length - len(data))
         if missed.kind == "l2":
             self._load_l2(missed.target, data, self.pos)
         elif missed.kind == "compressed":
@@ -318,33 +477,37 @@ class Qcow2Stream:
     def _mark(self, guest: int) -> None:
         assert self.header is not None
         n = guest >> self.header.cluster_bits
+        if n >= self.header.clusters:
+            return
         self._written[n // 8] |= 1 << (n % 8)
         self.clusters_written += 1
 
     @property
     def complete(self) -> bool:
         """Everything mapped was emitted (nothing pending, nothing missed)."""
-        return (self._l1_loaded and not self._l2_wanted and not self._data
-                and not self._compressed and not self.missed)
+        return (self._l1_loaded and not self._l2_wanted
+                and self._l2_partial is None and not self._data
+                and not self._compressed and not self._open
+                and not self.missed)
 
     def unwritten_ranges(self) -> Iterator[tuple[int, int]]:
-        """Guest (offset, length) ranges no data was written to."""
+        """Guest (offset, length) ranges no data was written to (a
+        generator: the disk writer's thread runs it)."""
         h = self.header
         assert h is not None
-        clusters = (h.size + h.cluster_size - 1) // h.cluster_size
+        bits, total = self._written, h.clusters
         n = 0
-        while n < clusters:
-            if self._written[n // 8] & (1 << (n % 8)):
-                n += 1
-                continue
-            first = n
-            while n < clusters and not self._written[n // 8] & (1 << (n % 8)):
-                n += 1
+        while n < total:
+            first = _next_bit(bits, n, total, 0)
+            if first >= total:
+                return
+            n = _next_bit(bits, first, total, 1)
             start = first * h.cluster_size
             yield start, min(n * h.cluster_size, h.size) - start
 
     def state(self) -> dict[str, Any]:
-        return {"pos": self.pos, "pending_l2": len(self._l2_wanted),
+        return {"pos": self.pos, "pending_l2": len(self._l2_wanted)
+                + (self._l2_partial is not None),
                 "pending_data": len(self._data),
-                "pending_compressed": len(self._compressed),
+                "pending_compressed": len(self._compressed) + len(self._open),
                 "missed": len(self.missed)}

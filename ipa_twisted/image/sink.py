@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import mmap
 import os
 import queue
 import struct
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
+
+from ipa_twisted.image.checksum import new_hasher
 
 log = Logger()
 
@@ -115,7 +116,7 @@ class DeviceSink(Pausable):
     ) -> None:
         self._reactor = reactor
         self.path = path
-        self._hasher = hashlib.new(hash_algo) if hash_algo else None
+        self._hasher = new_hasher(hash_algo) if hash_algo else None
         self._offset = offset
         self._size = buffer_size
         self._buffers = [mmap.mmap(-1, buffer_size) for _ in range(depth)]
@@ -125,6 +126,7 @@ class DeviceSink(Pausable):
         self._fill = 0
         super().__init__()
         self._failed: BaseException | None = None
+        self._aborted = False
         self._finishing: Deferred[tuple[int, str | None]] | None = None
         self.received = 0
         self.written = 0
@@ -161,8 +163,12 @@ class DeviceSink(Pausable):
                 return
             index, length = item
             if self._hasher is not None:
-                with memoryview(self._buffers[index]) as view:
-                    self._hasher.update(view[:length])
+                try:
+                    with memoryview(self._buffers[index]) as view:
+                        self._hasher.update(view[:length])
+                except Exception as e:  # never leave a buffer taken
+                    self._hasher = None
+                    self._reactor.callFromThread(self._fail, e)
             self._reactor.callFromThread(self._release, index, 0)
 
     def _write_loop(self) -> None:
@@ -178,8 +184,9 @@ class DeviceSink(Pausable):
             if error is None:
                 try:
                     self._write_all(fd, index, length)
-                except OSError as e:
-                    error = SinkError(self.path, e)
+                except Exception as e:
+                    error = (SinkError(self.path, e)
+                             if isinstance(e, OSError) else e)
                     self._reactor.callFromThread(self._fail, error)
             self._reactor.callFromThread(self._release, index,
                                          0 if error else length)
@@ -189,7 +196,10 @@ class DeviceSink(Pausable):
         except OSError as e:
             error = SinkError(self.path, e)
         finally:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._reactor.callFromThread(self._writer_exited, error)
 
     def _write_all(self, fd: int, index: int, length: int) -> None:
@@ -214,8 +224,9 @@ class DeviceSink(Pausable):
 
     @property
     def error(self) -> BaseException | None:
-        """The write error that stopped this sink, if any."""
-        return self._failed if isinstance(self._failed, SinkError) else None
+        """The error that stopped this sink (a write or hashing error), if
+        any; None after abort()."""
+        return None if self._aborted else self._failed
 
     def write(self, data: bytes) -> None:
         if self._failed is not None:
@@ -284,6 +295,10 @@ class DeviceSink(Pausable):
             self._failed = error
             log.error("{error}", error=str(error))
         self._pause()
+        # Stop the producer for good: a paused one would wait for a resume
+        # that never comes (the HTTP transport, or an inflating thread).
+        if self._producer is not None:
+            self._producer.stopProducing()
 
     def _busy(self) -> bool:
         return any(self._pending)
@@ -303,10 +318,15 @@ class DeviceSink(Pausable):
         if d is None:
             return
         error = self._failed or error
+        digest = None
+        if error is None and self._hasher is not None:
+            try:
+                digest = self._hasher.hexdigest()
+            except Exception as e:
+                error = e
         if error is not None:
             d.errback(error)
         else:
-            digest = self._hasher.hexdigest() if self._hasher else None
             d.callback((self.written, digest))
 
     def finish(self) -> "Deferred[tuple[int, str | None]]":
@@ -334,6 +354,7 @@ class DeviceSink(Pausable):
         closed."""
         if self._failed is None:
             self._failed = RuntimeError("aborted")
+            self._aborted = True
         self._pause()
         if not self._stopping and self._fd is not None:
             self._stopping = True
@@ -429,8 +450,10 @@ class PositionalWriter:
         self._q.put(("drain", d))
         return d
 
-    def close(self, zero: list[tuple[int, int]], sync: bool = True
+    def close(self, zero: Iterable[tuple[int, int]], sync: bool = True
               ) -> "Deferred[None]":
+        """Flush, zero the ``zero`` ranges (an iterable: a generator runs in
+        the writer's thread), sync and close."""
         d: Deferred[None] = Deferred()
         self._q.put((_CLOSE, (zero, sync, d)))
         return d
@@ -444,7 +467,7 @@ class PositionalWriter:
             item = self._q.get()
             offset, data = item
             if offset == "drain" or offset is _CLOSE:
-                self._flush(start, fill)
+                self._guarded(self._flush, start, fill)
                 start = fill = 0
                 self._drained(drained)
                 drained = 0
@@ -456,24 +479,33 @@ class PositionalWriter:
                 return
             drained += len(data)
             if self.error is None:
-                if fill and (offset != start + fill
-                             or fill + len(data) > BUFFER_SIZE):
-                    self._flush(start, fill)
-                    fill = 0
-                if len(data) >= BUFFER_SIZE:
-                    self._write(offset, data, own_buffer=False)
-                else:
-                    if fill == 0:
-                        start = offset
-                    self._buf[fill:fill + len(data)] = data
-                    fill += len(data)
+                try:
+                    if fill and (offset != start + fill
+                                 or fill + len(data) > BUFFER_SIZE):
+                        self._flush(start, fill)
+                        fill = 0
+                    if len(data) >= BUFFER_SIZE:
+                        self._write(offset, data, own_buffer=False)
+                    else:
+                        if fill == 0:
+                            start = offset
+                        self._buf[fill:fill + len(data)] = data
+                        fill += len(data)
+                except Exception as e:  # the thread must go on answering
+                    self.error = self.error or e
             if self._q.empty():
-                self._flush(start, fill)
+                self._guarded(self._flush, start, fill)
                 fill = 0
             # tell the reactor in batches: a wake-up per piece is costly
             if drained >= BUFFER_SIZE or self._q.empty():
                 self._drained(drained)
                 drained = 0
+
+    def _guarded(self, func: Callable[..., None], *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception as e:
+            self.error = self.error or e
 
     def _drained(self, n: int) -> None:
         if n:
@@ -510,7 +542,7 @@ class PositionalWriter:
         else:
             self._reactor.callFromThread(d.callback, None)
 
-    def _close(self, zero: list[tuple[int, int]], sync: bool,
+    def _close(self, zero: Iterable[tuple[int, int]], sync: bool,
                d: "Deferred[None]") -> None:
         try:
             if self.error is None:
@@ -521,8 +553,9 @@ class PositionalWriter:
                     for fd in (self._direct, self._plain):
                         if fd is not None:
                             os.fsync(fd)
-        except OSError as e:
-            self.error = self.error or SinkError(self.path, e)
+        except Exception as e:
+            self.error = self.error or (
+                SinkError(self.path, e) if isinstance(e, OSError) else e)
         finally:
             for fd in (self._direct, self._plain):
                 if fd is not None:

@@ -25,6 +25,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from ipa_twisted import errors
+from ipa_twisted.httpfetch import BodyTooLarge, discard_body, read_body
 from ipa_twisted.looping import every
 
 log = Logger()
@@ -76,6 +77,8 @@ class _Body(Protocol):
         self.expected = expected
         self.received = 0
         self.done: defer.Deferred[int] = defer.Deferred()
+        #: what the consumer raised (never a network error: not retried)
+        self.consumer_error: BaseException | None = None
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
@@ -87,6 +90,7 @@ class _Body(Protocol):
             self.consumer.write(data)
         except BaseException as e:
             # the consumer refused (bad format, device error): stop now
+            self.consumer_error = e
             if not self.done.called:
                 self.done.errback(Failure(e))
             transport: Any = self.transport
@@ -188,7 +192,11 @@ async def stream_body(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
     if on_response is not None:
-        on_response(response, total)
+        try:
+            on_response(response, total)
+        except BaseException:
+            discard_body(response)  # (refused: close the connection)
+            raise
     body = _Body(target, length)
     last = [0, clock.seconds()]
 
@@ -237,8 +245,10 @@ async def stream_body(
     except errors.AgentError:
         raise
     except Exception as e:
-        if getattr(consumer, "error", None) is e or e in broken:
-            raise  # the device's error (or ours), not the network's
+        if (getattr(consumer, "error", None) is e
+                or e is body.consumer_error or e in broken):
+            raise  # the device's or the image's error (or ours), not the
+            # network's
         raise errors.ImageDownloadError(
             image_id,
             f"connection to {url} broke after {body.received} bytes: "
@@ -256,18 +266,53 @@ async def stream_body(
 
 
 async def fetch_range(http: Any, clock: IReactorTime, url: str, start: int,
-                      length: int, timeout: float) -> bytes | None:
+                      length: int, timeout: float, image_id: str = "",
+                      headers: Mapping[str, str] | None = None
+                      ) -> bytes | None:
     """Bytes [start, start + length) of ``url``, or None when the server
-    does not do ranges."""
-    import treq
+    does not do ranges (it answered 200: that body is not read).
 
-    d = http.request("GET", url, headers={
-        "Range": f"bytes={start}-{start + length - 1}"})
-    d.addTimeout(timeout, clock)
-    response = await d
-    body_d = treq.content(response)
-    body_d.addTimeout(timeout, clock)
-    body: bytes = await body_d
+    The status is checked before any of the body is read, and the body is
+    capped at ``length``: a server that ignores ``Range`` costs nothing.
+    """
+    request_headers = dict(headers or {})
+    request_headers["Range"] = f"bytes={start}-{start + length - 1}"
+    try:
+        d = http.request("GET", url, headers=request_headers,
+                         unbuffered=True)
+        d.addTimeout(timeout, clock)
+        response: IResponse = await d
+    except defer.TimeoutError:
+        raise errors.ImageDownloadError(
+            image_id, f"no answer from {url} within {timeout} s") from None
+    except Exception as e:
+        raise errors.ImageDownloadError(
+            image_id, f"cannot reach {url}: {_describe(Failure(e))}"
+        ) from None
     if response.code != 206:
-        return None
-    return body
+        discard_body(response)
+        if response.code == 200:
+            return None
+        raise errors.ImageDownloadError(
+            image_id, f"{url} answered HTTP {response.code} "
+            f"{_phrase(response)} to a range request")
+    m = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
+    if not m or int(m.group(1)) != start:
+        discard_body(response)
+        raise errors.ImageDownloadError(
+            image_id, f"{url} answered a range that does not start at "
+            f"byte {start}: {_header(response, b'content-range')}")
+    try:
+        body: bytes = await read_body(response, clock, length, timeout)
+    except BodyTooLarge:
+        raise errors.ImageDownloadError(
+            image_id, f"{url} sent more than the {length} bytes asked for"
+        ) from None
+    except defer.TimeoutError:
+        raise errors.ImageDownloadError(
+            image_id, f"{url}: the range was not read within {timeout} s"
+        ) from None
+    except Exception as e:
+        raise errors.ImageDownloadError(
+            image_id, f"{url}: {_describe(Failure(e))}") from None
+    return body  # (shorter where the file ends first)

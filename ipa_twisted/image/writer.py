@@ -125,7 +125,7 @@ async def download_to_device(
         written, digest = await gate.finish()
         target = gate.target
         while isinstance(target, Qcow2Target) and target.stream.missed:
-            await _refetch(context, http, url, target)
+            await _refetch(context, http, url, target, image_id, headers)
         await gate.finalize()
     except BaseException as e:
         try:
@@ -174,7 +174,8 @@ def _client(context: Any, url: str, image_info: Mapping[str, Any],
 
 
 async def _refetch(context: Any, http: Any, url: str,
-                   target: Qcow2Target) -> None:
+                   target: Qcow2Target, image_id: str,
+                   headers: Mapping[str, str]) -> None:
     """Fetch again, by byte range, what went by before it was known to be
     needed (qcow2 tables behind their data)."""
     missed = target.stream.take_missed()
@@ -183,7 +184,8 @@ async def _refetch(context: Any, http: Any, url: str,
     timeout = context.config.image_download_connection_timeout
     for item in missed:
         data = await fetch_range(http, context.reactor, url,
-                                 item.host, item.length, timeout)
+                                 item.host, item.length, timeout, image_id,
+                                 headers)
         if data is None:
             raise errors.InvalidImage(
                 f"this qcow2 image's tables come after its data and {url} "

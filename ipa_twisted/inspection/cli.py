@@ -79,14 +79,16 @@ def build_context(reactor: Any, config: Config) -> Any:
     from ipa_twisted.agent import QuietPool
     from ipa_twisted.context import AgentContext
     from ipa_twisted.hardware.disks import DeviceGuard
+    from ipa_twisted.httpfetch import IdentityAgent
     from ipa_twisted.process import ProcessRunner
 
     policy = tls.client_policy(config.insecure, config.cafile,
                                config.certfile, config.keyfile,
                                config.tls_min_version,
                                config.tls_cipher_suites)
-    http = HTTPClient(Agent(reactor, contextFactory=policy,
-                            pool=QuietPool(reactor, persistent=False)))
+    http = HTTPClient(IdentityAgent(Agent(
+        reactor, contextFactory=policy,
+        pool=QuietPool(reactor, persistent=False))))
     return AgentContext(config=config, reactor=reactor,
                         process=ProcessRunner(reactor, reactor),
                         guard=DeviceGuard(config.device_allowlist), http=http,

@@ -18,12 +18,12 @@ import json
 from typing import Any, Sequence
 
 import attrs
-import treq
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import encoding, mdns
+from ipa_twisted.httpfetch import MiB, get_bytes
 from ipa_twisted.inspection.collectors import (
     DEFAULT_COLLECTORS,
     Failures,
@@ -34,6 +34,8 @@ from ipa_twisted.ironic import CONNECTION_ERRORS, _describe, error_text
 log = Logger()
 
 ATTEMPTS = 5
+#: The most of the inspector's answer read (it is a small JSON object).
+ANSWER_LIMIT = 16 * MiB
 NOT_LOGGED = ("logs",)
 
 
@@ -118,13 +120,10 @@ async def post(context: Any, urls: Sequence[str], payload: bytes,
             log.info("posting inspection data to {url} ({n} bytes)", url=url,
                      n=len(payload))
             try:
-                d = context.http.request("POST", url, data=payload,
-                                         headers=headers)
-                d.addTimeout(timeout, clock)
-                response = await d
-                body_d = treq.content(response)
-                body_d.addTimeout(timeout, clock)
-                body = await body_d
+                response, body = await get_bytes(
+                    context.http, clock, url, limit=ANSWER_LIMIT,
+                    timeout=timeout, method="POST", data=payload,
+                    headers=headers)
             except CONNECTION_ERRORS as e:
                 if _cancelled(e):
                     raise CancelledError() from None

@@ -93,6 +93,45 @@ class FaultTests(SandboxTestCase):
                         "--output", "value", device], check=False)
         self.assertEqual(pttype.stdout.strip(), "")
 
+    def test_compressed_image_expanding_past_the_disk(self) -> None:
+        """A gzip image that inflates past the disk's end (4 MiB on the
+        wire, 4 GiB + 64 MiB inside, for a 4 GiB disk) fails the command,
+        wipes the disk and frees the agent; it was RUNNING for ever."""
+        import hashlib
+
+        from tests import hostile_images as hi
+
+        size = 4 << 30
+        device = h.make_loop_device(self.cleanups, self.workdir, size)
+        data = hi.gzip_bomb(size + 64 * MiB)
+        with open(os.path.join(self.www, "disk.img"), "wb") as f:
+            f.write(data)
+        agent = self.agent(device)
+        started = self.prepare(self.serve(),
+                               hashlib.sha256(data).hexdigest(), wait=False)
+        self.assertEqual(started["command_status"], "RUNNING")
+        deadline = time.monotonic() + 240
+        while True:
+            _, _, one = agent_api.call(
+                self.netns, "GET",
+                f"/v1/commands/{started['id']}?agent_token={TOKEN}")
+            if one["command_status"] != "RUNNING":
+                break
+            self.assertLess(time.monotonic(), deadline,
+                            "the command is still RUNNING")
+            time.sleep(1)
+        self.assertEqual(one["command_status"], "FAILED", one)
+        self.assertEqual(one["command_error"]["type"], "ImageWriteError")
+        self.assertIn(f"larger than the device ({size} bytes) once inflated",
+                      one["command_error"]["details"])
+        agent.wait_for_log(f"wiped the partition tables of {device}", 30)
+        # the agent is free: the next command runs
+        status, _, body = agent_api.call(
+            self.netns, "POST", f"/v1/commands/?wait=true&agent_token={TOKEN}",
+            {"name": "standby.get_partition_uuids", "params": {}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["command_status"], "SUCCEEDED")
+
     def test_progress_of_a_slow_download(self) -> None:
         device = h.make_loop_device(self.cleanups, self.workdir, 5 << 30)
         image = os.path.join(self.www, "disk.img")

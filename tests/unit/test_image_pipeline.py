@@ -7,6 +7,7 @@ tests/integration/test_image_pipeline_slow.py.)"""
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import shutil
 import subprocess
@@ -192,6 +193,58 @@ class PipelineTests(_PipelineBase):
         with self.assertRaises(errors.InvalidImage):
             await self.write(self.serve("q.qcow2", self.qcow2(),
                                         claimed="qcow2"))
+
+    async def test_xz_needing_too_much_memory_is_refused(self) -> None:
+        # an xz header may ask for any dictionary (up to 1.5 GiB): the
+        # decoder allocates what it says
+        inner = RAW[:65536] + bytes(MiB)
+        packed = lzma.compress(inner, filters=[
+            {"id": lzma.FILTER_LZMA2, "dict_size": 256 * MiB}])
+        with self.assertRaises(errors.InvalidImage) as cm:
+            await self.write(self.serve("huge-dict.xz", packed))
+        self.assertIn("needs more than 128 MiB", str(cm.exception))
+        # xz -9 (64 MiB dictionary), and streams one after another, pass
+        packed = (lzma.compress(inner[:100000], preset=9)
+                  + lzma.compress(inner[100000:]))
+        result = await self.write(self.serve("nine.xz", packed))
+        self.assertEqual(self.disk_bytes(len(inner)), inner)
+        self.assertEqual(result.written, len(inner))
+
+    async def test_gzip_transfer_encoding_cannot_hide_the_size(self) -> None:
+        """The agent's own client asks for the stored bytes: a server that
+        would gzip them on the way (and so send a small Content-Length)
+        sends them as they are, and the image larger than the disk is
+        refused before a byte is written."""
+        from twisted.web.resource import EncodingResourceWrapper
+        from twisted.web.server import GzipEncoderFactory
+
+        from ipa_twisted.agent import AgentService
+
+        seen: list[Any] = []
+
+        class Recording(Files):
+            def render_GET(self, request: Any) -> Any:
+                seen.append(request.getHeader(b"accept-encoding"))
+                request.setHeader(b"connection", b"close")
+                return super().render_GET(request)
+
+        files = Recording()
+        files.files["big.img"] = RAW  # 8 MiB, for a 4 MiB disk
+        site = Site(EncodingResourceWrapper(files, [GzipEncoderFactory()]))
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        with open(self.disk, "r+b") as f:
+            f.truncate(4 * MiB)
+            f.write(b"\xee" * 4 * MiB)
+        self.context.http = AgentService(load_config({}), reactor).http
+        with self.assertRaises(errors.ImageWriteError) as cm:
+            await self.write({"id": "big", "urls": [
+                f"http://127.0.0.1:{port.getHost().port}/big.img"],
+                "disk_format": "raw"})
+        self.assertIn(f"the image ({len(RAW)} bytes) is larger than the "
+                      f"device ({4 * MiB} bytes)", str(cm.exception))
+        self.assertEqual(seen, [b"identity"])
+        self.assertEqual(self.disk_bytes(4 * MiB), b"\xee" * 4 * MiB)
 
     # ---------------------------------------------------------- resilience
 

@@ -24,6 +24,7 @@ from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManager, HardwareManagers
 from ipa_twisted.image import partition_image
 from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
+from tests import hostile_images as hi
 
 IMAGE = b"\x00" * 440 + b"\x78\x56\x34\x12" + os.urandom(2 * 1024 * 1024)
 SHA = hashlib.sha256(IMAGE).hexdigest()
@@ -36,10 +37,13 @@ class Images(Resource):
         super().__init__()
         self.hits: list[str] = []
         self.fail_first: int = 0
+        self.files: dict[str, bytes] = {}
 
     def render_GET(self, request: Any) -> bytes:
         path = request.path.decode()
         self.hits.append(path)
+        if path in self.files:
+            return self.files[path]
         if path == "/missing":
             request.setResponseCode(404)
             return b""
@@ -77,7 +81,7 @@ class Generic(HardwareManager):
         pass
 
 
-class StandbyTests(TestCase):
+class _StandbyBase(TestCase):
     def setUp(self) -> None:
         self.images = Images()
         port = reactor.listenTCP(0, Site(self.images), interface="127.0.0.1")
@@ -97,6 +101,7 @@ class StandbyTests(TestCase):
             config=config, reactor=reactor, process=FakeProcessRunner(),
             guard=DeviceGuard(None), http=HTTPClient(Agent(reactor, pool=pool)))
         fake = FakeHardwareManager(root_device=self.disk)
+        self.fake = fake
         self.hardware = HardwareManagers([fake, Generic()])
         self.context.hardware = self.hardware
         self.standby = TestStandby(self.context)
@@ -125,6 +130,9 @@ class StandbyTests(TestCase):
         result = self.runner.execute(name, params)
         return await result.wait()
 
+
+
+class StandbyTests(_StandbyBase):
     async def test_write_image_deploy_step_is_one_command(self) -> None:
         step = {"interface": "deploy", "step": "write_image", "priority": 80,
                 "args": {"image_info": self.info(), "configdrive": None}}
@@ -233,3 +241,104 @@ class StandbyTests(TestCase):
         self.assertEqual(result.error["type"], "DeviceNotAllowed")
         self.assertEqual(self.images.hits, [])
         self.assertEqual(self.disk_bytes(4), b"\xff" * 4)
+
+
+class HostileImageTests(_StandbyBase):
+    """Any error in any stage of the pipeline fails the command, wipes the
+    disk and frees the agent (issue #12 item 7).  A hang shows as the
+    trial timeout of the test."""
+
+    timeout = 60
+
+    def serve(self, name: str, data: bytes) -> dict[str, Any]:
+        self.images.files["/" + name] = data
+        return self.info(urls=[f"{self.base}/{name}"],
+                         os_hash_value=hashlib.sha256(data).hexdigest())
+
+    async def next_command_runs(self) -> None:
+        """The agent is free: another prepare_image is accepted and
+        succeeds."""
+        self.fake.root_device = self.disk
+        result = await self.runner.execute(
+            "standby.prepare_image", {"image_info": self.info()}).wait()
+        self.assertEqual(result.status, "SUCCEEDED", result.error)
+        self.assertEqual(self.disk_bytes(len(IMAGE)), IMAGE)
+
+    async def test_compressed_image_expanding_past_the_disk(self) -> None:
+        # 16 MiB inside 16 KiB of gzip, for a 4 MiB disk
+        inner = IMAGE[:512] + bytes(16 * 1024 * 1024)
+        info = self.serve("big.gz", hi.gzip_of(inner))
+        result = await self.execute("standby.prepare_image", image_info=info)
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ImageWriteError")
+        self.assertIn("larger than the device (4194304 bytes) once inflated",
+                      result.error["details"])
+        self.assertEqual(os.path.getsize(self.disk), 4 * 1024 * 1024)
+        self.assertEqual(self.disk_bytes(1024 * 1024), bytes(1024 * 1024))
+        await self.next_command_runs()
+        self.flushLoggedErrors()
+
+    async def test_disk_failing_while_inflating(self) -> None:
+        # /dev/full fails every write; the inflating thread must not wait
+        # for a resume that never comes
+        from ipa_twisted.hardware import blockio
+
+        self.patch(blockio, "device_size", lambda path: 1 << 30)
+        self.fake.root_device = "/dev/full"
+        info = self.serve("zeros.gz", hi.gzip_bomb(64 * 1024 * 1024))
+        result = await self.execute("standby.prepare_image", image_info=info)
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ImageWriteError")
+        self.assertIn("No space left on device", result.error["details"])
+        await self.next_command_runs()
+        self.flushLoggedErrors()
+
+    async def test_hashing_failure(self) -> None:
+        import hashlib as hashlib_module
+
+        real = hashlib_module.new
+
+        class Broken:
+            def __init__(self, algo: str) -> None:
+                self._real = real(algo)
+
+            def update(self, data: Any) -> None:
+                raise ValueError("the hasher broke")
+
+            def hexdigest(self) -> str:
+                return str(self._real.hexdigest())
+
+        self.patch(hashlib_module, "new", Broken)
+        result = await self.execute("standby.prepare_image",
+                                    image_info=self.info())
+        self.assertEqual(result.status, "FAILED")
+        self.assertIn("the hasher broke", result.error["details"])
+        self.assertEqual(self.disk_bytes(4), b"\0" * 4)  # wiped
+        self.patch(hashlib_module, "new", real)
+        await self.next_command_runs()
+        self.flushLoggedErrors()
+
+    async def test_config_drive_bomb_fails_before_the_disk_is_touched(
+            self) -> None:
+        # 128 MiB of config drive in 170 KB: decoding stops at 64 MiB + 1
+        info = self.info()
+        result = await self.execute("standby.prepare_image", image_info=info,
+                                    configdrive=hi.config_drive_bomb(
+                                        128 * 1024 * 1024))
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "DeploymentError")
+        self.assertIn("exceeds maximum limit of 64MiB",
+                      result.error["details"])
+        self.assertEqual(self.images.hits, [])
+        self.assertEqual(self.disk_bytes(4), b"\xff" * 4)
+        await self.next_command_runs()
+
+    async def test_hash_algorithms_outside_the_allow_list(self) -> None:
+        await self._init()
+        for algo in ("shake_128", "shake_256", "sm3", "md5-sha1", "nope"):
+            with self.assertRaises(errors.InvalidCommandParamsError,
+                                   msg=algo) as cm:
+                self.runner.execute("standby.prepare_image", {
+                    "image_info": self.info(os_hash_algo=algo)})
+            self.assertIn("unsupported os_hash_algo", str(cm.exception))
+        await self.next_command_runs()
