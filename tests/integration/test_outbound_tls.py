@@ -46,8 +46,8 @@ class OutboundTLSTests(TestCase):
 
     def agent_http(self, **cli: Any) -> Any:
         agent = AgentService(load_config(cli), reactor)
-        # treq's client, Twisted's Agent: its connection pool
-        pool = agent.http._agent._pool
+        pool = agent._pool
+        assert pool is not None
         self.addCleanup(pool.closeCachedConnections)
         return agent
 
