@@ -58,7 +58,7 @@ async def collect(reactor: Any, config: Config) -> dict[str, Any]:
     await hardware.initialize(context)
     if config.collect_lldp:
         # the generic manager started listening in initialize()
-        await context.start_lldp().done
+        await context.start_lldp().when_done()
     inventory: dict[str, Any] = await hardware.dispatch("list_hardware_info")
     return inventory
 

@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted import encoding, errors
+from ipa_twisted.observer import OneShotObserver
 
 log = Logger()
 
@@ -195,8 +196,8 @@ class CommandResult:
     progress: dict[str, Any] | None = None
     #: The size of the result's JSON (for bounding the history).
     weight: int = 0
-    _waiters: list[Deferred[CommandResult]] = attrs.field(factory=list,
-                                                          repr=False)
+    _ended: OneShotObserver[CommandResult] = attrs.field(
+        factory=OneShotObserver, repr=False)
 
     @property
     def done(self) -> bool:
@@ -221,27 +222,14 @@ class CommandResult:
         Each caller gets its own Deferred: cancelling it (a client that went
         away) only forgets that waiter, never the command.
         """
-        if self.done:
-            d: Deferred[CommandResult] = Deferred()
-            d.callback(self)
-            return d
-
-        def forget(d: Deferred[CommandResult]) -> None:
-            if d in self._waiters:
-                self._waiters.remove(d)
-
-        d = Deferred(forget)
-        self._waiters.append(d)
-        return d
+        return self._ended.when_fired()
 
     def _finish(self, status: str, result: Any = None,
                 error: dict[str, Any] | None = None) -> None:
         self.status = status
         self.result = result
         self.error = error
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(self)
+        self._ended.fire(self)
 
 
 def _normalize(result: Any, command_name: str, is_async: bool) -> Any:

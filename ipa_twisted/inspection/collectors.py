@@ -25,7 +25,6 @@ from typing import Any, Sequence
 
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted.hardware import dmi, netif
@@ -113,7 +112,7 @@ class DefaultCollector:
         if context.config.collect_lldp:
             # interfaces[].lldp asked for: wait for the frames (bounded by
             # lldp_timeout) so that they are in the posted inventory
-            await _copy(context.start_lldp().done)
+            await context.start_lldp().when_done()
         inventory = await context.hardware.dispatch("list_hardware_info")
         data["inventory"] = inventory
         disks = sorted(inventory.get("disks") or [],
@@ -289,27 +288,7 @@ class LLDPCollector:
     async def collect(self, context: Any, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         collector = context.start_lldp()
-        data["lldp_raw"] = dict(await _copy(collector.done))
-
-
-async def _copy(d: Any) -> Any:
-    """Await a Deferred shared by others without taking its result (nor
-    cancelling it: cancelling the wait only ends the wait)."""
-    from twisted.internet.defer import Deferred
-
-    copy: Deferred[Any] = Deferred()
-
-    def give(result: Any) -> Any:
-        # a failure too: the waiter learns it, the owner keeps it
-        if not copy.called:
-            if isinstance(result, Failure):
-                copy.errback(result)
-            else:
-                copy.callback(result)
-        return result
-
-    d.addBoth(give)
-    return await copy
+        data["lldp_raw"] = dict(await collector.when_done())
 
 
 @implementer(ICollector)

@@ -167,36 +167,6 @@ class CollectorTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
 
-class SharedWaitTests(SynchronousTestCase):
-    """Collectors wait for a Deferred that others share (the LLDP
-    listener's ``done``) without taking its result."""
-
-    def test_result_is_shared(self) -> None:
-        shared: Deferred[dict[str, Any]] = Deferred()
-        waiter = ensureDeferred(collectors._copy(shared))
-        shared.callback({"eth0": []})
-        self.assertEqual(self.successResultOf(waiter), {"eth0": []})
-        self.assertEqual(self.successResultOf(shared), {"eth0": []})
-
-    def test_failure_reaches_the_waiter(self) -> None:
-        shared: Deferred[dict[str, Any]] = Deferred()
-        waiter = ensureDeferred(collectors._copy(shared))
-        shared.errback(OSError("socket closed"))
-        self.assertIn("socket closed",
-                      str(self.failureResultOf(waiter, OSError).value))
-        # and the owner still has it
-        self.failureResultOf(shared, OSError)
-
-    def test_cancelled_waiter_leaves_the_shared_result_alone(self) -> None:
-        shared: Deferred[dict[str, Any]] = Deferred()
-        waiter = ensureDeferred(collectors._copy(shared))
-        waiter.cancel()
-        self.failureResultOf(waiter, CancelledError)
-        self.assertNoResult(shared)
-        shared.callback({"eth0": []})
-        self.assertEqual(self.successResultOf(shared), {"eth0": []})
-
-
 class DaemonScheduleTests(SynchronousTestCase):
     def test_no_drift_over_many_posts(self) -> None:
         clock = Clock()
