@@ -66,6 +66,7 @@ from ipa_twisted.ironic import (
     version_text,
 )
 from ipa_twisted.process import ProcessRunner
+from ipa_twisted.retry import GaveUp, constant, retry
 
 log = Logger()
 
@@ -83,6 +84,10 @@ class QuietPool(HTTPConnectionPool):
     """A connection pool that does not log every connection it opens."""
 
     _factory = _QuietClientFactory
+
+
+class _NoAddress(Exception):
+    pass
 
 
 class FatalError(Exception):
@@ -421,19 +426,27 @@ class AgentService(MultiService):
         if config.advertise_host:
             return str(config.advertise_host)
         assert self.client is not None
-        for attempt in range(1, config.ip_lookup_attempts + 1):
+
+        async def find() -> str:
             if config.network_interface:
                 found = netif.ipv4_address(config.network_interface)
             else:
                 found = await self._routable_address()
-            if found:
-                log.info("advertise address {ip}", ip=found)
-                return found
-            if attempt < config.ip_lookup_attempts:
-                await deferLater(self.reactor, config.ip_lookup_sleep)
-        raise errors.LookupAgentIPError(
-            "Could not find an address to advertise: set ipa-advertise-host "
-            "or ipa-network-interface")
+            if not found:
+                raise _NoAddress()
+            return found
+
+        try:
+            found = await retry(self.reactor, find,
+                                constant(config.ip_lookup_sleep),
+                                attempts=config.ip_lookup_attempts,
+                                retryable=lambda e: isinstance(e, _NoAddress))
+        except GaveUp:
+            raise errors.LookupAgentIPError(
+                "Could not find an address to advertise: set "
+                "ipa-advertise-host or ipa-network-interface") from None
+        log.info("advertise address {ip}", ip=found)
+        return found
 
     async def _routable_address(self) -> str | None:
         assert self.client is not None

@@ -20,7 +20,6 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
@@ -37,6 +36,7 @@ from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
 from ipa_twisted.process import ProcessError
+from ipa_twisted.retry import GaveUp, constant, retry
 
 log = Logger()
 
@@ -381,23 +381,28 @@ class GenericHardwareManager(HardwareManager):
                 f"No devices could be found using the root device hints "
                 f"{root_hints} because they failed to validate: {problem}")
         config = self.agent.config
-        for attempt in range(1, config.disk_wait_attempts + 1):
+
+        async def choose() -> BlockDevice:
             devices = await self.list_block_devices()
             skipped = skip_list(self.agent.node, devices)
-            try:
-                dev = choose_root_device(devices, root_hints, skipped)
-            except errors.DeviceNotFound as e:
-                if attempt == config.disk_wait_attempts:
-                    raise
-                log.warn("{error}; looking again in {t} s ({n}/{total})",
-                         error=e.details, t=config.disk_wait_delay,
-                         n=attempt, total=config.disk_wait_attempts)
-                await deferLater(self.agent.reactor, config.disk_wait_delay)
-                continue
-            log.info("picked root device {dev} (hints: {hints})",
-                     dev=dev.name, hints=root_hints)
-            return dev.name
-        raise AssertionError("unreachable")
+            return choose_root_device(devices, root_hints, skipped)
+
+        def looking_again(n: int, e: BaseException, pause: float) -> None:
+            log.warn("{error}; looking again in {t} s ({n}/{total})",
+                     error=getattr(e, "details", e), t=pause, n=n,
+                     total=config.disk_wait_attempts)
+
+        try:
+            dev = await retry(
+                self.agent.reactor, choose, constant(config.disk_wait_delay),
+                attempts=config.disk_wait_attempts,
+                retryable=lambda e: isinstance(e, errors.DeviceNotFound),
+                on_retry=looking_again)
+        except GaveUp as e:
+            raise e.last from None
+        log.info("picked root device {dev} (hints: {hints})",
+                 dev=dev.name, hints=root_hints)
+        return dev.name
 
     # -------------------------------------------------------------- erase
 

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import encoding, mdns
@@ -30,6 +29,7 @@ from ipa_twisted.inspection.collectors import (
     load_collectors,
 )
 from ipa_twisted.ironic import CONNECTION_ERRORS, _describe, error_text
+from ipa_twisted.retry import GaveUp, is_cancellation, retry
 
 log = Logger()
 
@@ -37,14 +37,6 @@ ATTEMPTS = 5
 #: The most of the inspector's answer read (it is a small JSON object).
 ANSWER_LIMIT = 16 * MiB
 NOT_LOGGED = ("logs",)
-
-
-def _cancelled(e: BaseException) -> bool:
-    """A request failure that is really our own cancellation."""
-    if isinstance(e, CancelledError):
-        return True
-    reasons = getattr(e, "reasons", None) or []
-    return any(r.check(CancelledError) for r in reasons)
 
 
 def post_delay(attempt: int) -> float:
@@ -107,6 +99,10 @@ async def collect(context: Any, names: Sequence[str]
     return data, failures
 
 
+class _NotAccepted(Exception):
+    """This round of posts found no inspector that took the data (yet)."""
+
+
 async def post(context: Any, urls: Sequence[str], payload: bytes,
                timeout: float) -> InspectionResult:
     headers = {"Content-Type": "application/json",
@@ -114,9 +110,10 @@ async def post(context: Any, urls: Sequence[str], payload: bytes,
     if context.config.global_request_id:
         headers["X-OpenStack-Request-ID"] = context.config.global_request_id
     clock = context.reactor
-    last_error = ""
-    for attempt in range(1, ATTEMPTS + 1):
-        for i, url in enumerate(urls):
+
+    async def round_() -> InspectionResult:
+        last_error = ""
+        for url in urls:
             log.info("posting inspection data to {url} ({n} bytes)", url=url,
                      n=len(payload))
             try:
@@ -125,25 +122,29 @@ async def post(context: Any, urls: Sequence[str], payload: bytes,
                     timeout=timeout, method="POST", data=payload,
                     headers=headers)
             except CONNECTION_ERRORS as e:
-                if _cancelled(e):
+                if is_cancellation(e):
                     raise CancelledError() from None
                 last_error = f"{url}: {_describe(e)}"
                 log.warn("cannot post inspection data to {url}: {e}",
                          url=url, e=_describe(e))
                 continue
             if response.code >= 500 or response.code == 409:
-                last_error = f"{url}: HTTP {response.code}: {error_text(body)}"
                 log.warn("inspection post answered {code}: {text}",
                          code=response.code, text=error_text(body))
-                break
+                raise _NotAccepted(
+                    f"{url}: HTTP {response.code}: {error_text(body)}")
             try:
                 answer = json.loads(body) if body else None
             except ValueError:
                 answer = body.decode("utf-8", "replace")
             return InspectionResult(response.code, answer, url)
-        if attempt < ATTEMPTS:
-            await deferLater(clock, post_delay(attempt))
-    return InspectionResult(None, last_error, None)
+        raise _NotAccepted(last_error)
+
+    try:
+        return await retry(clock, round_, post_delay, attempts=ATTEMPTS,
+                           retryable=lambda e: isinstance(e, _NotAccepted))
+    except GaveUp as e:
+        return InspectionResult(None, str(e.last), None)
 
 
 async def inspect(context: Any, api_urls: Sequence[str] | None

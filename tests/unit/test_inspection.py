@@ -17,7 +17,11 @@ from ipa_twisted.context import AgentContext
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
 from ipa_twisted.inspection import collectors, daemon, inspector
-from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
+from ipa_twisted.testing import (
+    FakeHardwareManager,
+    FakeProcessRunner,
+    HangingHTTP,
+)
 
 GiB = 1024 ** 3
 
@@ -120,6 +124,17 @@ class InspectTests(SynchronousTestCase):
         self.assertIsNone(result.status)
         self.assertEqual(len(self.server.posts), 5)
         self.flushLoggedErrors()
+
+    def test_cancelled_post_stops_at_once(self) -> None:
+        http = HangingHTTP()
+        ctx = context(http, self.clock)
+        d = ensureDeferred(inspector.post(
+            ctx, ["http://a:1/v1/continue", "http://b:1/v1/continue"],
+            b"{}", 30.0))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((len(http.calls), http.pending), (1, []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_disabled(self) -> None:
         ctx = context(self.stub, self.clock)

@@ -102,3 +102,55 @@ class InstallDeviceTests(SynchronousTestCase):
         self.assertIn("failed to validate", str(failure.value))
         self.assertEqual(listed, [])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class DiskWaitTests(SynchronousTestCase):
+    """The root disk is looked for ``disk_wait_attempts`` times,
+    ``disk_wait_delay`` apart; a cancelled wait ends at once."""
+
+    def manager(self) -> tuple[GenericHardwareManager, Clock, list[Any]]:
+        from ipa_twisted.hardware.disks import BlockDevice
+
+        clock = Clock()
+        context = AgentContext(
+            config=load_config({"disk_wait_attempts": "3",
+                                "disk_wait_delay": "5"}),
+            reactor=clock, process=FakeProcessRunner(),
+            guard=DeviceGuard(None))
+        manager = GenericHardwareManager()
+        manager.agent = context
+        answers: list[Any] = []
+
+        async def list_block_devices(**kw: Any) -> list[Any]:
+            found = answers.pop(0) if answers else []
+            return [BlockDevice(name=n, model=None, size=8 << 30,
+                                rotational=False) for n in found]
+
+        self.patch(manager, "list_block_devices", list_block_devices)
+        return manager, clock, answers
+
+    def test_a_disk_that_appears_late_is_found(self) -> None:
+        manager, clock, answers = self.manager()
+        answers.extend([[], ["/dev/sdb"]])
+        d = ensureDeferred(manager.get_os_install_device())
+        self.assertNoResult(d)
+        clock.advance(5)
+        self.assertEqual(self.successResultOf(d), "/dev/sdb")
+
+    def test_gives_up_after_the_attempts(self) -> None:
+        manager, clock, _ = self.manager()
+        d = ensureDeferred(manager.get_os_install_device())
+        clock.advance(5)
+        self.assertNoResult(d)
+        clock.advance(5)
+        self.failureResultOf(d, errors.DeviceNotFound)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_cancelled_wait_ends_at_once(self) -> None:
+        from twisted.internet.defer import CancelledError
+
+        manager, clock, _ = self.manager()
+        d = ensureDeferred(manager.get_os_install_device())
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])
