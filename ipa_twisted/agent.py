@@ -40,7 +40,6 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from ipa_twisted import __version__, errors, mdns, tls, tools
 from ipa_twisted.api.app import AgentAPI
@@ -57,6 +56,7 @@ from ipa_twisted.extensions import load_extensions
 from ipa_twisted.hardware import netif
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
+from ipa_twisted.httpclient import Outbound, outbound
 from ipa_twisted.inspection import inspector as inspection
 from ipa_twisted.heartbeat import Heartbeater
 from ipa_twisted.ironic import (
@@ -74,16 +74,6 @@ MASKED_TOKEN = "******"
 
 
 _PENDING = object()
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
-    """A connection pool that does not log every connection it opens."""
-
-    _factory = _QuietClientFactory
 
 
 class _NoAddress(Exception):
@@ -134,24 +124,11 @@ class AgentService(MultiService):
         self._rng = rng or random.SystemRandom()
         self._exit_on_fatal = exit_on_fatal
         if http is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent
-
-            from ipa_twisted.httpfetch import IdentityAgent
-
-            pool = QuietPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 4
-            policy = tls.client_policy(config.insecure, config.cafile,
-                                       config.certfile, config.keyfile,
-                                       config.tls_min_version,
-                                       config.tls_cipher_suites)
-            http = HTTPClient(IdentityAgent(Agent(
-                reactor, contextFactory=policy, pool=pool)))
-            self._tls_policy: tls.ClientPolicy | None = policy
-            self._pool: QuietPool | None = pool
+            out = outbound(reactor, config)
+            http = out.client
+            self._outbound: Outbound | None = out
         else:
-            self._tls_policy = None
-            self._pool = None
+            self._outbound = None
         self.http = http
         self.context = AgentContext(
             config=config,
@@ -159,7 +136,7 @@ class AgentService(MultiService):
             process=ProcessRunner(reactor, reactor),
             guard=DeviceGuard(config.device_allowlist),
             http=http,
-            tls_policy=self._tls_policy,
+            tls_policy=self._outbound.policy if self._outbound else None,
             force_heartbeat=self.force_heartbeat,
             current_token=lambda: self.token,
         )
@@ -403,12 +380,11 @@ class AgentService(MultiService):
             log.warn("ignoring an invalid agent token from lookup")
         if cfg.get("tls_min_version"):
             log.info("Ironic asks for TLS >= {v}", v=cfg["tls_min_version"])
-        if self._tls_policy is not None and self._tls_policy.apply(
+        if self._outbound is not None and self._outbound.apply_tls(
                 cfg.get("tls_min_version"), cfg.get("tls_cipher_suites")):
             log.info("outbound TLS now >= {v} (Ironic's lookup); idle "
-                     "connections are closed", v=self._tls_policy.min_version)
-            if self._pool is not None:
-                self._pool.closeCachedConnections()
+                     "connections are closed",
+                     v=self._outbound.policy.min_version)
         if self.heartbeater is not None:
             self.heartbeater.heartbeat_timeout = float(cfg["heartbeat_timeout"])
         return True

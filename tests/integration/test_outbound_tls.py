@@ -46,9 +46,8 @@ class OutboundTLSTests(TestCase):
 
     def agent_http(self, **cli: Any) -> Any:
         agent = AgentService(load_config(cli), reactor)
-        # treq's client, Twisted's Agent: its connection pool
-        pool = agent.http._agent._pool
-        self.addCleanup(pool.closeCachedConnections)
+        assert agent._outbound is not None
+        self.addCleanup(agent._outbound.pool.closeCachedConnections)
         return agent
 
     async def refused(self, http: Any) -> str:
