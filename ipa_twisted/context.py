@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 
 from ipa_twisted.config import Config
@@ -48,6 +48,13 @@ class AgentContext:
     on_progress_change: Callable[[Any], None] = lambda progress: None
     #: The agent token in force (configured, or handed out by Ironic).
     current_token: Callable[[], str | None] = lambda: None
+    #: Stop serving the API / stop heartbeating (lockdown, rescue); each
+    #: fires once done.
+    stop_api: Callable[[], "Deferred[None]"] = lambda: succeed(None)
+    stop_heartbeats: Callable[[], "Deferred[None]"] = lambda: succeed(None)
+    #: How :meth:`in_thread` runs blocking work (None: the reactor's
+    #: thread pool; tests run it at once).
+    thread_runner: Callable[..., "Deferred[Any]"] | None = None
 
     def report_progress(self, progress: Any) -> None:
         self.progress = progress
@@ -92,5 +99,7 @@ class AgentContext:
     def in_thread(self, func: Callable[..., Any], *args: Any,
                   **kwargs: Any) -> "Deferred[Any]":
         """Run blocking disk I/O in the reactor's thread pool."""
+        if self.thread_runner is not None:
+            return self.thread_runner(func, *args, **kwargs)
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                  func, *args, **kwargs)

@@ -359,6 +359,9 @@ class CommandRunner:
             if isinstance(exc, errors.AgentError):
                 log.error("command {name} failed: {error}", name=name,
                           error=str(exc))
+            elif isinstance(exc, CancelledError):
+                log.warn("command {name} cancelled (the agent is stopping)",
+                         name=name)
             else:
                 log.failure("command {name} failed", outcome, name=name)
             result._finish(status, None, error)
