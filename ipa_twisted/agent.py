@@ -246,7 +246,7 @@ class AgentService(MultiService):
         self.warn_missing_tools()
         if self.context.guard.restricted:
             log.info("device allow-list in force: {devs}",
-                     devs=", ".join(config.device_allowlist))
+                     devs=", ".join(config.device_allowlist or []))
         hardware = self._hardware or HardwareManagers.from_entry_points()
         self.context.hardware = hardware
         self.context.extensions = load_extensions(self.context)
