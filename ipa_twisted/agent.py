@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from ipa_twisted import __version__, errors, tools
 from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.config import Config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.extensions import load_extensions
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
@@ -123,7 +123,7 @@ class AgentService(MultiService):
         hardware: HardwareManagers | None = None,
         rng: random.Random | None = None,
         exit_on_fatal: bool = True,
-        registrar: Callable[[AgentContext, Outbound | None], Registrar]
+        registrar: Callable[[RunningAgent, Outbound | None], Registrar]
         | None = None,
     ) -> None:
         super().__init__()
@@ -135,7 +135,7 @@ class AgentService(MultiService):
             self._outbound = outbound(reactor, config)
             http = self._outbound.client
         self.http = http
-        self.context = AgentContext(
+        self.context = RunningAgent(
             config=config,
             reactor=reactor,
             process=ProcessRunner(reactor, reactor),

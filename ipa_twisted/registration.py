@@ -46,7 +46,7 @@ from ipa_twisted.ironic import (
 from ipa_twisted.retry import GaveUp, constant, retry
 
 if TYPE_CHECKING:
-    from ipa_twisted.context import AgentContext
+    from ipa_twisted.context import RunningAgent
     from ipa_twisted.httpclient import Outbound
 
 log = Logger()
@@ -94,7 +94,7 @@ class Registration:
         return str(self.node["uuid"])
 
 
-def accept_lookup(context: AgentContext, outbound: Outbound | None,
+def accept_lookup(context: RunningAgent, outbound: Outbound | None,
                   token: str | None, lookup: LookupResult
                   ) -> tuple[bool, str | None]:
     """Take a lookup answer: the node, the run-time configuration, the
@@ -136,7 +136,7 @@ class Registrar:
     machine's network (injected for tests).
     """
 
-    context: AgentContext
+    context: RunningAgent
     outbound: Outbound | None = None
     rng: random.Random = attrs.field(factory=random.SystemRandom)
     interfaces: Callable[[], list[netif.NetworkInterface]] = netif.list_interfaces
@@ -158,7 +158,6 @@ class Registrar:
         config = self.config
         await self._wait_for_interfaces()
         api_urls = await self._api_urls()
-        assert self.context.hardware is not None
         inventory = await self.context.hardware.dispatch("list_hardware_info")
         self.macs = tuple(i["mac_address"] for i in inventory["interfaces"]
                           if i.get("mac_address"))

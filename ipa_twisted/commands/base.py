@@ -26,7 +26,7 @@ import json
 import re
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
 from twisted.internet.defer import (
@@ -41,6 +41,9 @@ from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted import encoding, errors
 from ipa_twisted.observer import OneShotObserver
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
 
 log = Logger()
 
@@ -167,7 +170,7 @@ class Extension:
 
     name: str = ""
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: RunningAgent) -> None:
         self.agent = agent
 
     def commands(self) -> Mapping[str, BoundCommand]:

@@ -10,7 +10,7 @@ import os
 import platform
 import re
 import shutil
-from typing import AbstractSet as Set
+from typing import TYPE_CHECKING, AbstractSet as Set
 from typing import Any, Mapping
 
 import attrs
@@ -37,6 +37,9 @@ from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
 from ipa_twisted.process import ProcessError
 from ipa_twisted.retry import GaveUp, constant, retry
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
 
 log = Logger()
 
@@ -223,7 +226,7 @@ class GenericHardwareManager(HardwareManager):
         #: where erase_pstore finds the pstore mount
         self.proc_mounts = "/proc/mounts"
 
-    async def initialize(self, agent: Any) -> None:
+    async def initialize(self, agent: RunningAgent) -> None:
         self.agent = agent
         if agent.config.collect_lldp:
             agent.start_lldp()

@@ -72,13 +72,13 @@ class Options(SourceOptions):
 
 
 def build_context(reactor: Any, config: Config) -> Any:
-    from ipa_twisted.context import AgentContext
+    from ipa_twisted.context import RunningAgent
     from ipa_twisted.hardware.disks import DeviceGuard
     from ipa_twisted.httpclient import outbound
     from ipa_twisted.process import ProcessRunner
 
     out = outbound(reactor, config, persistent=False)
-    return AgentContext(config=config, reactor=reactor,
+    return RunningAgent(config=config, reactor=reactor,
                         process=ProcessRunner(reactor, reactor),
                         guard=DeviceGuard(config.device_allowlist),
                         http=out.client, tls_policy=out.policy)

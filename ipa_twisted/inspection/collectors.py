@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -31,6 +31,10 @@ from ipa_twisted.hardware import dmi, netif
 from ipa_twisted.hardware.generic import MIN_ROOT_DISK
 from ipa_twisted.hardware.manager import manager_version
 from ipa_twisted.hardware.probes import ProbeSession
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
+
 
 log = Logger()
 
@@ -62,7 +66,7 @@ class Failures:
 class ICollector(Interface):
     name = Attribute("The collector's name (as in ipa-inspection-collectors).")
 
-    def collect(context: Any, data: dict, failures: Failures,
+    def collect(context: RunningAgent, data: dict, failures: Failures,
                 names: Sequence[str]) -> Any:
         """Add keys to ``data`` (may return a Deferred or be a coroutine);
         report problems with ``failures.add``."""
@@ -79,7 +83,7 @@ def normalize_mac(mac: str) -> str:
 class DefaultCollector:
     name = "default"
 
-    async def wait_for_dhcp(self, context: Any) -> bool:
+    async def wait_for_dhcp(self, context: RunningAgent) -> bool:
         config = context.config
         timeout = config.inspection_dhcp_wait_timeout
         if not timeout:
@@ -106,7 +110,7 @@ class DefaultCollector:
                 return False
             await deferLater(clock, DHCP_POLL)
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         await self.wait_for_dhcp(context)
         if context.config.collect_lldp:
@@ -136,13 +140,12 @@ class DefaultCollector:
 class LogsCollector:
     name = "logs"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
-        from ipa_twisted.commands.log import LogExtension
+        from ipa_twisted import system_logs
 
         try:
-            data["logs"] = (await LogExtension(context).collect_system_logs()
-                            )["system_logs"]
+            data["logs"] = await system_logs.collect(context)
         except Exception as e:  # as IPA: log failures are not reported
             log.warn("cannot collect logs for inspection: {e}", e=e)
 
@@ -157,7 +160,7 @@ class PCIDevicesCollector:
     name = "pci-devices"
     path = "/sys/bus/pci/devices"
 
-    def collect(self, context: Any, data: dict, failures: Failures,
+    def collect(self, context: RunningAgent, data: dict, failures: Failures,
                 names: Sequence[str]) -> None:
         try:
             entries = os.listdir(self.path)
@@ -256,7 +259,7 @@ def numa_topology(node_path: str = "/sys/devices/system/node",
 class NumaTopologyCollector:
     name = "numa-topology"
 
-    def collect(self, context: Any, data: dict, failures: Failures,
+    def collect(self, context: RunningAgent, data: dict, failures: Failures,
                 names: Sequence[str]) -> None:
         topology = numa_topology()
         if topology is not None:
@@ -267,7 +270,7 @@ class NumaTopologyCollector:
 class DmiDecodeCollector:
     name = "dmi-decode"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         from ipa_twisted.process import ProcessError
 
@@ -285,7 +288,7 @@ class DmiDecodeCollector:
 class LLDPCollector:
     name = "lldp"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         collector = context.start_lldp()
         data["lldp_raw"] = dict(await collector.when_done())
@@ -295,7 +298,7 @@ class LLDPCollector:
 class USBDevicesCollector:
     name = "usb-devices"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         root = await ProbeSession(context.process, context.guard).lshw()
         devices = []

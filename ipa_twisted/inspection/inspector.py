@@ -15,7 +15,7 @@ the latter).  Only the answer's ``uuid`` is used (it feeds the lookup).
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -30,6 +30,10 @@ from ipa_twisted.inspection.collectors import (
 )
 from ipa_twisted.ironic import CONNECTION_ERRORS, _describe, error_text
 from ipa_twisted.retry import GaveUp, is_cancellation, retry
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
+
 
 log = Logger()
 
@@ -68,7 +72,7 @@ def collector_names(config: Any) -> list[str]:
     return list(config.inspection_collectors or DEFAULT_COLLECTORS)
 
 
-async def callback_urls(context: Any, api_urls: Sequence[str] | None
+async def callback_urls(context: RunningAgent, api_urls: Sequence[str] | None
                         ) -> list[str]:
     config = context.config
     if config.inspection_callback_url == ["mdns"]:
@@ -84,7 +88,7 @@ async def callback_urls(context: Any, api_urls: Sequence[str] | None
             for u in api_urls or []]
 
 
-async def collect(context: Any, names: Sequence[str]
+async def collect(context: RunningAgent, names: Sequence[str]
                   ) -> tuple[dict[str, Any], Failures]:
     failures = Failures()
     data: dict[str, Any] = {}
@@ -103,7 +107,7 @@ class _NotAccepted(Exception):
     """This round of posts found no inspector that took the data (yet)."""
 
 
-async def post(context: Any, urls: Sequence[str], payload: bytes,
+async def post(context: RunningAgent, urls: Sequence[str], payload: bytes,
                timeout: float) -> InspectionResult:
     headers = {"Content-Type": "application/json",
                "Accept": "application/json"}
@@ -147,7 +151,7 @@ async def post(context: Any, urls: Sequence[str], payload: bytes,
         return InspectionResult(None, str(e.last), None)
 
 
-async def inspect(context: Any, api_urls: Sequence[str] | None
+async def inspect(context: RunningAgent, api_urls: Sequence[str] | None
                   ) -> InspectionResult | None:
     """Collect and post; None when inspection is disabled.  Never raises
     for an unreachable or refusing inspector (it logs)."""

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
 from ipa_twisted.inspection import collectors, daemon, inspector
@@ -42,7 +42,7 @@ class Inspector:
         return json.dumps(body).encode()
 
 
-def context(stub: Any, clock: Clock, **cli: Any) -> AgentContext:
+def context(stub: Any, clock: Clock, **cli: Any) -> RunningAgent:
     fake = FakeHardwareManager(inventory={
         "interfaces": [{"name": "eth0", "mac_address": "aa:bb:cc:dd:ee:ff"}],
         "disks": [{"name": "/dev/sdb", "size": 8 * GiB},
@@ -50,7 +50,7 @@ def context(stub: Any, clock: Clock, **cli: Any) -> AgentContext:
                   {"name": "/dev/sdc", "size": 8 * GiB}],
         "boot": {"current_boot_mode": "bios", "pxe_interface": "01-aa"},
     })
-    ctx = AgentContext(config=load_config(cli), reactor=clock,
+    ctx = RunningAgent(config=load_config(cli), reactor=clock,
                        process=FakeProcessRunner(), guard=DeviceGuard(None),
                        http=stub)
     ctx.hardware = HardwareManagers([fake])
@@ -135,6 +135,29 @@ class InspectTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         self.assertEqual((len(http.calls), http.pending), (1, []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_logs_collector_packs_the_system_logs(self) -> None:
+        import base64
+        import io
+        import tarfile
+
+        from twisted.internet.defer import maybeDeferred
+
+        ctx = context(self.stub, self.clock)
+        assert isinstance(ctx.process, FakeProcessRunner)
+        ctx.process.add("dmesg", "kernel says hi\n")
+        ctx.process.add("journalctl", "journal line\n")
+        ctx.thread_runner = maybeDeferred
+        data: dict[str, Any] = {}
+        self.successResultOf(ensureDeferred(collectors.LogsCollector().collect(
+            ctx, data, collectors.Failures(), ["logs"])))
+        raw = base64.b64decode(data["logs"])
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            self.assertEqual(tar.extractfile("dmesg").read(),  # type: ignore
+                             b"kernel says hi\n")
+            self.assertIn("journal", tar.getnames())
+        # no command extension was made for it
+        self.assertEqual(ctx.extensions, {})
 
     def test_disabled(self) -> None:
         ctx = context(self.stub, self.clock)

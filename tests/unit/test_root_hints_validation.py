@@ -15,7 +15,7 @@ from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.commands.standby import StandbyExtension
 from ipa_twisted.commands.steps import DeployExtension
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.generic import (
     GenericHardwareManager,
@@ -54,7 +54,7 @@ class ValidatorTests(SynchronousTestCase):
 
 class CommandTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.context = AgentContext(
+        self.context = RunningAgent(
             config=load_config({}), reactor=Clock(),
             process=FakeProcessRunner(), guard=DeviceGuard(None))
         self.context.hardware = HardwareManagers([FakeHardwareManager()])
@@ -82,7 +82,7 @@ class CommandTests(SynchronousTestCase):
 class InstallDeviceTests(SynchronousTestCase):
     def test_bad_hints_fail_without_waiting_for_disks(self) -> None:
         clock = Clock()
-        context = AgentContext(
+        context = RunningAgent(
             config=load_config({"disk_wait_attempts": "10",
                                 "disk_wait_delay": "3"}),
             reactor=clock, process=FakeProcessRunner(),
@@ -112,7 +112,7 @@ class DiskWaitTests(SynchronousTestCase):
         from ipa_twisted.hardware.disks import BlockDevice
 
         clock = Clock()
-        context = AgentContext(
+        context = RunningAgent(
             config=load_config({"disk_wait_attempts": "3",
                                 "disk_wait_delay": "5"}),
             reactor=clock, process=FakeProcessRunner(),
