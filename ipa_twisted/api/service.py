@@ -78,7 +78,7 @@ def api_service(context: Any, runner: CommandRunner,
     generated one, if any)."""
     config = context.config
     reactor = context.reactor
-    api = AgentAPI(runner, token, started_at)
+    api = AgentAPI(runner, token, started_at, in_thread=context.in_thread)
     open_files = raise_open_file_limit()
     total, per_peer = connection_caps(
         config.api_max_connections, config.api_max_connections_per_peer,
