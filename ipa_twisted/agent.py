@@ -30,7 +30,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
@@ -60,6 +60,9 @@ from ipa_twisted.registration import (
     Registration,
     format_callback_url,
 )
+
+if TYPE_CHECKING:
+    from ipa_twisted.api.service import APIService
 
 log = Logger()
 
@@ -153,10 +156,10 @@ class AgentService(MultiService):
         self.started_at = time.time()
         #: the token in force (configured, then Ironic's)
         self.token: str | None = config.agent_token
+        #: once the extensions are loaded
         self.runner: CommandRunner | None = None
+        #: once registered (None in standalone mode)
         self.registration: Registration | None = None
-        self.api: Any = None
-        self.heartbeater: Heartbeater | None = None
         self._ready: OneShotObserver[None] = OneShotObserver()
         # stopped last: whatever tool still runs, with what it started
         _StopWith("tools", lambda: self.context.process.stop()
@@ -206,19 +209,33 @@ class AgentService(MultiService):
 
     # ---------------------------------------- for lockdown and rescue
 
+    @property
+    def api(self) -> APIService | None:
+        """The API service, while there is one."""
+        return self.namedServices.get("api")  # type: ignore[return-value]
+
+    @property
+    def heartbeater(self) -> Heartbeater | None:
+        """The heartbeater, while there is one."""
+        return self.namedServices.get(  # type: ignore[return-value]
+            "heartbeater")
+
     def stop_heartbeats(self) -> Deferred[None]:
         """Stop heartbeating (fires once the heartbeat in flight ended)."""
-        heartbeater, self.heartbeater = self.heartbeater, None
-        if heartbeater is None or heartbeater.parent is None:
-            return succeed(None)
-        return _removed(heartbeater)
+        return self._remove("heartbeater")
 
     def stop_api(self) -> Deferred[None]:
         """Stop serving the API (fires once the port is closed)."""
-        api, self.api = self.api, None
-        if api is None or api.parent is None:
+        return self._remove("api")
+
+    def _remove(self, name: str) -> Deferred[None]:
+        child = self.namedServices.get(name)
+        if child is None:
             return succeed(None)
-        return _removed(api)
+        stopped = self.removeService(child)
+        if isinstance(stopped, Deferred):
+            return stopped.addCallback(lambda _: None)
+        return succeed(None)
 
     # ------------------------------------------------------------- start
 
@@ -276,16 +293,15 @@ class AgentService(MultiService):
         await self._serve(registration)
         if registration is not None:
             log.info("callback URL {url}", url=registration.callback_url)
-            self.heartbeater = Heartbeater(
-                self.reactor, self._send_heartbeat,
-                registration.heartbeat_timeout, self._rng)
-            self.heartbeater.setServiceParent(self)
+            Heartbeater(self.reactor, self._send_heartbeat,
+                        registration.heartbeat_timeout, self._rng
+                        ).setServiceParent(self)
 
     async def _serve(self, registration: Registration | None) -> None:
         from ipa_twisted.api.service import api_service
 
         assert self.runner is not None
-        self.api = api = api_service(
+        api = api_service(
             self.context, self.runner, lambda: self.token, self.started_at,
             registration.certificate if registration else None)
         api.setServiceParent(self)
@@ -327,15 +343,6 @@ class AgentService(MultiService):
                 else None
 
     def force_heartbeat(self) -> None:
-        if self.heartbeater is not None:
-            self.heartbeater.force()
-
-
-def _removed(service: Service) -> Deferred[None]:
-    """Take ``service`` out of its parent, stopping it."""
-    parent = service.parent
-    assert parent is not None
-    stopped = parent.removeService(service)
-    if isinstance(stopped, Deferred):
-        return stopped.addCallback(lambda _: None)
-    return succeed(None)
+        heartbeater = self.heartbeater
+        if heartbeater is not None:
+            heartbeater.force()

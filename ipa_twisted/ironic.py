@@ -204,6 +204,8 @@ class IronicClient:
                 raise ValueError(f"HTTP {response.code}")
             data = json.loads(body)
             version = version_tuple(data["default_version"]["version"])
+        except defer.CancelledError:
+            raise
         except Exception as e:
             log.warn("cannot tell the Ironic API version ({error}); assuming "
                      "{v} for now", error=_describe(e),

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import urlparse
 
 import attrs
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -245,6 +246,8 @@ class Registrar:
         try:
             endpoint = await mdns.find_endpoint(
                 self.reactor, mdns.API_SERVICE, config.mdns_lookup_attempts)
+        except CancelledError:
+            raise
         except Exception as e:
             if explicit:
                 raise FatalError(f"ipa-api-url=mdns: cannot find the Ironic "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Any, Mapping
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -150,6 +151,8 @@ class StandbyExtension(Extension):
     async def _shutdown(self, command: str, sysrq: str) -> None:
         try:
             await self.agent.hardware.dispatch("full_sync")
+        except CancelledError:
+            raise
         except Exception as e:
             log.warn("sync before power action failed: {e}", e=e)
         argv = shlex.split(command)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import (
+    CancelledError,
     DeferredList,
     DeferredSemaphore,
     ensureDeferred,
@@ -308,6 +309,8 @@ class DiskEraser:
         except (errors.AgentError, OSError, ProcessError) as e:
             report.update(result="failed", reason=str(e))
             self._phase(dev.name, "failed")
+        except CancelledError:
+            raise
         except Exception as e:  # a bug must not hide the other disks
             log.failure("erasing {dev} failed", dev=dev.name)
             report.update(result="failed",

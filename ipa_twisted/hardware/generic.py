@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import attrs
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     DeferredList,
     ensureDeferred,
@@ -330,6 +331,8 @@ class GenericHardwareManager(HardwareManager):
         async def guarded(what: str, coro: Any, default: Any) -> Any:
             try:
                 return await coro
+            except CancelledError:
+                raise
             except Exception as e:
                 log.warn("{what} probe failed: {e}", what=what, e=e)
                 return default

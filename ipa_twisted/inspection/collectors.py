@@ -23,6 +23,7 @@ import os
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Sequence
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
@@ -146,6 +147,8 @@ class LogsCollector:
 
         try:
             data["logs"] = await system_logs.collect(context)
+        except CancelledError:
+            raise
         except Exception as e:  # as IPA: log failures are not reported
             log.warn("cannot collect logs for inspection: {e}", e=e)
 

@@ -97,6 +97,8 @@ async def collect(context: RunningAgent, names: Sequence[str]
             result = collector.collect(context, data, failures, names)
             if hasattr(result, "__await__"):
                 await result
+        except CancelledError:
+            raise
         except Exception as e:
             failures.add(f"collector {name} failed: {e}")
     data["error"] = failures.error()
@@ -162,6 +164,8 @@ async def inspect(context: RunningAgent, api_urls: Sequence[str] | None
     log.info("inspection with collectors {names}", names=", ".join(names))
     try:
         urls = await callback_urls(context, api_urls)
+    except CancelledError:
+        raise
     except Exception as e:
         log.error("inspection skipped: cannot find where to post: {e}", e=e)
         return InspectionResult(None, str(e), None)

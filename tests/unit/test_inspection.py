@@ -136,6 +136,23 @@ class InspectTests(SynchronousTestCase):
         self.assertEqual((len(http.calls), http.pending), (1, []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_cancelled_collector_cancels_inspection(self) -> None:
+        # waiting for DHCP when the agent stops: nothing is posted (the
+        # cancellation was taken for a collector's failure, and the data
+        # posted anyway)
+        ctx = context(self.stub, self.clock,
+                      inspection_callback_url="http://insp:5050/v1/continue",
+                      inspection_collectors="default",
+                      inspection_dhcp_wait_timeout="60",
+                      bootif="01-02-00-00-00-00-42")
+        d = ensureDeferred(inspector.inspect(ctx, None))
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.stub.flush()
+        self.assertEqual(self.server.posts, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_logs_collector_packs_the_system_logs(self) -> None:
         import base64
         import io

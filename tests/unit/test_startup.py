@@ -198,6 +198,19 @@ class StartUpTests(SynchronousTestCase):
         self.assertEqual(len(hanging.calls), 1)         # no retry
         self.assertNothingLeft(agent)
 
+    def test_stop_during_version_discovery(self) -> None:
+        hanging = HangingHTTP()
+        self.http = hanging
+        agent = self.agent()
+        agent.startService()
+        self.assertEqual(hanging.calls, ["http://ironic.example:6385/"])
+        self.successResultOf(agent.stopService())
+        self.failureResultOf(agent.when_ready(), CancelledError)
+        # not taken for "version unknown, go on with the lookup"
+        self.assertEqual(hanging.calls, ["http://ironic.example:6385/"])
+        self.assertEqual(hanging.pending, [])
+        self.assertNothingLeft(agent)
+
     def test_stop_while_lookup_pauses(self) -> None:
         self.ironic.lookup_answers = [(404, {"error_message": "no node"})]
         agent = self.agent()
