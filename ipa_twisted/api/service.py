@@ -69,6 +69,12 @@ class APIService(StreamServerEndpointService):
     def when_listening(self) -> Deferred[IListeningPort]:
         return self._listening.when_fired()
 
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, then close the connections still open."""
+        d: Deferred[Any] = super().stopService()
+        site: AgentSite = self.factory
+        return d.addCallback(lambda _: site.close_connections())
+
 
 def api_service(context: Any, runner: CommandRunner,
                 token: Callable[[], str | None], started_at: float,
