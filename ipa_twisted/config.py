@@ -27,9 +27,12 @@ import ipaddress
 import os
 import re
 import socket
+import typing
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
+
+from ipa_twisted.settings import Settings
 
 
 class ConfigError(Exception):
@@ -404,6 +407,15 @@ OPTIONS: tuple[Option, ...] = (
     _bool("debug", False, "Log debug messages.", kernel="ipa-debug"),
 )
 
+def option_type(option: Option) -> str:
+    """The type of an option's value, as Python source: what its parser
+    returns, ``| None`` when its default is None."""
+    returned = typing.get_type_hints(option.parse)["return"]
+    text = returned.__name__ if isinstance(returned, type) \
+        else repr(returned)
+    return text + " | None" if option.default is None else text
+
+
 OPTIONS_BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
 OPTIONS_BY_KERNEL: Mapping[str, Option] = {
     o.kernel: o for o in OPTIONS if o.kernel
@@ -464,38 +476,38 @@ def read_ini_files(
 # ------------------------------------------------------------------- result
 
 
-class Config:
-    """Resolved option values, read as attributes (``config.api_url``)."""
+@attrs.frozen(kw_only=True)
+class Config(Settings):
+    """Resolved option values, read as typed attributes
+    (``config.api_url``: the fields of :class:`~ipa_twisted.settings.
+    Settings`), and where each came from."""
 
-    def __init__(
-        self,
-        values: Mapping[str, Any],
-        sources: Mapping[str, str],
-        unknown_file_keys: Sequence[str] = (),
-    ) -> None:
-        self._values = dict(values)
-        self._sources = dict(sources)
-        #: Keys of configuration files that are not ours (logged at start).
-        self.unknown_file_keys = list(unknown_file_keys)
+    _sources: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: Keys of configuration files that are not ours (logged at start).
+    unknown_file_keys: list[str] = attrs.field(factory=list)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["_values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @classmethod
+    def of(cls, values: Mapping[str, Any], sources: Mapping[str, str],
+           unknown_file_keys: Sequence[str] = ()) -> "Config":
+        """A Config of every option's value (``values`` must name them
+        all, and nothing else)."""
+        missing = [o.name for o in OPTIONS if o.name not in values]
+        extra = [k for k in values if k not in OPTIONS_BY_NAME]
+        if missing or extra:
+            raise TypeError(f"options missing: {missing}; unknown: {extra}")
+        return cls(sources=dict(sources),
+                   unknown_file_keys=list(unknown_file_keys), **values)
 
     def source(self, name: str) -> str:
         return self._sources.get(name, "default")
 
     def replace(self, **changes: Any) -> "Config":
-        values = dict(self._values)
-        sources = dict(self._sources)
-        for name, value in changes.items():
-            if name not in values:
+        for name in changes:
+            if name not in OPTIONS_BY_NAME:
                 raise KeyError(name)
-            values[name] = value
-            sources[name] = "override"
-        return Config(values, sources, self.unknown_file_keys)
+        sources = dict(self._sources)
+        sources.update({name: "override" for name in changes})
+        return attrs.evolve(self, sources=sources, **changes)
 
     def describe(self) -> list[str]:
         """``name = value (source)`` lines, secrets masked, for the log."""
@@ -503,7 +515,7 @@ class Config:
         for option in OPTIONS:
             if self.source(option.name) == "default":
                 continue
-            value = self._values[option.name]
+            value = getattr(self, option.name)
             if option.secret and value is not None:
                 value = "***"
             lines.append(f"{option.name} = {value!r} ({self.source(option.name)})")
@@ -572,7 +584,7 @@ def load_config(
                    sources)
 
     _read_token_file(values, sources)
-    config = Config(values, sources, unknown)
+    config = Config.of(values, sources, unknown)
     _check_consistency(config)
     return config
 

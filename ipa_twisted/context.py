@@ -1,35 +1,65 @@
-"""What extensions and hardware managers may use of the running agent.
+"""The running agent, as extensions, hardware managers and inspection
+collectors see it: what they are handed under the name ``agent`` (and
+``context`` by collectors).
 
-One object, built by the agent service and handed to every extension and
-(through ``initialize``) to every hardware manager: the configuration, the
-reactor, the process runner, the HTTP client for images, the device guard,
-the loaded managers and extensions, and the node that Ironic told us about.
+One object, built by the agent service (or by the ``ipa-inventory`` and
+``ironic-collect-introspection-data`` programs): the configuration, the
+reactor, the process runner, the HTTP client, the device guard, the loaded
+managers and extensions, the node that Ironic told us about, and what
+long work reports.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
 from ipa_twisted.config import Config
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.process import IProcessRunner
 
+if TYPE_CHECKING:
+    from ipa_twisted.hardware.lldp import LLDPCollector
+    from ipa_twisted.hardware.manager import HardwareManagers
+    from ipa_twisted.tls import ClientPolicy
+
+
+class HTTPClient(Protocol):
+    """What the agent asks of an HTTP client (treq's ``HTTPClient``, ours
+    in :mod:`ipa_twisted.httpclient`, treq's ``StubTreq`` in tests)."""
+
+    def request(self, method: str, url: Any, **kwargs: Any
+                ) -> "Deferred[Any]": ...
+
+
+class Progress(Protocol):
+    """Long work's progress (an image written, disks erased); it may also
+    have an ``agent_status`` ("start", or "end" for a final summary)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def text(self) -> str: ...
+
 
 @attrs.define
-class AgentContext:
+class RunningAgent:
     config: Config
-    reactor: Any
+    #: the reactor (a clock to most; the agent's real reactor provides
+    #: every reactor interface: threads, TCP, processes, descriptors)
+    reactor: IReactorTime
     process: IProcessRunner
     guard: DeviceGuard
-    #: treq-like client for image and checksum downloads.
-    http: Any = None
+    #: the HTTP client for Ironic, the inspector, images and checksums
+    http: HTTPClient | Any = None
     #: the TLS policy of ``http`` (for proxied connections)
-    tls_policy: Any = None
-    hardware: Any = None  # HardwareManagers, once loaded
+    tls_policy: ClientPolicy | None = None
+    _hardware: HardwareManagers | None = None
+    #: the extensions by name, once loaded (their commands are looked up
+    #: by name: ``get_extension`` answers Any)
     extensions: Mapping[str, Any] = attrs.field(factory=dict)
     #: The node as the last lookup (or command) gave it.
     node: dict[str, Any] | None = None
@@ -41,19 +71,39 @@ class AgentContext:
     #: Re-run lookup to refresh ``node`` (None when there is no Ironic).
     refresh_node: Callable[[], "Deferred[Any]"] | None = None
     #: The background LLDP listener, once started.
-    lldp: Any = None
+    lldp: LLDPCollector | None = None
     #: Progress of the long work in hand (shown in the running command's
     #: result and, with Ironic >= 1.72, in heartbeats).
-    progress: Any = None
-    on_progress_change: Callable[[Any], None] = lambda progress: None
+    progress: Progress | None = None
+    on_progress_change: Callable[[Progress | None], None] = \
+        lambda progress: None
     #: The agent token in force (configured, or handed out by Ironic).
     current_token: Callable[[], str | None] = lambda: None
+    #: Stop serving the API / stop heartbeating (lockdown, rescue); each
+    #: fires once done.
+    stop_api: Callable[[], "Deferred[None]"] = lambda: succeed(None)
+    stop_heartbeats: Callable[[], "Deferred[None]"] = lambda: succeed(None)
+    #: How :meth:`in_thread` runs blocking work (None: the reactor's
+    #: thread pool; tests run it at once).
+    thread_runner: Callable[..., "Deferred[Any]"] | None = None
 
-    def report_progress(self, progress: Any) -> None:
+    @property
+    def hardware(self) -> HardwareManagers:
+        """The hardware managers (once loaded: the agent loads them first
+        thing)."""
+        if self._hardware is None:
+            raise RuntimeError("the hardware managers are not loaded yet")
+        return self._hardware
+
+    @hardware.setter
+    def hardware(self, managers: HardwareManagers) -> None:
+        self._hardware = managers
+
+    def report_progress(self, progress: Progress | None) -> None:
         self.progress = progress
         self.on_progress_change(progress)
 
-    def start_lldp(self) -> Any:
+    def start_lldp(self) -> LLDPCollector:
         """Start listening for LLDP on every interface (once); returns the
         collector.  Nothing waits for it."""
         if self.lldp is None:
@@ -92,5 +142,9 @@ class AgentContext:
     def in_thread(self, func: Callable[..., Any], *args: Any,
                   **kwargs: Any) -> "Deferred[Any]":
         """Run blocking disk I/O in the reactor's thread pool."""
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+        if self.thread_runner is not None:
+            return self.thread_runner(func, *args, **kwargs)
+        threads = cast(IReactorThreads, self.reactor)
+        return deferToThreadPool(cast(Any, self.reactor),
+                                 threads.getThreadPool(),
                                  func, *args, **kwargs)

@@ -1,13 +1,16 @@
-"""Generate the configuration reference from the option table.
+"""Generate from the option table: the configuration reference, and the
+typed class of the options' values.
 
     python -m ipa_twisted.docgen > docs/configuration.md
+    python -m ipa_twisted.docgen settings > ipa_twisted/settings.py
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 
-from ipa_twisted.config import iter_reference_rows
+from ipa_twisted.config import OPTIONS, iter_reference_rows, option_type
 
 HEADER = """\
 # Configuration reference
@@ -36,8 +39,41 @@ def render() -> str:
     return HEADER + "\n".join(rows) + "\n"
 
 
-def main() -> int:
-    sys.stdout.write(render())
+SETTINGS_HEADER = '''"""The options' values, typed: one field per option of
+:data:`ipa_twisted.config.OPTIONS`, in its order, of the type its parser
+returns (``| None`` when the default is None).  The defaults stay in the
+table.
+
+Generated (do not edit): ``python -m ipa_twisted.docgen settings >
+ipa_twisted/settings.py``; tests/unit/test_config.py fails when the table
+and this file disagree.  So a misspelt option is an attribute error for
+mypy.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+'''
+
+
+def render_settings() -> str:
+    lines: list[str] = []
+    for o in OPTIONS:
+        lines.extend(f"    #: {h}" for h in textwrap.wrap(o.help, 70))
+        lines.append(f"    {o.name}: {option_type(o)}")
+    return SETTINGS_HEADER + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["settings"]:
+        sys.stdout.write(render_settings())
+    else:
+        sys.stdout.write(render())
     return 0
 
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from ipa_twisted.commands.base import IExtension
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
 
 log = Logger()
 
@@ -35,7 +38,7 @@ def builtin_extensions() -> dict[str, type]:
     )}
 
 
-def load_extensions(agent: Any) -> dict[str, Any]:
+def load_extensions(agent: RunningAgent) -> dict[str, Any]:
     classes: dict[str, Any] = dict(builtin_extensions())
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:

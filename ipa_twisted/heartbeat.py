@@ -25,12 +25,15 @@ import enum
 import random
 from typing import Callable
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ipa_twisted import errors
+from ipa_twisted.observer import OneShotObserver
+from ipa_twisted.retry import is_cancellation
 
 log = Logger()
 
@@ -86,14 +89,17 @@ def classify(failure: Failure) -> Outcome:
     return Outcome.ERROR
 
 
-class Heartbeater:
+class Heartbeater(Service):
     """Sends heartbeats on the schedule above; never two at once.
 
+    A service: the first heartbeat goes out as soon as it starts; stopping
+    cancels the heartbeat in flight (if any) and fires once it has ended.
     ``send()`` returns a Deferred that fires on success (HTTP 202) and fails
     with a :class:`~ipa_twisted.errors.HeartbeatConflictError` on 409, or any
-    other error.  The first heartbeat goes out as soon as :meth:`start` is
-    called.
+    other error.
     """
+
+    name = "heartbeater"
 
     def __init__(
         self,
@@ -112,36 +118,32 @@ class Heartbeater:
         self._schedule = schedule
         self._timer: IDelayedCall | None = None
         self._in_flight: Deferred[object] | None = None
+        self._landed: OneShotObserver[None] | None = None
         self._started_at: float | None = None  # of the last beat sent
         self._force_after_flight = False
-        self._running = False
         self.consecutive_errors = 0
         self.beats = 0
         self.accepted = 0
 
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def start(self) -> None:
-        if self._running:
+    def startService(self) -> None:
+        if self.running:
             return
-        self._running = True
+        super().startService()
         self._call_at(self._clock.seconds())
 
-    def stop(self) -> "Deferred[None]":
-        """Stop; fires once a beat in flight (if any) has ended."""
-        self._running = False
+    def stopService(self) -> "Deferred[None]":
+        """Stop; cancels the beat in flight, fires once it has ended."""
+        super().stopService()
         self._cancel_timer()
-        if self._in_flight is None:
+        if self._in_flight is None or self._landed is None:
             return succeed(None)
-        done: Deferred[None] = Deferred()
-        self._in_flight.addBoth(lambda _: done.callback(None))
-        return done
+        landed = self._landed.when_fired()
+        self._in_flight.cancel()
+        return landed
 
     def force(self) -> None:
         """Beat soon: as soon as 5 s have passed since the previous beat."""
-        if not self._running:
+        if not self.running:
             return
         if self._in_flight is not None:
             self._force_after_flight = True  # handled when that beat ends
@@ -170,7 +172,7 @@ class Heartbeater:
 
     def _beat(self) -> None:
         self._timer = None
-        if not self._running or self._in_flight is not None:
+        if not self.running or self._in_flight is not None:
             return
         self._started_at = self._clock.seconds()
         self.beats += 1
@@ -180,8 +182,16 @@ class Heartbeater:
             d = Deferred()
             d.errback(Failure())
         self._in_flight = d
+        self._landed = OneShotObserver()
         d.addCallbacks(self._ok, self._failed)
         d.addErrback(lambda f: log.failure("heartbeat scheduling failed", f))
+        d.addBoth(self._ended)
+
+    def _ended(self, _: object) -> None:
+        self._in_flight = None
+        landed, self._landed = self._landed, None
+        if landed is not None:
+            landed.fire(None)
 
     def _ok(self, _: object) -> None:
         self._in_flight = None
@@ -198,6 +208,8 @@ class Heartbeater:
 
     def _failed(self, failure: Failure) -> None:
         self._in_flight = None
+        if not self.running and is_cancellation(failure):
+            return          # stopped: not a network error
         outcome = classify(failure)
         if outcome is Outcome.ERROR:
             self.consecutive_errors += 1
@@ -215,7 +227,7 @@ class Heartbeater:
         delay = self._schedule(
             outcome, self.consecutive_errors, self.heartbeat_timeout, self._rng
         )
-        if not self._running:
+        if not self.running:
             return delay
         when = self._clock.seconds() + delay
         if self._force_after_flight:

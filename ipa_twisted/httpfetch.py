@@ -29,6 +29,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from ipa_twisted.retry import is_cancellation
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -145,10 +147,31 @@ def get_bytes(http: Any, clock: IReactorTime, url: str, *, limit: int,
     """``(response, body)`` of one request, whatever its status: the whole
     exchange within ``timeout`` seconds (``defer.TimeoutError``), the body
     at most ``limit`` bytes (:class:`BodyTooLarge`).  ``http`` is a treq
-    client; ``kwargs`` go to its ``request`` (``data``, ``params``...)."""
+    client; ``kwargs`` go to its ``request`` (``data``, ``params``...).
+
+    Cancelling the Deferred fails it with ``CancelledError`` (twisted.web
+    would say ``ResponseNeverReceived``, like a broken connection)."""
     d = defer.Deferred.fromCoroutine(
         _get(http, clock, url, limit, method, headers, kwargs))
-    d.addTimeout(timeout, clock)
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        d.cancel()
+
+    deadline = clock.callLater(timeout, expire)
+
+    def ended(result: Any) -> Any:
+        if deadline.active():
+            deadline.cancel()
+        if isinstance(result, Failure) and is_cancellation(result):
+            if expired:
+                return Failure(defer.TimeoutError(
+                    f"no complete answer from {url} within {timeout} s"))
+            return Failure(defer.CancelledError())
+        return result
+
+    d.addBoth(ended)
     return d
 
 

@@ -45,12 +45,12 @@ class Options(SourceOptions):
 
 
 async def collect(reactor: Any, config: Config) -> dict[str, Any]:
-    from ipa_twisted.context import AgentContext
+    from ipa_twisted.context import RunningAgent
     from ipa_twisted.hardware.disks import DeviceGuard
     from ipa_twisted.hardware.manager import HardwareManagers
     from ipa_twisted.process import ProcessRunner
 
-    context = AgentContext(config=config, reactor=reactor,
+    context = RunningAgent(config=config, reactor=reactor,
                            process=ProcessRunner(reactor, reactor),
                            guard=DeviceGuard(config.device_allowlist))
     hardware = HardwareManagers.from_entry_points()
@@ -58,7 +58,7 @@ async def collect(reactor: Any, config: Config) -> dict[str, Any]:
     await hardware.initialize(context)
     if config.collect_lldp:
         # the generic manager started listening in initialize()
-        await context.start_lldp().done
+        await context.start_lldp().when_done()
     inventory: dict[str, Any] = await hardware.dispatch("list_hardware_info")
     return inventory
 

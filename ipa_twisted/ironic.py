@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 import attrs
 from twisted.internet import defer
 from twisted.internet import error as ierror
-from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import client as webclient
@@ -22,6 +21,7 @@ from twisted.web.iweb import IResponse
 
 from ipa_twisted import __version__, errors
 from ipa_twisted.httpfetch import MiB, get_bytes
+from ipa_twisted.retry import GaveUp, is_cancellation, retry
 
 log = Logger()
 
@@ -179,6 +179,8 @@ class IronicClient:
             try:
                 response, body = await self._one(method, url, **kwargs)
             except CONNECTION_ERRORS as e:
+                if is_cancellation(e):
+                    raise defer.CancelledError() from None
                 log.warn("cannot reach Ironic at {url}: {error}", url=base,
                          error=_describe(e))
                 last = e
@@ -202,6 +204,8 @@ class IronicClient:
                 raise ValueError(f"HTTP {response.code}")
             data = json.loads(body)
             version = version_tuple(data["default_version"]["version"])
+        except defer.CancelledError:
+            raise
         except Exception as e:
             log.warn("cannot tell the Ironic API version ({error}); assuming "
                      "{v} for now", error=_describe(e),
@@ -225,6 +229,8 @@ class IronicClient:
                 "GET", "/v1/lookup", version=version, params=params
             )
         except CONNECTION_ERRORS as e:
+            if is_cancellation(e):
+                raise defer.CancelledError() from None
             raise LookupAttemptFailed(f"Ironic unreachable: {_describe(e)}")
         if response.code == 409:
             raise LookupAttemptFailed(
@@ -262,32 +268,42 @@ class IronicClient:
         timeout: float = 600.0,
         interval: float = 1.0,
     ) -> LookupResult:
-        """Look the node up, retrying with random exponential backoff."""
-        deadline = self._clock.seconds() + timeout
-        attempt = conflicts = 0
-        while True:
-            attempt += 1
+        """Look the node up, retrying with random exponential backoff (and
+        longer pauses after 409s) for up to ``timeout`` seconds."""
+        conflicts = 0
+        last_conflict = False
+        tries = 0
+
+        async def once() -> LookupResult:
+            nonlocal conflicts, last_conflict, tries
+            tries += 1
             try:
-                result = await self.lookup_once(addresses, node_uuid)
+                return await self.lookup_once(addresses, node_uuid)
             except LookupAttemptFailed as e:
-                reason = str(e)
-                pause = lookup_delay(attempt, interval, self._rng)
-                if e.conflict:
-                    conflicts += 1
-                    pause += conflict_pause(conflicts)
-            else:
-                log.info("lookup found node {uuid} (attempt {n})",
-                         uuid=result.node_uuid, n=attempt)
-                return result
-            now = self._clock.seconds()
-            if now + pause > deadline:
-                raise errors.LookupNodeError(
-                    f"Could not look up node info after {attempt} attempts "
-                    f"in {timeout:.0f} s; last error: {reason}"
-                )
+                last_conflict = e.conflict
+                conflicts += e.conflict
+                raise
+
+        def pause(failures: int) -> float:
+            extra = conflict_pause(conflicts) if last_conflict else 0.0
+            return lookup_delay(failures, interval, self._rng) + extra
+
+        def retrying(n: int, error: BaseException, delay: float) -> None:
             log.warn("lookup attempt {n} failed: {reason}; retrying in "
-                     "{pause:.1f} s", n=attempt, reason=reason, pause=pause)
-            await deferLater(self._clock, pause)
+                     "{pause:.1f} s", n=n, reason=str(error), pause=delay)
+
+        try:
+            result = await retry(
+                self._clock, once, pause, timeout=timeout,
+                retryable=lambda e: isinstance(e, LookupAttemptFailed),
+                on_retry=retrying)
+        except GaveUp as e:
+            raise errors.LookupNodeError(
+                f"Could not look up node info after {e.attempts} attempts "
+                f"in {timeout:.0f} s; last error: {e.last}") from None
+        log.info("lookup found node {uuid} (attempt {n})",
+                 uuid=result.node_uuid, n=tries)
+        return result
 
     # ------------------------------------------------------------ heartbeat
 
@@ -317,6 +333,8 @@ class IronicClient:
                 json_body=body,
             )
         except CONNECTION_ERRORS as e:
+            if is_cancellation(e):
+                raise defer.CancelledError() from None
             raise errors.HeartbeatConnectionError(_describe(e)) from None
         if response.code == 202:
             log.debug("heartbeat accepted")

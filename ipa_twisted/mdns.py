@@ -9,13 +9,13 @@ TXT ``protocol``, else http on port 80 and https otherwise; TXT ``path`` is
 appended.  Other TXT keys ``ipa_<option>`` are configuration overrides,
 applied only for options in the allow-list.
 
-zeroconf blocks: :func:`find_endpoint` runs it in a thread.
+zeroconf blocks: :func:`find_endpoint` asks from a thread, and waits
+between attempts on the reactor.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.hardware.netif import route_source
+from ipa_twisted.retry import GaveUp, backoff, retry
 
 log = Logger()
 
@@ -104,27 +105,18 @@ def endpoint_from_info(
     return Endpoint(f"{protocol}://{host}:{port}{path}", props)
 
 
-def find_endpoint_blocking(service: str, attempts: int = 3,
-                           timeout_ms: int = 3000) -> Endpoint:
-    """Ask by mDNS (blocking: call it from a thread)."""
+def ask_blocking(service: str, timeout_ms: int = 3000) -> Endpoint | None:
+    """Ask once by mDNS (blocking: call it from a thread); None when
+    nothing answered within ``timeout_ms``."""
     import zeroconf
 
     zc = zeroconf.Zeroconf(interfaces=zeroconf.InterfaceChoice.All,
                            ip_version=zeroconf.IPVersion.All)
     try:
-        name = f"{service}.{DOMAIN}"
-        delay = 0.1
-        info = None
-        for attempt in range(1, attempts + 1):
-            info = zc.get_service_info(DOMAIN, name, timeout=timeout_ms)
-            if info is not None:
-                break
-            if attempt < attempts:
-                time.sleep(delay)
-                delay *= 2
+        info = zc.get_service_info(DOMAIN, f"{service}.{DOMAIN}",
+                                   timeout=timeout_ms)
         if info is None:
-            raise ServiceLookupFailure(
-                f"no answer for {name} after {attempts} attempts")
+            return None
         return endpoint_from_info(service, info.parsed_addresses(),
                                   info.server or "", info.port or 0,
                                   info.properties)
@@ -132,10 +124,41 @@ def find_endpoint_blocking(service: str, attempts: int = 3,
         zc.close()
 
 
-def find_endpoint(reactor: Any, service: str, attempts: int = 3
-                  ) -> "Deferred[Endpoint]":
-    return deferToThreadPool(reactor, reactor.getThreadPool(),
-                             find_endpoint_blocking, service, attempts)
+class _NoAnswer(Exception):
+    pass
+
+
+def find_endpoint(
+    reactor: Any, service: str, attempts: int = 3,
+    ask: Callable[[str], "Deferred[Endpoint | None]"] | None = None,
+) -> "Deferred[Endpoint]":
+    """Ask up to ``attempts`` times (each in a thread, up to 3 s), 0.1 s
+    after the first miss, then twice as long each time.  Cancelling
+    stops at once (a question in flight ends by itself within its 3 s
+    and closes its sockets)."""
+    if ask is None:
+        def ask(service: str) -> "Deferred[Endpoint | None]":
+            return deferToThreadPool(reactor, reactor.getThreadPool(),
+                                     ask_blocking, service)
+
+    async def once() -> Endpoint:
+        assert ask is not None
+        endpoint = await ask(service)
+        if endpoint is None:
+            raise _NoAnswer()
+        return endpoint
+
+    async def find() -> Endpoint:
+        try:
+            return await retry(reactor, once, backoff(0.1, 10.0),
+                               attempts=attempts,
+                               retryable=lambda e: isinstance(e, _NoAnswer))
+        except GaveUp:
+            raise ServiceLookupFailure(
+                f"no answer for {service}.{DOMAIN} after {attempts} "
+                f"attempts") from None
+
+    return Deferred.fromCoroutine(find())
 
 
 def apply_overrides(config: Any, properties: Mapping[str, Any]) -> Any:

@@ -224,8 +224,7 @@ class _Run(ProcessProtocol):
         self._stop_timer("drain")
         self._stop_timer("give up")
         self._deliver()
-        if "kill" in self._timers and not self._group_alive():
-            self._stop_timer("kill")
+        self._watch_group()
         self._maybe_ended()
 
     # ------------------------------------------------------------ timers
@@ -284,7 +283,18 @@ class _Run(ProcessProtocol):
         self._grace = grace
         self._later("kill", grace, self._kill)
 
+    def _watch_group(self) -> None:
+        """After SIGTERM, once the tool has ended: no SIGKILL (and no wait
+        for it) as soon as its group is gone, which is usually at once."""
+        if "kill" not in self._timers:
+            return
+        if not self._group_alive():
+            self._stop_timer("kill")
+            return
+        self._later("term watch", REAP_POLL, self._watch_group)
+
     def _kill(self) -> None:
+        self._stop_timer("term watch")
         self._signal("KILL")
         self._close_pipes()
         if not self.exited:
@@ -348,7 +358,9 @@ class _Run(ProcessProtocol):
             return False
         except OSError as e:
             return e.errno != errno.ESRCH
-        return True
+        # zombies do not count: an orphan, killed, waits in its group
+        # for whoever reaps orphans here, which may take a while
+        return self._runner._has_live_members(self.pid)
 
     # ----------------------------------------------------------- results
 
@@ -383,6 +395,27 @@ class _Run(ProcessProtocol):
             self.ended.callback(None)
 
 
+def live_members_in_proc(pgid: int, proc: str = "/proc") -> bool:
+    """Is a process of group ``pgid`` alive (not a zombie)?"""
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may hold anything
+        fields = text[text.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
 @implementer(IProcessRunner)
 @attrs.define
 class ProcessRunner:
@@ -404,6 +437,10 @@ class ProcessRunner:
             "setsid", path=default_env()["PATH"])))
     #: ``os.killpg`` (tests pass a fake)
     _kill_group: Callable[[int, int], None] = os.killpg
+    #: does a process group that exists have a member that is not a
+    #: zombie (tests pass a fake)?
+    _has_live_members: Callable[[int], bool] = attrs.field(
+        default=attrs.Factory(lambda: live_members_in_proc))
     _runs: set[_Run] = attrs.field(factory=set, init=False)
     _warned: bool = attrs.field(default=False, init=False)
 

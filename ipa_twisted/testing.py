@@ -157,6 +157,32 @@ class FakeExtension(Extension):
         return object()
 
 
+class HangingHTTP:
+    """A treq-like client whose requests never get an answer; cancelling
+    one fails it as twisted.web does (``ResponseNeverReceived`` wrapping
+    the ``CancelledError``).  ``calls`` holds the URLs asked for,
+    ``pending`` the requests not cancelled yet."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.pending: list[Deferred[Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any
+                ) -> Deferred[Any]:
+        from twisted.internet.defer import CancelledError
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        def cancel(d: Deferred[Any]) -> None:
+            self.pending.remove(d)
+            d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+        self.calls.append(url)
+        d: Deferred[Any] = Deferred(cancel)
+        self.pending.append(d)
+        return d
+
+
 class FakeIronic:
     """A tiny Ironic API (Klein) answering lookup and heartbeat.
 

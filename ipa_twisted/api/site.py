@@ -16,6 +16,8 @@ What twisted.web does by itself, and what this site changes:
   failed rendering with an HTML page; here those answers are JSON faults.
 - Connections are capped in total and per peer address; a connection over
   a cap is answered 503 (total) or 429 (per peer) and closed.
+- When the API stops, its open connections are closed too
+  (:meth:`AgentSite.close_connections`).
 
 An early answer is written straight to the transport with
 ``Connection: close``; the connection then stops taking requests, reads
@@ -46,6 +48,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITCPTransport,
 )
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,6 +58,7 @@ from twisted.web.server import Request, Site
 from ipa_twisted import errors
 from ipa_twisted.api import query
 from ipa_twisted.api.app import BodyPolicy, fault_body
+from ipa_twisted.observer import OneShotObserver
 
 if TYPE_CHECKING:
     from ipa_twisted.api.app import AgentAPI
@@ -212,7 +216,7 @@ class AgentChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._peer = _peer_host(self.transport.getPeer())
-        self.site.connection_opened(self._peer)
+        self.site.connection_opened(self._peer, self)
         self._counted = True
 
     # -------------------------------------------------------- early answers
@@ -298,7 +302,7 @@ class AgentChannel(HTTPChannel):
         self._linger_call = None
         if self._counted:
             self._counted = False
-            self.site.connection_closed(self._peer)
+            self.site.connection_closed(self._peer, self)
         super().connectionLost(reason)
 
 
@@ -330,6 +334,10 @@ class AgentSite(Site):
         self.max_connections_per_peer = max_connections_per_peer
         self.open_connections = 0
         self.per_peer: Counter[str] = Counter()
+        #: the connections open now
+        self.channels: set[AgentChannel] = set()
+        self._closing: OneShotObserver[None] | None = None
+        self._abort_call: Any = None
         self._refused = 0
         self._refusal_logged_at: float | None = None
 
@@ -362,15 +370,45 @@ class AgentSite(Site):
             self._refused = 0
         return _Refusal(code, text)
 
-    def connection_opened(self, peer: str) -> None:
+    def connection_opened(self, peer: str,
+                          channel: AgentChannel | None = None) -> None:
         self.open_connections += 1
         self.per_peer[peer] += 1
+        if channel is not None:
+            self.channels.add(channel)
 
-    def connection_closed(self, peer: str) -> None:
+    def connection_closed(self, peer: str,
+                          channel: AgentChannel | None = None) -> None:
         self.open_connections -= 1
         self.per_peer[peer] -= 1
         if self.per_peer[peer] <= 0:
             del self.per_peer[peer]
+        self.channels.discard(channel)  # type: ignore[arg-type]
+        if not self.channels and self._closing is not None:
+            if self._abort_call is not None and self._abort_call.active():
+                self._abort_call.cancel()
+            self._abort_call = None
+            closing, self._closing = self._closing, None
+            closing.fire(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """Close every open connection (an answer still being made is
+        lost): the API stops.  Fires once all are closed; those still open
+        after ``LINGER`` seconds are aborted."""
+        if not self.channels:
+            return succeed(None)
+        if self._closing is None:
+            self._closing = OneShotObserver()
+            self._abort_call = self.reactor.callLater(LINGER,
+                                                      self._abort_all)
+            for channel in list(self.channels):
+                channel.transport.loseConnection()
+        return self._closing.when_fired()
+
+    def _abort_all(self) -> None:
+        self._abort_call = None
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
 
     # ----------------------------------------------------------------- log
 

@@ -26,7 +26,7 @@ import json
 import re
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
 from twisted.internet.defer import (
@@ -40,6 +40,10 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted import encoding, errors
+from ipa_twisted.observer import OneShotObserver
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
 
 log = Logger()
 
@@ -166,7 +170,7 @@ class Extension:
 
     name: str = ""
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: RunningAgent) -> None:
         self.agent = agent
 
     def commands(self) -> Mapping[str, BoundCommand]:
@@ -195,8 +199,8 @@ class CommandResult:
     progress: dict[str, Any] | None = None
     #: The size of the result's JSON (for bounding the history).
     weight: int = 0
-    _waiters: list[Deferred[CommandResult]] = attrs.field(factory=list,
-                                                          repr=False)
+    _ended: OneShotObserver[CommandResult] = attrs.field(
+        factory=OneShotObserver, repr=False)
 
     @property
     def done(self) -> bool:
@@ -221,27 +225,14 @@ class CommandResult:
         Each caller gets its own Deferred: cancelling it (a client that went
         away) only forgets that waiter, never the command.
         """
-        if self.done:
-            d: Deferred[CommandResult] = Deferred()
-            d.callback(self)
-            return d
-
-        def forget(d: Deferred[CommandResult]) -> None:
-            if d in self._waiters:
-                self._waiters.remove(d)
-
-        d = Deferred(forget)
-        self._waiters.append(d)
-        return d
+        return self._ended.when_fired()
 
     def _finish(self, status: str, result: Any = None,
                 error: dict[str, Any] | None = None) -> None:
         self.status = status
         self.result = result
         self.error = error
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(self)
+        self._ended.fire(self)
 
 
 def _normalize(result: Any, command_name: str, is_async: bool) -> Any:
@@ -371,6 +362,9 @@ class CommandRunner:
             if isinstance(exc, errors.AgentError):
                 log.error("command {name} failed: {error}", name=name,
                           error=str(exc))
+            elif isinstance(exc, CancelledError):
+                log.warn("command {name} cancelled (the agent is stopping)",
+                         name=name)
             else:
                 log.failure("command {name} failed", outcome, name=name)
             result._finish(status, None, error)

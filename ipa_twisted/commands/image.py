@@ -44,6 +44,7 @@ import stat
 import tempfile
 from typing import Any, AsyncIterator
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ipa_twisted import errors
@@ -191,6 +192,8 @@ class ImageExtension(Extension):
         try:
             await self._install(root_uuid, efi_system_part_uuid,
                                 target_boot_mode)
+        except CancelledError:
+            raise
         except Exception as e:
             if ignore:
                 log.warn("installing the bootloader failed ({e}); going on "

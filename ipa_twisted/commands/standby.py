@@ -13,8 +13,9 @@ a command needs them: an idle agent does not hold them (a test checks).
 from __future__ import annotations
 
 import shlex
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -25,6 +26,10 @@ from ipa_twisted.hardware.generic import validate_node_root_hints
 from ipa_twisted.httpfetch import MiB, describe, get_bytes
 from ipa_twisted.image import checksum as checksums
 from ipa_twisted.process import ProcessError
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
+
 
 log = Logger()
 
@@ -94,7 +99,7 @@ def validate_image_info(image_info: Any, md5_enabled: bool) -> None:
 class StandbyExtension(Extension):
     name = "standby"
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: RunningAgent) -> None:
         super().__init__(agent)
         self.cached_image_id: str | None = None
         #: None until an image was written; then the uuids Ironic asks for.
@@ -146,6 +151,8 @@ class StandbyExtension(Extension):
     async def _shutdown(self, command: str, sysrq: str) -> None:
         try:
             await self.agent.hardware.dispatch("full_sync")
+        except CancelledError:
+            raise
         except Exception as e:
             log.warn("sync before power action failed: {e}", e=e)
         argv = shlex.split(command)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ipa_twisted import errors
@@ -120,6 +121,8 @@ class StepsExtension(Extension):
         try:
             result = await self.agent.hardware.dispatch_to(
                 managers, name, node, ports, **kwargs)
+        except CancelledError:
+            raise
         except errors.AgentError:
             raise
         except Exception as e:

@@ -22,10 +22,11 @@ import json
 import os
 import re
 import time
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import (
+    CancelledError,
     DeferredList,
     DeferredSemaphore,
     ensureDeferred,
@@ -38,6 +39,10 @@ from ipa_twisted import errors
 from ipa_twisted.hardware import erase, erase_check, overwrite
 from ipa_twisted.hardware.disks import SYS_BLOCK, BlockDevice, kname_of
 from ipa_twisted.process import ProcessError, ToolNotFound
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
+
 
 log = Logger()
 
@@ -154,9 +159,9 @@ class EraseProgress:
 
 
 class DiskEraser:
-    """Erases disks for one step; ``agent`` is the AgentContext."""
+    """Erases disks for one step; ``agent`` is the RunningAgent."""
 
-    def __init__(self, agent: Any, options: erase.EraseOptions,
+    def __init__(self, agent: RunningAgent, options: erase.EraseOptions,
                  erase_metadata: Callable[[str], Awaitable[None]],
                  express: bool = False, sys_block: str = SYS_BLOCK,
                  poll: float = POLL,
@@ -304,6 +309,8 @@ class DiskEraser:
         except (errors.AgentError, OSError, ProcessError) as e:
             report.update(result="failed", reason=str(e))
             self._phase(dev.name, "failed")
+        except CancelledError:
+            raise
         except Exception as e:  # a bug must not hide the other disks
             log.failure("erasing {dev} failed", dev=dev.name)
             report.update(result="failed",

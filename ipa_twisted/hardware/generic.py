@@ -10,17 +10,17 @@ import os
 import platform
 import re
 import shutil
-from typing import AbstractSet as Set
+from typing import TYPE_CHECKING, AbstractSet as Set
 from typing import Any, Mapping
 
 import attrs
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     DeferredList,
     ensureDeferred,
     succeed,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
@@ -37,6 +37,10 @@ from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
 from ipa_twisted.process import ProcessError
+from ipa_twisted.retry import GaveUp, constant, retry
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
 
 log = Logger()
 
@@ -223,7 +227,7 @@ class GenericHardwareManager(HardwareManager):
         #: where erase_pstore finds the pstore mount
         self.proc_mounts = "/proc/mounts"
 
-    async def initialize(self, agent: Any) -> None:
+    async def initialize(self, agent: RunningAgent) -> None:
         self.agent = agent
         if agent.config.collect_lldp:
             agent.start_lldp()
@@ -327,6 +331,8 @@ class GenericHardwareManager(HardwareManager):
         async def guarded(what: str, coro: Any, default: Any) -> Any:
             try:
                 return await coro
+            except CancelledError:
+                raise
             except Exception as e:
                 log.warn("{what} probe failed: {e}", what=what, e=e)
                 return default
@@ -381,23 +387,28 @@ class GenericHardwareManager(HardwareManager):
                 f"No devices could be found using the root device hints "
                 f"{root_hints} because they failed to validate: {problem}")
         config = self.agent.config
-        for attempt in range(1, config.disk_wait_attempts + 1):
+
+        async def choose() -> BlockDevice:
             devices = await self.list_block_devices()
             skipped = skip_list(self.agent.node, devices)
-            try:
-                dev = choose_root_device(devices, root_hints, skipped)
-            except errors.DeviceNotFound as e:
-                if attempt == config.disk_wait_attempts:
-                    raise
-                log.warn("{error}; looking again in {t} s ({n}/{total})",
-                         error=e.details, t=config.disk_wait_delay,
-                         n=attempt, total=config.disk_wait_attempts)
-                await deferLater(self.agent.reactor, config.disk_wait_delay)
-                continue
-            log.info("picked root device {dev} (hints: {hints})",
-                     dev=dev.name, hints=root_hints)
-            return dev.name
-        raise AssertionError("unreachable")
+            return choose_root_device(devices, root_hints, skipped)
+
+        def looking_again(n: int, e: BaseException, pause: float) -> None:
+            log.warn("{error}; looking again in {t} s ({n}/{total})",
+                     error=getattr(e, "details", e), t=pause, n=n,
+                     total=config.disk_wait_attempts)
+
+        try:
+            dev = await retry(
+                self.agent.reactor, choose, constant(config.disk_wait_delay),
+                attempts=config.disk_wait_attempts,
+                retryable=lambda e: isinstance(e, errors.DeviceNotFound),
+                on_retry=looking_again)
+        except GaveUp as e:
+            raise e.last from None
+        log.info("picked root device {dev} (hints: {hints})",
+                 dev=dev.name, hints=root_hints)
+        return dev.name
 
     # -------------------------------------------------------------- erase
 

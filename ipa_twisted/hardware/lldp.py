@@ -28,6 +28,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ipa_twisted.observer import OneShotObserver
+
 log = Logger()
 
 ETH_P_LLDP = 0x88CC
@@ -150,7 +152,8 @@ class LLDPCollector:
         self.results: dict[str, list[list[Any]]] = {}
         self._listeners: dict[str, _Listener] = {}
         self._timer: Any = None
-        self.done: Deferred[dict[str, list[list[Any]]]] = Deferred()
+        self._done: OneShotObserver[dict[str, list[list[Any]]]] = \
+            OneShotObserver()
         self.started = False
         #: interfaces listened on; once done, those that heard nothing
         #: have an empty list in ``results`` (as IPA reports them)
@@ -237,10 +240,19 @@ class LLDPCollector:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if not self.done.called:
+        if not self._done.fired:
             for name in self.listened:
                 self.results.setdefault(name, [])
-            self.done.callback(dict(self.results))
+            self._done.fire(dict(self.results))
+
+    @property
+    def finished(self) -> bool:
+        return self._done.fired
+
+    def when_done(self) -> "Deferred[dict[str, list[list[Any]]]]":
+        """The results once listening ends (a new Deferred per caller:
+        cancelling it only ends that wait)."""
+        return self._done.when_fired()
 
 
 def _has_carrier(name: str, sys_net: str = "/sys/class/net") -> bool:

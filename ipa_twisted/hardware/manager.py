@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import inspect
 from importlib import metadata
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted import errors
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
 
 log = Logger()
 
@@ -122,12 +125,12 @@ class HardwareManager:
     HARDWARE_MANAGER_VERSION = "1.0"
 
     def __init__(self) -> None:
-        self.agent: Any = None
+        self.agent: RunningAgent = None  # type: ignore[assignment]
 
     def evaluate_hardware_support(self) -> int:
         return HardwareSupport.NONE
 
-    def initialize(self, agent: Any) -> Any:
+    def initialize(self, agent: RunningAgent) -> Any:
         self.agent = agent
 
     list_hardware_info = _incompatible("list_hardware_info")
@@ -225,7 +228,7 @@ class HardwareManagers:
                             name=ep.name)
         return cls(managers)
 
-    async def initialize(self, agent: Any) -> None:
+    async def initialize(self, agent: RunningAgent) -> None:
         for manager in self.managers:
             init = getattr(manager, "initialize", None)
             if init is not None:

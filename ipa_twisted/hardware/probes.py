@@ -14,7 +14,6 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ipa_twisted.hardware import dmi, ipmi, lshw, system
 from ipa_twisted.hardware.disks import (
@@ -25,6 +24,7 @@ from ipa_twisted.hardware.disks import (
     parse_lsblk,
     udev_properties,
 )
+from ipa_twisted.observer import OneShotObserver
 from ipa_twisted.process import IProcessRunner, ProcessError, ToolNotFound
 
 log = Logger()
@@ -36,37 +36,6 @@ class ProbeFailed(Exception):
     pass
 
 
-class _Shared:
-    """One result, handed to any number of waiters (each gets its own
-    Deferred)."""
-
-    def __init__(self, d: Deferred[Any]) -> None:
-        self._done = False
-        self._result: Any = None
-        self._waiters: list[Deferred[Any]] = []
-        d.addBoth(self._fire)
-
-    def _fire(self, result: Any) -> None:
-        self._done, self._result = True, result
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            self._give(w)
-
-    def _give(self, d: Deferred[Any]) -> None:
-        if isinstance(self._result, Failure):
-            d.errback(self._result)
-        else:
-            d.callback(self._result)
-
-    def get(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        if self._done:
-            self._give(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-
 class ProbeSession:
     """Runs each probe once; results are shared by the parts that need
     them."""
@@ -74,14 +43,16 @@ class ProbeSession:
     def __init__(self, process: IProcessRunner, guard: DeviceGuard) -> None:
         self._process = process
         self._guard = guard
-        self._once: dict[str, _Shared] = {}
+        self._once: dict[str, OneShotObserver[Any]] = {}
 
     def _memo(self, key: str, factory: Callable[[], Awaitable[T]]
               ) -> Deferred[T]:
         if key not in self._once:
-            self._once[key] = _Shared(ensureDeferred(
-                factory()))  # type: ignore[arg-type]
-        return self._once[key].get()
+            once: OneShotObserver[Any] = OneShotObserver()
+            self._once[key] = once
+            ensureDeferred(factory()).addBoth(  # type: ignore[arg-type]
+                once.fire)
+        return self._once[key].when_fired()
 
     async def run(self, argv: list[str], timeout: float = 60.0) -> str:
         """stdout of a tool; ProbeFailed (logged once) when it fails."""

@@ -14,7 +14,6 @@ import ipaddress
 from typing import Any, Mapping
 from urllib.parse import unquote, urlparse
 
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -28,7 +27,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from ipa_twisted import errors
-from ipa_twisted.httpfetch import IdentityAgent
+from ipa_twisted.httpclient import HTTPClient, client_for
 
 
 def bypass(host: str, no_proxy: str | None) -> bool:
@@ -218,9 +217,8 @@ def client_through(reactor: Any, proxy_url: str, scheme: str, policy: Any,
     if scheme == "https":
         agent = Agent.usingEndpointFactory(
             reactor, _TunnelEndpoints(reactor, proxy, policy), pool=pool)
-        return HTTPClient(IdentityAgent(agent)), {}
+        return client_for(agent), {}
     endpoint = _endpoint(reactor, proxy.hostname, proxy.port or 3128)
     auth = _auth(proxy)
-    return HTTPClient(IdentityAgent(ProxyAgent(endpoint, reactor,
-                                               pool=pool))), (
+    return client_for(ProxyAgent(endpoint, reactor, pool=pool)), (
         {"Proxy-Authorization": auth} if auth else {})

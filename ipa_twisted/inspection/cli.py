@@ -72,27 +72,16 @@ class Options(SourceOptions):
 
 
 def build_context(reactor: Any, config: Config) -> Any:
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent
-
-    from ipa_twisted import tls
-    from ipa_twisted.agent import QuietPool
-    from ipa_twisted.context import AgentContext
+    from ipa_twisted.context import RunningAgent
     from ipa_twisted.hardware.disks import DeviceGuard
-    from ipa_twisted.httpfetch import IdentityAgent
+    from ipa_twisted.httpclient import outbound
     from ipa_twisted.process import ProcessRunner
 
-    policy = tls.client_policy(config.insecure, config.cafile,
-                               config.certfile, config.keyfile,
-                               config.tls_min_version,
-                               config.tls_cipher_suites)
-    http = HTTPClient(IdentityAgent(Agent(
-        reactor, contextFactory=policy,
-        pool=QuietPool(reactor, persistent=False))))
-    return AgentContext(config=config, reactor=reactor,
+    out = outbound(reactor, config, persistent=False)
+    return RunningAgent(config=config, reactor=reactor,
                         process=ProcessRunner(reactor, reactor),
-                        guard=DeviceGuard(config.device_allowlist), http=http,
-                        tls_policy=policy)
+                        guard=DeviceGuard(config.device_allowlist),
+                        http=out.client, tls_policy=out.policy)
 
 
 async def run(reactor: Any, config: Config) -> int:

@@ -21,17 +21,21 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted.hardware import dmi, netif
 from ipa_twisted.hardware.generic import MIN_ROOT_DISK
 from ipa_twisted.hardware.manager import manager_version
 from ipa_twisted.hardware.probes import ProbeSession
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
+
 
 log = Logger()
 
@@ -63,7 +67,7 @@ class Failures:
 class ICollector(Interface):
     name = Attribute("The collector's name (as in ipa-inspection-collectors).")
 
-    def collect(context: Any, data: dict, failures: Failures,
+    def collect(context: RunningAgent, data: dict, failures: Failures,
                 names: Sequence[str]) -> Any:
         """Add keys to ``data`` (may return a Deferred or be a coroutine);
         report problems with ``failures.add``."""
@@ -80,7 +84,7 @@ def normalize_mac(mac: str) -> str:
 class DefaultCollector:
     name = "default"
 
-    async def wait_for_dhcp(self, context: Any) -> bool:
+    async def wait_for_dhcp(self, context: RunningAgent) -> bool:
         config = context.config
         timeout = config.inspection_dhcp_wait_timeout
         if not timeout:
@@ -107,13 +111,13 @@ class DefaultCollector:
                 return False
             await deferLater(clock, DHCP_POLL)
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         await self.wait_for_dhcp(context)
         if context.config.collect_lldp:
             # interfaces[].lldp asked for: wait for the frames (bounded by
             # lldp_timeout) so that they are in the posted inventory
-            await _copy(context.start_lldp().done)
+            await context.start_lldp().when_done()
         inventory = await context.hardware.dispatch("list_hardware_info")
         data["inventory"] = inventory
         disks = sorted(inventory.get("disks") or [],
@@ -137,13 +141,14 @@ class DefaultCollector:
 class LogsCollector:
     name = "logs"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
-        from ipa_twisted.commands.log import LogExtension
+        from ipa_twisted import system_logs
 
         try:
-            data["logs"] = (await LogExtension(context).collect_system_logs()
-                            )["system_logs"]
+            data["logs"] = await system_logs.collect(context)
+        except CancelledError:
+            raise
         except Exception as e:  # as IPA: log failures are not reported
             log.warn("cannot collect logs for inspection: {e}", e=e)
 
@@ -158,7 +163,7 @@ class PCIDevicesCollector:
     name = "pci-devices"
     path = "/sys/bus/pci/devices"
 
-    def collect(self, context: Any, data: dict, failures: Failures,
+    def collect(self, context: RunningAgent, data: dict, failures: Failures,
                 names: Sequence[str]) -> None:
         try:
             entries = os.listdir(self.path)
@@ -257,7 +262,7 @@ def numa_topology(node_path: str = "/sys/devices/system/node",
 class NumaTopologyCollector:
     name = "numa-topology"
 
-    def collect(self, context: Any, data: dict, failures: Failures,
+    def collect(self, context: RunningAgent, data: dict, failures: Failures,
                 names: Sequence[str]) -> None:
         topology = numa_topology()
         if topology is not None:
@@ -268,7 +273,7 @@ class NumaTopologyCollector:
 class DmiDecodeCollector:
     name = "dmi-decode"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         from ipa_twisted.process import ProcessError
 
@@ -286,37 +291,17 @@ class DmiDecodeCollector:
 class LLDPCollector:
     name = "lldp"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         collector = context.start_lldp()
-        data["lldp_raw"] = dict(await _copy(collector.done))
-
-
-async def _copy(d: Any) -> Any:
-    """Await a Deferred shared by others without taking its result (nor
-    cancelling it: cancelling the wait only ends the wait)."""
-    from twisted.internet.defer import Deferred
-
-    copy: Deferred[Any] = Deferred()
-
-    def give(result: Any) -> Any:
-        # a failure too: the waiter learns it, the owner keeps it
-        if not copy.called:
-            if isinstance(result, Failure):
-                copy.errback(result)
-            else:
-                copy.callback(result)
-        return result
-
-    d.addBoth(give)
-    return await copy
+        data["lldp_raw"] = dict(await collector.when_done())
 
 
 @implementer(ICollector)
 class USBDevicesCollector:
     name = "usb-devices"
 
-    async def collect(self, context: Any, data: dict, failures: Failures,
+    async def collect(self, context: RunningAgent, data: dict, failures: Failures,
                       names: Sequence[str]) -> None:
         root = await ProbeSession(context.process, context.guard).lshw()
         devices = []

@@ -15,10 +15,17 @@ import math
 import random
 from typing import Awaitable, Callable
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+
+from ipa_twisted.observer import OneShotObserver
 
 log = Logger()
 
@@ -60,30 +67,22 @@ class IntrospectionDaemon:
         self.posts: list[tuple[float, bool]] = []
         self._task: Deferred[None] | None = None
         self._stopping = False
-        self._stopped: list[Deferred[None]] = []
+        self._ended: OneShotObserver[None] = OneShotObserver()
 
     def start(self) -> Deferred[None]:
         """Fires when the daemon stops."""
         self._task = ensureDeferred(self._run())
-        self._task.addBoth(self._ended)
+        self._ended.observe(self._task)
         return self._task
-
-    def _ended(self, result: object) -> object:
-        waiters, self._stopped = self._stopped, []
-        for d in waiters:
-            d.callback(None)
-        return result
 
     def stop(self) -> Deferred[None]:
         """Stop (a post in flight is abandoned); fires once stopped."""
         self._stopping = True
-        done: Deferred[None] = Deferred()
-        if self._task is None or self._task.called:
-            done.callback(None)
-            return done
-        self._stopped.append(done)
+        if self._task is None:
+            return succeed(None)
+        ended = self._ended.when_fired()
         self._task.cancel()
-        return done
+        return ended.addBoth(lambda _: None)
 
     async def _run(self) -> None:
         t0 = self._clock.seconds()

@@ -15,11 +15,10 @@ the latter).  Only the answer's ``uuid`` is used (it feeds the lookup).
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import encoding, mdns
@@ -30,6 +29,11 @@ from ipa_twisted.inspection.collectors import (
     load_collectors,
 )
 from ipa_twisted.ironic import CONNECTION_ERRORS, _describe, error_text
+from ipa_twisted.retry import GaveUp, is_cancellation, retry
+
+if TYPE_CHECKING:
+    from ipa_twisted.context import RunningAgent
+
 
 log = Logger()
 
@@ -37,14 +41,6 @@ ATTEMPTS = 5
 #: The most of the inspector's answer read (it is a small JSON object).
 ANSWER_LIMIT = 16 * MiB
 NOT_LOGGED = ("logs",)
-
-
-def _cancelled(e: BaseException) -> bool:
-    """A request failure that is really our own cancellation."""
-    if isinstance(e, CancelledError):
-        return True
-    reasons = getattr(e, "reasons", None) or []
-    return any(r.check(CancelledError) for r in reasons)
 
 
 def post_delay(attempt: int) -> float:
@@ -76,7 +72,7 @@ def collector_names(config: Any) -> list[str]:
     return list(config.inspection_collectors or DEFAULT_COLLECTORS)
 
 
-async def callback_urls(context: Any, api_urls: Sequence[str] | None
+async def callback_urls(context: RunningAgent, api_urls: Sequence[str] | None
                         ) -> list[str]:
     config = context.config
     if config.inspection_callback_url == ["mdns"]:
@@ -92,7 +88,7 @@ async def callback_urls(context: Any, api_urls: Sequence[str] | None
             for u in api_urls or []]
 
 
-async def collect(context: Any, names: Sequence[str]
+async def collect(context: RunningAgent, names: Sequence[str]
                   ) -> tuple[dict[str, Any], Failures]:
     failures = Failures()
     data: dict[str, Any] = {}
@@ -101,22 +97,29 @@ async def collect(context: Any, names: Sequence[str]
             result = collector.collect(context, data, failures, names)
             if hasattr(result, "__await__"):
                 await result
+        except CancelledError:
+            raise
         except Exception as e:
             failures.add(f"collector {name} failed: {e}")
     data["error"] = failures.error()
     return data, failures
 
 
-async def post(context: Any, urls: Sequence[str], payload: bytes,
+class _NotAccepted(Exception):
+    """This round of posts found no inspector that took the data (yet)."""
+
+
+async def post(context: RunningAgent, urls: Sequence[str], payload: bytes,
                timeout: float) -> InspectionResult:
     headers = {"Content-Type": "application/json",
                "Accept": "application/json"}
     if context.config.global_request_id:
         headers["X-OpenStack-Request-ID"] = context.config.global_request_id
     clock = context.reactor
-    last_error = ""
-    for attempt in range(1, ATTEMPTS + 1):
-        for i, url in enumerate(urls):
+
+    async def round_() -> InspectionResult:
+        last_error = ""
+        for url in urls:
             log.info("posting inspection data to {url} ({n} bytes)", url=url,
                      n=len(payload))
             try:
@@ -125,28 +128,32 @@ async def post(context: Any, urls: Sequence[str], payload: bytes,
                     timeout=timeout, method="POST", data=payload,
                     headers=headers)
             except CONNECTION_ERRORS as e:
-                if _cancelled(e):
+                if is_cancellation(e):
                     raise CancelledError() from None
                 last_error = f"{url}: {_describe(e)}"
                 log.warn("cannot post inspection data to {url}: {e}",
                          url=url, e=_describe(e))
                 continue
             if response.code >= 500 or response.code == 409:
-                last_error = f"{url}: HTTP {response.code}: {error_text(body)}"
                 log.warn("inspection post answered {code}: {text}",
                          code=response.code, text=error_text(body))
-                break
+                raise _NotAccepted(
+                    f"{url}: HTTP {response.code}: {error_text(body)}")
             try:
                 answer = json.loads(body) if body else None
             except ValueError:
                 answer = body.decode("utf-8", "replace")
             return InspectionResult(response.code, answer, url)
-        if attempt < ATTEMPTS:
-            await deferLater(clock, post_delay(attempt))
-    return InspectionResult(None, last_error, None)
+        raise _NotAccepted(last_error)
+
+    try:
+        return await retry(clock, round_, post_delay, attempts=ATTEMPTS,
+                           retryable=lambda e: isinstance(e, _NotAccepted))
+    except GaveUp as e:
+        return InspectionResult(None, str(e.last), None)
 
 
-async def inspect(context: Any, api_urls: Sequence[str] | None
+async def inspect(context: RunningAgent, api_urls: Sequence[str] | None
                   ) -> InspectionResult | None:
     """Collect and post; None when inspection is disabled.  Never raises
     for an unreachable or refusing inspector (it logs)."""
@@ -157,6 +164,8 @@ async def inspect(context: Any, api_urls: Sequence[str] | None
     log.info("inspection with collectors {names}", names=", ".join(names))
     try:
         urls = await callback_urls(context, api_urls)
+    except CancelledError:
+        raise
     except Exception as e:
         log.error("inspection skipped: cannot find where to post: {e}", e=e)
         return InspectionResult(None, str(e), None)

@@ -210,11 +210,13 @@ def deploy(env: Environment, image_size: int = 256 * MiB, kind: str = "raw"
 
 
 def clean_metadata(env: Environment, name: str = "e2e-clean",
-                   agent_args: list[str] | None = None) -> dict[str, Any]:
+                   agent_args: list[str] | None = None,
+                   api_url: str | None = None) -> dict[str, Any]:
     """Manual clean with erase_devices_metadata; measurements.
 
     Enrolls node ``name``, or takes the existing one back to manageable
-    (undeploying it if it is active)."""
+    (undeploying it if it is active).  ``api_url``: where the agent finds
+    Ironic (default: where the test does)."""
     api = env.api
     existing = api.call("GET", f"/v1/nodes/{name}", expect=(200, 404))
     if existing is None or "error_message" in existing:
@@ -233,7 +235,7 @@ def clean_metadata(env: Environment, name: str = "e2e-clean",
     api.provision(name, "clean", clean_steps=[
         {"interface": "deploy", "step": "erase_devices_metadata"}])
     api.wait_for_state(name, {"clean wait"}, 60)
-    agent = env.agent("clean-agent", agent_args)
+    agent = env.agent("clean-agent", agent_args, api_url)
     watcher = AgentInfoWatcher(env, name)
     try:
         api.wait_for_state(name, {"manageable"}, 300, on_tick=watcher)

@@ -127,8 +127,3 @@ class IPv6ProxyTests(_PipelineBase):
     async def test_ipv6_image_through_an_ipv6_proxy(self) -> None:
         _, connect = await self.through_proxy("::1")
         self.assertTrue(connect.startswith("CONNECT [::1]:"), connect)
-
-    test_ipv6_image_through_an_ipv6_proxy.todo = (  # type: ignore
-        "treq cannot request a URL whose host is an IPv6 literal: "
-        "hyperlink's to_uri() IDNA-encodes it (hyperlink#68, #188); "
-        "every http://[v6]/ URL fails, proxy or not")

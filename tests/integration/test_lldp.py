@@ -63,7 +63,7 @@ class LLDPOnVethTests(TestCase):
         self.addCleanup(collector.stop)
         await deferLater(reactor, 0.1)
         self.send()
-        results = await collector.done
+        results = await collector.when_done()
         self.assertEqual(results, {"ipa0.10": [
             [1, "04020000aabbcc"],
             [2, "05" + b"Ethernet1/7".hex()],
@@ -78,7 +78,7 @@ class LLDPOnVethTests(TestCase):
             collector.start(["ipa0.10", "ipapeer", "nonexistent0"],
                             has_carrier=ALWAYS)
         started = reactor.seconds()
-        results = await collector.done
+        results = await collector.when_done()
         # both ends listened, nothing heard: empty lists (as IPA reports)
         self.assertEqual(results, {"ipa0.10": [], "ipapeer": []})
         self.assertGreaterEqual(reactor.seconds() - started, 0.45)
@@ -93,7 +93,7 @@ class LLDPOnVethTests(TestCase):
         self.addCleanup(collector.stop)
         await deferLater(reactor, 0.1)
         self.send()
-        results = await collector.done   # long before 30 s
+        results = await collector.when_done()   # long before 30 s
         self.assertEqual(results["ipapeer"], [])
         self.assertEqual(len(results["ipa0.10"]), 5)
 
@@ -111,9 +111,9 @@ class LLDPOnVethTests(TestCase):
                       + b"\x02\xff" + b"x" * 10)
             sock.close()
         await deferLater(reactor, 0.2)
-        self.assertFalse(collector.done.called)
+        self.assertFalse(collector.finished)
         self.send()
-        results = await collector.done
+        results = await collector.when_done()
         self.assertEqual(len(results["ipa0.10"]), 5)
 
 

@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from ipa_twisted import tls
 from ipa_twisted.agent import AgentService
+from ipa_twisted.registration import accept_lookup
 from ipa_twisted.config import load_config
 from ipa_twisted.inspection.cli import build_context
 from ipa_twisted.ironic import LookupResult
@@ -46,9 +47,8 @@ class OutboundTLSTests(TestCase):
 
     def agent_http(self, **cli: Any) -> Any:
         agent = AgentService(load_config(cli), reactor)
-        pool = agent._pool
-        assert pool is not None
-        self.addCleanup(pool.closeCachedConnections)
+        assert agent._outbound is not None
+        self.addCleanup(agent._outbound.pool.closeCachedConnections)
         return agent
 
     async def refused(self, http: Any) -> str:
@@ -99,7 +99,9 @@ class OutboundTLSTests(TestCase):
         async def check() -> None:
             agent = self.agent_http(cafile=self.cafile)
             self.assertEqual(await self.body(agent.http), b"hello")
-            agent._apply_lookup(LookupResult({"uuid": "n"}, {
-                "heartbeat_timeout": 60, "tls_min_version": "1.3"}))
+            accept_lookup(agent.context, agent._outbound, None,
+                          LookupResult({"uuid": "n"}, {
+                              "heartbeat_timeout": 60,
+                              "tls_min_version": "1.3"}))
             await self.refused(agent.http)
         return ensureDeferred(check())

@@ -60,3 +60,35 @@ class RealIronicTests(IronicTestCase):
         self.assertEqual(result["ironic_saw"].get("agent_url"),
                          "http://127.0.0.1:9999")
         self.assertNotIn("agent_verify_ca", result["ironic_saw"])
+
+
+class RealIronicOverIPv6Tests(IronicTestCase):
+    """Ironic reached at an IPv6 literal (http://[::1]:6385), and our API
+    called back by Ironic at https://[::1]:9999: lookup, heartbeats and
+    the clean step all go over IPv6 (treq could not request an IPv6
+    literal URL at all)."""
+
+    environment = {"heartbeat_timeout": 30, "listen": "::"}
+
+    def prerequisites(self) -> None:
+        import socket
+
+        from tests.integration import harness as h
+
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            raise h.Unavailable("no IPv6 loopback here") from None
+
+    def test_manual_clean_over_ipv6(self) -> None:
+        result = scenarios.clean_metadata(self.env, name="e2e-clean-v6",
+                                          api_url="http://[::1]:6385")
+        self.assertEqual(result["after"], "")
+        self.assertEqual(result["node"]["provision_state"], "manageable")
+        log = result["agent_log"]
+        self.assertIn("lookup found node", log)
+        self.assertIn("first heartbeat accepted", log)
+        self.assertIn("advertise address ::1", log)
+        self.assertEqual(result["ironic_saw"].get("agent_url"),
+                         "https://[::1]:9999")

@@ -12,6 +12,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.agent import AgentService, format_callback_url
+from ipa_twisted.registration import accept_lookup
 from ipa_twisted.config import load_config
 from ipa_twisted.ironic import LookupResult
 from ipa_twisted.testing import FakeProcessRunner
@@ -23,15 +24,21 @@ def service(**cli: Any) -> AgentService:
     return AgentService(load_config(cli), Clock(), http=object())
 
 
+def accept(agent: AgentService, config: dict[str, Any]) -> bool:
+    serve, token = accept_lookup(agent.context, None, agent.token,
+                                 LookupResult(NODE, config))
+    agent.token = token
+    return serve
+
+
 class LookupTests(SynchronousTestCase):
     def test_token_and_config_applied(self) -> None:
         agent = service()
-        ok = agent._apply_lookup(LookupResult(NODE, {
+        ok = accept(agent, {
             "heartbeat_timeout": 60, "agent_token": "t" * 43,
-            "agent_md5_checksum_enable": True, "tls_min_version": "1.3"}))
+            "agent_md5_checksum_enable": True, "tls_min_version": "1.3"})
         self.assertTrue(ok)
         self.assertEqual(agent.token, "t" * 43)
-        self.assertEqual(agent.node_uuid, "n-1")
         self.assertEqual(agent.context.node, NODE)
         self.assertTrue(agent.context.md5_enabled)
         self.assertEqual(agent.context.lookup_config["tls_min_version"], "1.3")
@@ -39,22 +46,19 @@ class LookupTests(SynchronousTestCase):
 
     def test_masked_token_without_our_own_refuses(self) -> None:
         agent = service()
-        ok = agent._apply_lookup(LookupResult(NODE, {
-            "heartbeat_timeout": 60, "agent_token": "******"}))
+        ok = accept(agent, {"heartbeat_timeout": 60, "agent_token": "******"})
         self.assertFalse(ok)
         self.assertIsNone(agent.token)
 
     def test_masked_token_with_preshared_keeps_it(self) -> None:
         agent = service(agent_token="p" * 32)
-        ok = agent._apply_lookup(LookupResult(NODE, {
-            "heartbeat_timeout": 60, "agent_token": "******"}))
+        ok = accept(agent, {"heartbeat_timeout": 60, "agent_token": "******"})
         self.assertTrue(ok)
         self.assertEqual(agent.token, "p" * 32)
 
     def test_short_token_ignored(self) -> None:
         agent = service()
-        agent._apply_lookup(LookupResult(NODE, {"heartbeat_timeout": 60,
-                                                "agent_token": "short"}))
+        accept(agent, {"heartbeat_timeout": 60, "agent_token": "short"})
         self.assertIsNone(agent.token)
 
 

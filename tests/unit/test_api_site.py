@@ -391,3 +391,45 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(query.mask_uri(b"/v1/commands/?agent_token=T"),
                          "/v1/commands/?agent_token=***")
         self.assertEqual(query.mask_uri(b"/v1/status"), "/v1/status")
+
+
+class CloseConnectionsTests(SynchronousTestCase):
+    """When the API stops (the agent stops, or lockdown), its open
+    connections close too."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = AgentSite(AgentAPI(CommandRunner({}), lambda: TOKEN,
+                                       started_at=1.0), self.clock)
+
+    connect = SiteTests.connect
+
+    def test_open_connections_are_closed(self) -> None:
+        (p1, t1), (p2, t2) = self.connect(), self.connect("10.0.0.8")
+        self.assertEqual(self.site.open_connections, 2)
+        closed = self.site.close_connections()
+        self.assertTrue(t1.disconnecting and t2.disconnecting)
+        self.assertNoResult(closed)
+        p1.connectionLost(Failure(Exception("closed")))
+        self.assertNoResult(closed)
+        p2.connectionLost(Failure(Exception("closed")))
+        self.successResultOf(closed)
+        self.assertEqual((self.site.open_connections, self.site.channels),
+                         (0, set()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_connection_that_does_not_close_is_aborted(self) -> None:
+        from ipa_twisted.api.site import LINGER
+
+        protocol, transport = self.connect()
+        aborted: list[bool] = []
+        transport.abortConnection = lambda: (  # type: ignore[method-assign]
+            aborted.append(True),
+            protocol.connectionLost(Failure(Exception("aborted"))))
+        closed = self.site.close_connections()
+        self.clock.advance(LINGER)
+        self.assertEqual(aborted, [True])
+        self.successResultOf(closed)
+
+    def test_nothing_open(self) -> None:
+        self.successResultOf(self.site.close_connections())

@@ -23,7 +23,7 @@ from ipa_twisted.commands import image
 from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.commands.image import efi_path, find_loaders
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
 from ipa_twisted.process import ProcessResult
@@ -303,7 +303,7 @@ class BootloaderCase(SynchronousTestCase):
         self.process = RecordingRunner()
         self.sys_block = fake_sys_block(self, {"vda": ["vda1", "vda2"]})
         self.patch(image, "SYS_BLOCK", self.sys_block)
-        self.context = AgentContext(config=load_config({}),
+        self.context = RunningAgent(config=load_config({}),
                                     reactor=ThreadsAtOnce(),
                                     process=self.process,
                                     guard=DeviceGuard(None))

@@ -218,3 +218,61 @@ class DocsTests(SynchronousTestCase):
         self.assertEqual(committed, render(),
                          "docs/configuration.md is stale: run "
                          "python -m ipa_twisted.docgen > docs/configuration.md")
+
+
+class TypedSettingsTests(SynchronousTestCase):
+    """The typed class of the values (ipa_twisted/settings.py, generated)
+    and the option table agree: same names, same order, the type each
+    parser returns; every default is of that type."""
+
+    def test_fields_are_the_options(self) -> None:
+        import attrs
+
+        from ipa_twisted.settings import Settings
+
+        fields = attrs.fields(Settings)
+        self.assertEqual([f.name for f in fields],
+                         [o.name for o in cfg.OPTIONS])
+        for field, option in zip(fields, cfg.OPTIONS):
+            self.assertEqual(field.type, cfg.option_type(option),
+                             option.name)
+
+    def test_defaults_have_the_type(self) -> None:
+        import typing
+
+        for o in cfg.OPTIONS:
+            kind = typing.get_type_hints(o.parse)["return"]
+            kind = getattr(kind, "__origin__", kind)
+            if o.default is not None:
+                self.assertIsInstance(o.default, kind, o.name)
+
+    def test_parsed_values_have_the_type(self) -> None:
+        c = cfg.load_config({"api_url": "http://a:1,http://b:2",
+                             "listen_port": "8080",
+                             "lookup_timeout": "5"})
+        self.assertEqual((c.api_url, c.listen_port, c.lookup_timeout),
+                         (["http://a:1", "http://b:2"], 8080, 5.0))
+        self.assertIsInstance(c.lookup_timeout, float)
+
+    def test_generated_file_is_current(self) -> None:
+        from ipa_twisted.docgen import render_settings
+
+        path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
+                            "ipa_twisted", "settings.py")
+        with open(path, encoding="utf-8") as f:
+            committed = f.read()
+        self.assertEqual(committed, render_settings(),
+                         "ipa_twisted/settings.py is stale: run python -m "
+                         "ipa_twisted.docgen settings > "
+                         "ipa_twisted/settings.py")
+
+    def test_values_are_read_only_and_replace_checks_names(self) -> None:
+        import attrs
+
+        c = cfg.load_config({})
+        with self.assertRaises(attrs.exceptions.FrozenInstanceError):
+            c.debug = True  # type: ignore[misc]
+        self.assertRaises(KeyError, c.replace, no_such_option=1)
+        d = c.replace(debug=True)
+        self.assertEqual((d.debug, d.source("debug"), c.debug),
+                         (True, "override", False))

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.image import configdrive, partition_image
 from ipa_twisted.testing import FakeProcessRunner
@@ -28,7 +28,7 @@ from tests.integration.base import unavailable
 MiB = 1024 * 1024
 
 
-class InlineContext(AgentContext):
+class InlineContext(RunningAgent):
     """Runs "threads" inline (a Clock has no thread pool)."""
 
     def in_thread(self, func: Callable[..., Any], *args: Any,

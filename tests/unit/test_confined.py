@@ -17,7 +17,7 @@ from ipa_twisted.confined import (
     copy_from_image,
     resolve_in,
 )
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.image import configdrive
 from ipa_twisted.process import ProcessResult
@@ -138,7 +138,7 @@ class RebuildAsFatTests(SynchronousTestCase):
         process.handlers["bsdtar"] = bsdtar
         process.add("mkfs.vfat")
         process.add("mcopy")
-        context = AgentContext(config=load_config({}),
+        context = RunningAgent(config=load_config({}),
                                reactor=ThreadsAtOnce(), process=process,
                                guard=DeviceGuard(None))
         d = ensureDeferred(configdrive._rebuild_as_fat(

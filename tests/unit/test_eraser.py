@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware import erase, erase_check, eraser
 from ipa_twisted.hardware.disks import BlockDevice, DeviceGuard
 from ipa_twisted.hardware.generic import GenericHardwareManager
@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 SIZE = 8 * MiB
 
 
-class Context(AgentContext):
+class Context(RunningAgent):
     """The agent context, with disk I/O run at once (no thread pool)."""
 
     def in_thread(self, func: Callable[..., Any], *args: Any,

@@ -18,7 +18,7 @@ from ipa_twisted.commands.log import LogExtension
 from ipa_twisted.commands.poll import PollExtension
 from ipa_twisted.commands.standby import StandbyExtension
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.extensions import builtin_extensions
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
@@ -48,7 +48,7 @@ class ExtensionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.process = FakeProcessRunner()
         self.fake = FakeHardwareManager()
-        self.context = AgentContext(
+        self.context = RunningAgent(
             config=load_config({"standalone": True, "agent_token": "x" * 32,
                                 "power_off_command": "my-poweroff --now",
                                 "sysrq_fallback": False}),
@@ -101,7 +101,7 @@ class ExtensionTests(SynchronousTestCase):
         # journald answered: /var/log is not packed
         self.assertFalse(any(n.startswith("var/log") for n in names))
 
-    def collect(self, context: AgentContext) -> dict[str, bytes]:
+    def collect(self, context: RunningAgent) -> dict[str, bytes]:
         self.runner = CommandRunner({"log": LogExtension(context)})
         result = self.run_("log.collect_system_logs")
         self.assertEqual(result.status, "SUCCEEDED")
@@ -113,7 +113,7 @@ class ExtensionTests(SynchronousTestCase):
     def test_collected_logs_hold_no_secret_option(self) -> None:
         # every spelling of every secret option, as the tools print them
         token = "T0ken-" + "q" * 40
-        context = AgentContext(
+        context = RunningAgent(
             config=load_config({"agent_token": token,
                                 "image_server_user": "alice",
                                 "image_server_password": "s3cr3t pass"}),
@@ -144,7 +144,7 @@ class ExtensionTests(SynchronousTestCase):
 
     def test_collected_logs_hold_not_the_token_ironic_gave(self) -> None:
         issued = "issued" + "Z" * 37
-        context = AgentContext(
+        context = RunningAgent(
             config=load_config({}), reactor=Reactor(), process=self.process,
             guard=DeviceGuard(None), current_token=lambda: issued)
         self.process.add("journalctl", f"something printed {issued}\n")

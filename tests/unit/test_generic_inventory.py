@@ -9,7 +9,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware import ipmi
 from ipa_twisted.hardware.disks import DeviceGuard, parse_lsblk
 from ipa_twisted.hardware.generic import GenericHardwareManager
@@ -23,7 +23,7 @@ class Manager(SynchronousTestCase):
         process = FakeProcessRunner()
         for tool, output in tools.items():
             process.add(tool, output)
-        context = AgentContext(config=load_config(), reactor=None,
+        context = RunningAgent(config=load_config(), reactor=None,
                                process=process, guard=DeviceGuard(None))
         context.lookup_config.update(lookup)
         manager = GenericHardwareManager()

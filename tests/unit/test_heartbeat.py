@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
@@ -79,7 +80,7 @@ class HeartbeaterTests(SynchronousTestCase):
         self.hb = Heartbeater(self.clock, self.send, 100.0, MinRandom())
 
     def test_first_beat_at_once_then_interval(self) -> None:
-        self.hb.start()
+        self.hb.startService()
         self.assertEqual(len(self.send.calls), 0)
         self.clock.advance(0)
         self.assertEqual(len(self.send.calls), 1)
@@ -90,7 +91,7 @@ class HeartbeaterTests(SynchronousTestCase):
         self.assertEqual(len(self.send.calls), 2)
 
     def test_never_two_at_once(self) -> None:
-        self.hb.start()
+        self.hb.startService()
         self.clock.advance(0)
         self.hb.force()
         self.clock.advance(1000)
@@ -98,7 +99,7 @@ class HeartbeaterTests(SynchronousTestCase):
 
     def test_errors_back_off_and_success_resets(self) -> None:
         self.hb = Heartbeater(self.clock, self.send, 100.0, MaxRandom())
-        self.hb.start()
+        self.hb.startService()
         self.clock.advance(0)
         times = []
         for i in range(4):
@@ -117,7 +118,7 @@ class HeartbeaterTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_conflict_does_not_count_as_error(self) -> None:
-        self.hb.start()
+        self.hb.startService()
         self.clock.advance(0)
         self.send.calls[-1].errback(errors.HeartbeatConflictError("locked"))
         self.assertEqual(self.hb.consecutive_errors, 0)
@@ -125,7 +126,7 @@ class HeartbeaterTests(SynchronousTestCase):
         self.assertEqual(len(self.send.calls), 2)
 
     def test_force_waits_five_seconds_since_last(self) -> None:
-        self.hb.start()
+        self.hb.startService()
         self.clock.advance(0)
         self.send.calls[0].callback(None)
         self.clock.advance(2)
@@ -136,7 +137,7 @@ class HeartbeaterTests(SynchronousTestCase):
         self.assertEqual(len(self.send.calls), 2)
 
     def test_force_during_flight_beats_after_it(self) -> None:
-        self.hb.start()
+        self.hb.startService()
         self.clock.advance(0)
         self.clock.advance(1)
         self.hb.force()
@@ -147,7 +148,7 @@ class HeartbeaterTests(SynchronousTestCase):
         self.assertEqual(len(self.send.calls), 2)
 
     def test_force_long_after_last_is_immediate(self) -> None:
-        self.hb.start()
+        self.hb.startService()
         self.clock.advance(0)
         self.send.calls[0].callback(None)
         self.clock.advance(20)
@@ -155,28 +156,46 @@ class HeartbeaterTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.send.calls), 2)
 
-    def test_stop_waits_for_beat_in_flight(self) -> None:
-        self.hb.start()
+    def test_stop_cancels_the_beat_in_flight(self) -> None:
+        ended: list[Any] = []
+
+        def hang() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred(lambda d: ended.append(d))
+            self.send.calls.append(d)
+            return d
+
+        hb = Heartbeater(self.clock, hang, 100.0, MinRandom())
+        hb.startService()
         self.clock.advance(0)
-        stopped = self.hb.stop()
-        self.assertNoResult(stopped)
-        self.send.calls[0].callback(None)
+        with capturedLogs() as events:
+            stopped = hb.stopService()
+        self.assertFalse(hb.running)
+        self.assertEqual(ended, [self.send.calls[0]])   # cancelled
         self.successResultOf(stopped)
+        self.assertEqual(events, [])                     # nothing logged
         self.clock.advance(1000)
         self.assertEqual(len(self.send.calls), 1)
+        self.assertEqual(hb.consecutive_errors, 0)   # not a network error
+
+    def test_stop_without_a_beat_in_flight(self) -> None:
+        self.hb.startService()
+        self.clock.advance(0)
+        self.send.calls[0].callback(None)
+        self.successResultOf(self.hb.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_send_raising_synchronously_is_an_error(self) -> None:
         def broken() -> Deferred[Any]:
             raise RuntimeError("bug")
 
         hb = Heartbeater(self.clock, broken, 100.0, MinRandom())
-        hb.start()
+        hb.startService()
         self.clock.advance(0)
         self.assertEqual(hb.consecutive_errors, 1)
 
     def test_timeout_can_change(self) -> None:
         hb = Heartbeater(self.clock, lambda: succeed(None), 100.0, MinRandom())
-        hb.start()
+        hb.startService()
         self.clock.advance(0)
         hb.heartbeat_timeout = 10.0
         self.clock.advance(30)   # the beat scheduled with the old timeout

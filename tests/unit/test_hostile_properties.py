@@ -27,7 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware import blockio
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.image import configdrive, formats, qcow2
@@ -389,7 +389,7 @@ class PartitionTableProperties(SynchronousTestCase):
             text = text[:at] + insert + text[at + len(insert):]
         runner = FakeProcessRunner()
         runner.add("parted", text)
-        context = AgentContext(config=load_config({}), reactor=Clock(),
+        context = RunningAgent(config=load_config({}), reactor=Clock(),
                                process=runner, guard=DeviceGuard(None))
         numbers = self.successResultOf(defer.ensureDeferred(
             configdrive.partition_numbers(context, "/dev/sdz")))
@@ -401,7 +401,7 @@ class PartitionTableProperties(SynchronousTestCase):
         for name, expected in (("gpt", {1, 2}), ("mbr", {1, 2})):
             runner = FakeProcessRunner()
             runner.add("parted", self.disks[name][2])
-            context = AgentContext(config=load_config({}), reactor=Clock(),
+            context = RunningAgent(config=load_config({}), reactor=Clock(),
                                    process=runner, guard=DeviceGuard(None))
             self.assertEqual(self.successResultOf(defer.ensureDeferred(
                 configdrive.partition_numbers(context, "/dev/sdz"))),

@@ -26,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.image.proxy import bypass, proxy_for
 from ipa_twisted.image.writer import download_to_device, retry_pause
@@ -108,7 +108,7 @@ class _PipelineBase(TestCase):
             "image_download_connection_retry_interval": "0",
             "image_download_connection_timeout": "2",
         })
-        self.context = AgentContext(
+        self.context = RunningAgent(
             config=config, reactor=reactor, process=FakeProcessRunner(),
             guard=DeviceGuard(None), http=HTTPClient(Agent(reactor,
                                                            pool=pool)))

@@ -13,11 +13,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
 from ipa_twisted.inspection import collectors, daemon, inspector
-from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
+from ipa_twisted.testing import (
+    FakeHardwareManager,
+    FakeProcessRunner,
+    HangingHTTP,
+)
 
 GiB = 1024 ** 3
 
@@ -38,7 +42,7 @@ class Inspector:
         return json.dumps(body).encode()
 
 
-def context(stub: Any, clock: Clock, **cli: Any) -> AgentContext:
+def context(stub: Any, clock: Clock, **cli: Any) -> RunningAgent:
     fake = FakeHardwareManager(inventory={
         "interfaces": [{"name": "eth0", "mac_address": "aa:bb:cc:dd:ee:ff"}],
         "disks": [{"name": "/dev/sdb", "size": 8 * GiB},
@@ -46,7 +50,7 @@ def context(stub: Any, clock: Clock, **cli: Any) -> AgentContext:
                   {"name": "/dev/sdc", "size": 8 * GiB}],
         "boot": {"current_boot_mode": "bios", "pxe_interface": "01-aa"},
     })
-    ctx = AgentContext(config=load_config(cli), reactor=clock,
+    ctx = RunningAgent(config=load_config(cli), reactor=clock,
                        process=FakeProcessRunner(), guard=DeviceGuard(None),
                        http=stub)
     ctx.hardware = HardwareManagers([fake])
@@ -121,6 +125,57 @@ class InspectTests(SynchronousTestCase):
         self.assertEqual(len(self.server.posts), 5)
         self.flushLoggedErrors()
 
+    def test_cancelled_post_stops_at_once(self) -> None:
+        http = HangingHTTP()
+        ctx = context(http, self.clock)
+        d = ensureDeferred(inspector.post(
+            ctx, ["http://a:1/v1/continue", "http://b:1/v1/continue"],
+            b"{}", 30.0))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((len(http.calls), http.pending), (1, []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled_collector_cancels_inspection(self) -> None:
+        # waiting for DHCP when the agent stops: nothing is posted (the
+        # cancellation was taken for a collector's failure, and the data
+        # posted anyway)
+        ctx = context(self.stub, self.clock,
+                      inspection_callback_url="http://insp:5050/v1/continue",
+                      inspection_collectors="default",
+                      inspection_dhcp_wait_timeout="60",
+                      bootif="01-02-00-00-00-00-42")
+        d = ensureDeferred(inspector.inspect(ctx, None))
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.stub.flush()
+        self.assertEqual(self.server.posts, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_logs_collector_packs_the_system_logs(self) -> None:
+        import base64
+        import io
+        import tarfile
+
+        from twisted.internet.defer import maybeDeferred
+
+        ctx = context(self.stub, self.clock)
+        assert isinstance(ctx.process, FakeProcessRunner)
+        ctx.process.add("dmesg", "kernel says hi\n")
+        ctx.process.add("journalctl", "journal line\n")
+        ctx.thread_runner = maybeDeferred
+        data: dict[str, Any] = {}
+        self.successResultOf(ensureDeferred(collectors.LogsCollector().collect(
+            ctx, data, collectors.Failures(), ["logs"])))
+        raw = base64.b64decode(data["logs"])
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            self.assertEqual(tar.extractfile("dmesg").read(),  # type: ignore
+                             b"kernel says hi\n")
+            self.assertIn("journal", tar.getnames())
+        # no command extension was made for it
+        self.assertEqual(ctx.extensions, {})
+
     def test_disabled(self) -> None:
         ctx = context(self.stub, self.clock)
         self.assertIsNone(self.successResultOf(
@@ -165,36 +220,6 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(f.error(), "The following errors were encountered:"
                          "\n* one\n* two")
         self.flushLoggedErrors()
-
-
-class SharedWaitTests(SynchronousTestCase):
-    """Collectors wait for a Deferred that others share (the LLDP
-    listener's ``done``) without taking its result."""
-
-    def test_result_is_shared(self) -> None:
-        shared: Deferred[dict[str, Any]] = Deferred()
-        waiter = ensureDeferred(collectors._copy(shared))
-        shared.callback({"eth0": []})
-        self.assertEqual(self.successResultOf(waiter), {"eth0": []})
-        self.assertEqual(self.successResultOf(shared), {"eth0": []})
-
-    def test_failure_reaches_the_waiter(self) -> None:
-        shared: Deferred[dict[str, Any]] = Deferred()
-        waiter = ensureDeferred(collectors._copy(shared))
-        shared.errback(OSError("socket closed"))
-        self.assertIn("socket closed",
-                      str(self.failureResultOf(waiter, OSError).value))
-        # and the owner still has it
-        self.failureResultOf(shared, OSError)
-
-    def test_cancelled_waiter_leaves_the_shared_result_alone(self) -> None:
-        shared: Deferred[dict[str, Any]] = Deferred()
-        waiter = ensureDeferred(collectors._copy(shared))
-        waiter.cancel()
-        self.failureResultOf(waiter, CancelledError)
-        self.assertNoResult(shared)
-        shared.callback({"eth0": []})
-        self.assertEqual(self.successResultOf(shared), {"eth0": []})
 
 
 class DaemonScheduleTests(SynchronousTestCase):

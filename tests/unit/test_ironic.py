@@ -7,7 +7,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import error as ierror
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +18,7 @@ from ipa_twisted.ironic import (
     error_text,
     lookup_delay,
 )
-from ipa_twisted.testing import FakeIronic
+from ipa_twisted.testing import FakeIronic, HangingHTTP
 
 URL = "http://ironic.example:6385"
 MACS = ["52:54:00:12:34:56", "52:54:00:aa:bb:cc"]
@@ -274,3 +274,50 @@ class FailoverTests(SynchronousTestCase):
         clock.advance(1)
         f = self.failureResultOf(d, errors.HeartbeatConnectionError)
         self.assertIn("timed out", str(f.value))
+
+
+class CancellationTests(SynchronousTestCase):
+    """#13 item 2: a cancelled lookup stops at once; a timeout is a
+    timeout (retried), not a cancellation."""
+
+    def test_cancelled_lookup_stops_at_once(self) -> None:
+        http, clock = HangingHTTP(), Clock()
+        client = IronicClient(http, clock, ["http://a:1", "http://b:1"],
+                              pinned_version="1.99")
+        d = ensureDeferred(client.lookup(MACS, timeout=600))
+        self.assertEqual(len(http.calls), 1)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        # neither the next URL nor a retry: nothing more, nothing pending
+        self.assertEqual(len(http.calls), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(1000)
+        self.assertEqual(len(http.calls), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_lookup_cancelled_in_its_pause(self) -> None:
+        ironic = FakeIronic()
+        ironic.lookup_answers = [(404, {"error_message": "no"})] * 5
+        stub = StubTreq(ironic.app.resource())
+        clock = Clock()
+        client = IronicClient(stub, clock, [URL], pinned_version="1.99")
+        d = ensureDeferred(client.lookup(MACS, timeout=600))
+        stub.flush()
+        self.assertEqual(len(ironic.of("/v1/lookup")), 1)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_request_timeout_is_retried(self) -> None:
+        http, clock = HangingHTTP(), Clock()
+        client = IronicClient(http, clock, ["http://a:1"],
+                              request_timeout=30, pinned_version="1.99",
+                              rng=MinRandom())
+        d = ensureDeferred(client.lookup(MACS, timeout=600, interval=1.0))
+        clock.advance(30)           # the first attempt times out
+        self.assertNoResult(d)
+        clock.advance(1)            # the pause, then the second attempt
+        self.assertEqual(len(http.calls), 2)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)

@@ -68,3 +68,50 @@ class OverrideTests(SynchronousTestCase):
                          ["http://i:5050/v1/continue"])
         self.assertIsNone(new.api_url)
         self.assertIs(mdns.apply_overrides(config, {}), config)
+
+
+class FindTests(SynchronousTestCase):
+    """Attempts 0.1 s, 0.2 s... apart on the reactor; cancelling stops."""
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.asked: list[Deferred[mdns.Endpoint | None]] = []
+
+        def ask(service: str) -> Deferred[mdns.Endpoint | None]:
+            d: Deferred[mdns.Endpoint | None] = Deferred()
+            self.asked.append(d)
+            return d
+
+        self.ask = ask
+
+    def test_retries_then_gives_up(self) -> None:
+        d = mdns.find_endpoint(self.clock, "baremetal", 3, ask=self.ask)
+        self.asked[0].callback(None)
+        self.clock.advance(0.1)
+        self.asked[1].callback(None)
+        self.clock.advance(0.19)
+        self.assertEqual(len(self.asked), 2)
+        self.clock.advance(0.01)
+        self.asked[2].callback(None)
+        f = self.failureResultOf(d, mdns.ServiceLookupFailure)
+        self.assertIn("after 3 attempts", str(f.value))
+
+    def test_answer(self) -> None:
+        d = mdns.find_endpoint(self.clock, "baremetal", 3, ask=self.ask)
+        self.asked[0].callback(None)
+        self.clock.advance(0.1)
+        found = endpoint(["192.0.2.5"])
+        self.asked[1].callback(found)
+        self.assertEqual(self.successResultOf(d), found)
+
+    def test_cancel(self) -> None:
+        from twisted.internet.defer import CancelledError
+
+        d = mdns.find_endpoint(self.clock, "baremetal", 3, ask=self.ask)
+        self.asked[0].callback(None)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

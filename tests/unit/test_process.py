@@ -7,6 +7,7 @@ spawns, when it signals the tool's group, when the caller's wait ends.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 from typing import Any
 
@@ -135,7 +136,8 @@ class RunnerTests(SynchronousTestCase):
         self.groups = Groups()
         self.runner = ProcessRunner(self.reactor, self.clock, kill_grace=5.0,
                                     cancel_grace=1.0, drain=1.0,
-                                    setsid=SETSID, kill_group=self.groups)
+                                    setsid=SETSID, kill_group=self.groups,
+                                    has_live_members=lambda pgid: True)
 
     def start(self, argv: list[str], **kw: Any) -> tuple[Any, FakeProcess]:
         d = self.runner.run(argv, **kw)
@@ -271,6 +273,41 @@ class RunnerTests(SynchronousTestCase):
                                             (proc.pid, KILL)])
         self.assertNothingLeft()
 
+    def test_a_group_of_zombies_is_not_waited_for(self) -> None:
+        # after TERM everything died; an orphan of the group waits as a
+        # zombie for whoever reaps orphans here: no SIGKILL, no grace
+        live = {"yes": True}
+        runner = ProcessRunner(self.reactor, self.clock, kill_grace=5.0,
+                               cancel_grace=1.0, drain=1.0, setsid=SETSID,
+                               kill_group=self.groups,
+                               has_live_members=lambda pgid: live["yes"])
+        d = runner.run(["sh", "-c", "sleep 30 & sleep 31"], timeout=60)
+        proc = self.reactor.processes[-1]
+        self.groups.alive.add(proc.pid)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        stopped = runner.stop()
+        live["yes"] = False          # only a zombie is left in the group
+        proc.exit(signal=15)
+        self.clock.advance(0.05)
+        self.successResultOf(stopped)
+        self.assertEqual(self.groups.sent, [(proc.pid, TERM)] * 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_zombies_in_proc(self) -> None:
+        proc = self.mktemp()
+        for pid, stat in (("10", "10 (a) S 1 10 10"), ("11", "11 (b) Z 1 7 7"),
+                          ("12", "12 (x) y) R 1 8 8"), ("self", "")):
+            os.makedirs(os.path.join(proc, pid))
+            with open(os.path.join(proc, pid, "stat"), "w") as f:
+                f.write(stat)
+        from ipa_twisted.process import live_members_in_proc
+
+        self.assertTrue(live_members_in_proc(10, proc))
+        self.assertFalse(live_members_in_proc(7, proc))     # a zombie
+        self.assertTrue(live_members_in_proc(8, proc))      # ")" in comm
+        self.assertFalse(live_members_in_proc(99, proc))
+
     def test_cancel_after_a_timeout_shortens_the_grace(self) -> None:
         d, proc = self.start(["sleep", "30"], timeout=1)
         self.clock.advance(1)
@@ -345,7 +382,8 @@ class RunnerTests(SynchronousTestCase):
 
     def test_without_setsid_only_the_tool_is_signalled(self) -> None:
         runner = ProcessRunner(self.reactor, self.clock, kill_grace=1.0,
-                               setsid=None, kill_group=self.groups)
+                               setsid=None, kill_group=self.groups,
+                               has_live_members=lambda pgid: True)
         d = runner.run(["sleep", "30"], timeout=1)
         proc = self.reactor.processes[-1]
         executable, args, _ = self.reactor.spawned[-1]

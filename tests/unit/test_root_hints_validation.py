@@ -15,7 +15,7 @@ from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.commands.standby import StandbyExtension
 from ipa_twisted.commands.steps import DeployExtension
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.generic import (
     GenericHardwareManager,
@@ -54,7 +54,7 @@ class ValidatorTests(SynchronousTestCase):
 
 class CommandTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.context = AgentContext(
+        self.context = RunningAgent(
             config=load_config({}), reactor=Clock(),
             process=FakeProcessRunner(), guard=DeviceGuard(None))
         self.context.hardware = HardwareManagers([FakeHardwareManager()])
@@ -82,7 +82,7 @@ class CommandTests(SynchronousTestCase):
 class InstallDeviceTests(SynchronousTestCase):
     def test_bad_hints_fail_without_waiting_for_disks(self) -> None:
         clock = Clock()
-        context = AgentContext(
+        context = RunningAgent(
             config=load_config({"disk_wait_attempts": "10",
                                 "disk_wait_delay": "3"}),
             reactor=clock, process=FakeProcessRunner(),
@@ -101,4 +101,56 @@ class InstallDeviceTests(SynchronousTestCase):
         failure = self.failureResultOf(d, errors.DeviceNotFound)
         self.assertIn("failed to validate", str(failure.value))
         self.assertEqual(listed, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class DiskWaitTests(SynchronousTestCase):
+    """The root disk is looked for ``disk_wait_attempts`` times,
+    ``disk_wait_delay`` apart; a cancelled wait ends at once."""
+
+    def manager(self) -> tuple[GenericHardwareManager, Clock, list[Any]]:
+        from ipa_twisted.hardware.disks import BlockDevice
+
+        clock = Clock()
+        context = RunningAgent(
+            config=load_config({"disk_wait_attempts": "3",
+                                "disk_wait_delay": "5"}),
+            reactor=clock, process=FakeProcessRunner(),
+            guard=DeviceGuard(None))
+        manager = GenericHardwareManager()
+        manager.agent = context
+        answers: list[Any] = []
+
+        async def list_block_devices(**kw: Any) -> list[Any]:
+            found = answers.pop(0) if answers else []
+            return [BlockDevice(name=n, model=None, size=8 << 30,
+                                rotational=False) for n in found]
+
+        self.patch(manager, "list_block_devices", list_block_devices)
+        return manager, clock, answers
+
+    def test_a_disk_that_appears_late_is_found(self) -> None:
+        manager, clock, answers = self.manager()
+        answers.extend([[], ["/dev/sdb"]])
+        d = ensureDeferred(manager.get_os_install_device())
+        self.assertNoResult(d)
+        clock.advance(5)
+        self.assertEqual(self.successResultOf(d), "/dev/sdb")
+
+    def test_gives_up_after_the_attempts(self) -> None:
+        manager, clock, _ = self.manager()
+        d = ensureDeferred(manager.get_os_install_device())
+        clock.advance(5)
+        self.assertNoResult(d)
+        clock.advance(5)
+        self.failureResultOf(d, errors.DeviceNotFound)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_cancelled_wait_ends_at_once(self) -> None:
+        from twisted.internet.defer import CancelledError
+
+        manager, clock, _ = self.manager()
+        d = ensureDeferred(manager.get_os_install_device())
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
         self.assertEqual(clock.getDelayedCalls(), [])

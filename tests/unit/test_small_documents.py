@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from ipa_twisted import errors
 from ipa_twisted.commands.standby import CHECKSUM_FILE_LIMIT, StandbyExtension
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.httpfetch import (
     BodyTooLarge,
@@ -178,7 +178,7 @@ class ChecksumFileTests(_Base):
 
     def resolve(self, path: str) -> "defer.Deferred[Any]":
         config = load_config({"image_download_connection_timeout": "20"})
-        context = AgentContext(config=config, reactor=self.clock,
+        context = RunningAgent(config=config, reactor=self.clock,
                                process=FakeProcessRunner(),
                                guard=DeviceGuard(None), http=self.stub)
         standby = StandbyExtension(context)
@@ -213,7 +213,7 @@ class ChecksumFileTests(_Base):
 
 class ConfigDriveURLTests(_Base):
     def fetch(self, path: str) -> "defer.Deferred[bytes]":
-        context = AgentContext(config=load_config({}), reactor=self.clock,
+        context = RunningAgent(config=load_config({}), reactor=self.clock,
                                process=FakeProcessRunner(),
                                guard=DeviceGuard(None), http=self.stub)
         d = defer.ensureDeferred(configdrive.fetch(context, "http://x" + path))
@@ -258,7 +258,7 @@ class InspectorAnswerTests(_Base):
     def test_answer_over_the_cap_is_a_failed_post(self) -> None:
         self.server.handlers[b"/continue"] = claims(
             inspector.ANSWER_LIMIT + 1)
-        context = AgentContext(config=load_config({}), reactor=self.clock,
+        context = RunningAgent(config=load_config({}), reactor=self.clock,
                                process=FakeProcessRunner(),
                                guard=DeviceGuard(None), http=self.stub)
         d = defer.ensureDeferred(inspector.post(

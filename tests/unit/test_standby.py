@@ -19,7 +19,7 @@ from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.commands.standby import StandbyExtension
 from ipa_twisted.commands.steps import DeployExtension
 from ipa_twisted.config import load_config
-from ipa_twisted.context import AgentContext
+from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManager, HardwareManagers
 from ipa_twisted.image import partition_image
@@ -97,7 +97,7 @@ class _StandbyBase(TestCase):
             "image_download_connection_timeout": "5",
             "disk_wait_attempts": "1",
         })
-        self.context = AgentContext(
+        self.context = RunningAgent(
             config=config, reactor=reactor, process=FakeProcessRunner(),
             guard=DeviceGuard(None), http=HTTPClient(Agent(reactor, pool=pool)))
         fake = FakeHardwareManager(root_device=self.disk)

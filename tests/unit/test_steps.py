@@ -125,6 +125,28 @@ class StepTests(SynchronousTestCase):
                          "only_here. RuntimeError: disk exploded")
         self.flushLoggedErrors()
 
+    def test_a_cancelled_step_says_so(self) -> None:
+        # the agent stops during a step: "cancelled", not "unexpected
+        # exception ... CancelledError"
+        from twisted.internet.defer import Deferred
+
+        pending: list[Deferred[None]] = []
+
+        def slow(node: Any, ports: Any, **kw: Any) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            pending.append(d)
+            return d
+
+        self.patch(self.fake, "fake_clean", slow)
+        result = self.runner.execute("clean.execute_clean_step", {
+            "step": {"step": "fake_clean"}, "node": {}, "ports": []})
+        self.assertEqual(len(pending), 1)
+        self.successResultOf(self.runner.stop())
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "CommandExecutionError")
+        self.assertIn("cancelled (the agent is stopping)",
+                      result.error["details"])
+
     def test_unknown_step(self) -> None:
         result = self.run_cmd("clean.execute_clean_step",
                               step={"step": "no_such_step"}, node={},

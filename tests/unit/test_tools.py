@@ -10,6 +10,7 @@ that the set-up script installs it and the agent warns when it is absent.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import shlex
 import textwrap
@@ -239,12 +240,17 @@ def unlisted(scan: Scan, listed: Iterable[tools.Tool]) -> dict[str,
             if tool not in names}
 
 
+@functools.lru_cache(maxsize=1)
+def agent_scan() -> Scan:
+    """The agent's code, read once for all the tests below (~1 s)."""
+    # tools.py itself asks dpkg-query for the set-up script
+    return scan_tree(os.path.join(TOP, "ipa_twisted"), skip=["tools.py"])
+
+
 class AgentToolsTests(SynchronousTestCase):
 
     def setUp(self) -> None:
-        # tools.py itself asks dpkg-query for the set-up script
-        self.scan = scan_tree(os.path.join(TOP, "ipa_twisted"),
-                              skip=["tools.py"])
+        self.scan = agent_scan()
 
     def test_the_reader_sees_the_agent_tools(self) -> None:
         for name in ("efibootmgr", "lsblk", "chroot", "sgdisk", "dmesg",
