@@ -48,6 +48,8 @@ class AgentContext:
     on_progress_change: Callable[[Any], None] = lambda progress: None
     #: The agent token in force (configured, or handed out by Ironic).
     current_token: Callable[[], str | None] = lambda: None
+    #: The thread pool of in_thread (made on first use).
+    disk_threads: Any = None
 
     def report_progress(self, progress: Any) -> None:
         self.progress = progress
@@ -91,6 +93,11 @@ class AgentContext:
 
     def in_thread(self, func: Callable[..., Any], *args: Any,
                   **kwargs: Any) -> "Deferred[Any]":
-        """Run blocking disk I/O in the reactor's thread pool."""
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+        """Run blocking disk I/O in a thread of the agent's disk pool
+        (not the reactor's pool, which name resolution uses)."""
+        if self.disk_threads is None:
+            from ipa_twisted.hardware.blockio import start_disk_pool
+
+            self.disk_threads = start_disk_pool(self.reactor)
+        return deferToThreadPool(self.reactor, self.disk_threads,
                                  func, *args, **kwargs)

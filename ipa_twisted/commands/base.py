@@ -371,6 +371,8 @@ class CommandRunner:
             if isinstance(exc, errors.AgentError):
                 log.error("command {name} failed: {error}", name=name,
                           error=str(exc))
+            elif isinstance(exc, CancelledError):  # (not a bug: no trace)
+                log.warn("command {name} cancelled", name=name)
             else:
                 log.failure("command {name} failed", outcome, name=name)
             result._finish(status, None, error)

@@ -5,8 +5,19 @@
 last attempt stopped; a server that ignores ranges (200) sends the whole
 file again, and the first N bytes are skipped (they were already used and
 hashed).  The consumer (a pipeline target) gets the HTTP transport as its
-producer and pauses it when it is full; time spent paused that way does not
-count as a stall.
+producer and pauses it when it is full.
+
+The watchdog wants something to move every ``stall_timeout`` seconds: the
+body's bytes, or, while the consumer holds the download paused, the
+consumer's own ``progress`` (what its disk threads got done).  A network
+that sends nothing is a network error (the caller may retry); a disk that
+completes nothing is :class:`~ipa_twisted.image.sink.DiskStalled`, a local
+error.  Cancelling the call (the command is cancelled, the agent stops)
+closes the connection and raises ``CancelledError``: a cancellation is
+never taken for a network error.
+
+The body's socket is read :data:`READ_SIZE` bytes at a time (Twisted reads
+64 KiB: 16 reads, 16 trips up the HTTP stack and 16 copies per MiB).
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,9 +37,13 @@ from twisted.web.iweb import IResponse
 
 from ipa_twisted import errors
 from ipa_twisted.httpfetch import BodyTooLarge, discard_body, read_body
+from ipa_twisted.image.sink import DiskStalled, SinkError
 from ipa_twisted.looping import every
 
 log = Logger()
+
+#: Bytes asked of the image connection's socket per read.
+READ_SIZE = 1024 * 1024
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -71,17 +86,41 @@ class _Skip:
         return bool(getattr(self.consumer, "paused", False))
 
 
+def widen_reads(transport: Any, size: int) -> bool:
+    """Have the TCP connection under ``transport`` (a response's transport
+    proxy, a TLS wrapper...) read ``size`` bytes per ``recv``."""
+    for _ in range(4):
+        if transport is None:
+            return False
+        if hasattr(transport, "socket") and hasattr(transport, "bufferSize"):
+            transport.bufferSize = size
+            return True
+        transport = (getattr(transport, "_producer", None)
+                     or getattr(transport, "transport", None))
+    return False
+
+
+def _stop(transport: Any) -> None:
+    if transport is not None:
+        transport.stopProducing()
+
+
 class _Body(Protocol):
-    def __init__(self, consumer: Any, expected: int | None) -> None:
+    def __init__(self, consumer: Any, expected: int | None,
+                 read_size: int = READ_SIZE) -> None:
         self.consumer = consumer
         self.expected = expected
+        self.read_size = read_size
         self.received = 0
-        self.done: defer.Deferred[int] = defer.Deferred()
+        # cancelled: close the connection (CancelledError follows)
+        self.done: defer.Deferred[int] = defer.Deferred(
+            lambda _: _stop(self.transport))
         #: what the consumer raised (never a network error: not retried)
         self.consumer_error: BaseException | None = None
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
+        widen_reads(transport, self.read_size)
         self.consumer.registerProducer(transport, True)
 
     def dataReceived(self, data: bytes) -> None:
@@ -108,6 +147,10 @@ class _Body(Protocol):
             self.done.callback(self.received)
         else:
             self.done.errback(reason)
+
+
+def _progress(consumer: Any) -> int:
+    return int(getattr(consumer, "progress", 0) or 0)
 
 
 def _describe(failure: Failure) -> str:
@@ -158,6 +201,8 @@ async def stream_body(
         raise errors.ImageDownloadError(
             image_id, f"no answer from {url} within {stall_timeout} s"
         ) from None
+    except defer.CancelledError:
+        raise
     except Exception as e:
         raise errors.ImageDownloadError(
             image_id, f"cannot reach {url}: {_describe(Failure(e))}"
@@ -198,40 +243,44 @@ async def stream_body(
             discard_body(response)  # (refused: close the connection)
             raise
     body = _Body(target, length)
-    last = [0, clock.seconds()]
+    # (bytes received, the consumer's progress, when either last moved)
+    last: list[Any] = [0, _progress(consumer), clock.seconds()]
+
+    def stop_with(error: BaseException | Failure) -> None:
+        _stop(body.transport)
+        if not body.done.called:
+            body.done.errback(error)
 
     def watchdog() -> None:
         error = getattr(consumer, "error", None)
         if error is not None and not body.done.called:
             # the device failed: stop downloading at once (a paused
             # download would otherwise wait forever)
-            transport: Any = body.transport
-            if transport is not None:
-                transport.stopProducing()
-            body.done.errback(error)
+            stop_with(error)
             return
         now = clock.seconds()
-        if body.received != last[0] or getattr(consumer, "paused", False):
-            last[0], last[1] = body.received, now
+        moved = (body.received, _progress(consumer))
+        if moved != (last[0], last[1]):
+            last[0], last[1], last[2] = moved[0], moved[1], now
             return
-        if now - last[1] >= stall_timeout and not body.done.called:
-            log.warn("download of {url} stalled: nothing for {t} s",
-                     url=url, t=stall_timeout)
-            stalled: IPushProducer | None = body.transport  # type: ignore
-            if stalled is not None:
-                stalled.stopProducing()
-            body.done.errback(Stalled(
-                f"no data for {stall_timeout} s after {body.received} bytes"
-            ))
+        if now - last[2] < stall_timeout or body.done.called:
+            return
+        if getattr(consumer, "paused", False):
+            # waiting for the disk, and the disk does nothing
+            path = getattr(consumer, "path", None) or "the device"
+            log.error("writing {path}: nothing completed for {t} s",
+                      path=path, t=stall_timeout)
+            stop_with(DiskStalled(path, stall_timeout))
+            return
+        log.warn("download of {url} stalled: nothing for {t} s",
+                 url=url, t=stall_timeout)
+        stop_with(Stalled(
+            f"no data for {stall_timeout} s after {body.received} bytes"))
 
     def watchdog_failed(failure: Failure) -> None:
         # unwatched, a stall would go unnoticed: stop here, with that error
         broken.append(failure.value)
-        transport: Any = body.transport
-        if transport is not None:
-            transport.stopProducing()
-        if not body.done.called:
-            body.done.errback(failure)
+        stop_with(failure)
 
     broken: list[BaseException | None] = []
     check = every(clock, min(1.0, stall_timeout / 4), watchdog,
@@ -242,13 +291,17 @@ async def stream_body(
         received = await body.done
     except Stalled as e:
         raise errors.ImageDownloadError(image_id, f"{url}: {e}") from None
-    except errors.AgentError:
-        raise
+    except (errors.AgentError, SinkError, defer.CancelledError):
+        raise  # the image's, the device's, or nobody's fault: no retry
     except Exception as e:
         if (getattr(consumer, "error", None) is e
                 or e is body.consumer_error or e in broken):
             raise  # the device's or the image's error (or ours), not the
             # network's
+        local = getattr(consumer, "error", None)
+        if local is not None:
+            # the device failed and stopped the connection: its error
+            raise local from None
         raise errors.ImageDownloadError(
             image_id,
             f"connection to {url} broke after {body.received} bytes: "
@@ -285,6 +338,8 @@ async def fetch_range(http: Any, clock: IReactorTime, url: str, start: int,
     except defer.TimeoutError:
         raise errors.ImageDownloadError(
             image_id, f"no answer from {url} within {timeout} s") from None
+    except defer.CancelledError:
+        raise
     except Exception as e:
         raise errors.ImageDownloadError(
             image_id, f"cannot reach {url}: {_describe(Failure(e))}"
@@ -312,6 +367,8 @@ async def fetch_range(http: Any, clock: IReactorTime, url: str, start: int,
         raise errors.ImageDownloadError(
             image_id, f"{url}: the range was not read within {timeout} s"
         ) from None
+    except defer.CancelledError:
+        raise
     except Exception as e:
         raise errors.ImageDownloadError(
             image_id, f"{url}: {_describe(Failure(e))}") from None

@@ -60,7 +60,9 @@ class TestStandby(StandbyExtension):
     """The real extension; partition discovery replaced (a temp file has
     no kernel partitions; the e2e tests use real loop devices)."""
 
-    async def _after_write(self, device: str) -> list[str]:
+    async def _after_write(self, device: str, gpt: str | None = None
+                           ) -> list[str]:
+        self.gpt = gpt
         return [device + "p1"]
 
 
@@ -283,7 +285,7 @@ class HostileImageTests(_StandbyBase):
         # for a resume that never comes
         from ipa_twisted.hardware import blockio
 
-        self.patch(blockio, "device_size", lambda path: 1 << 30)
+        self.patch(blockio, "size_of_fd", lambda fd: 1 << 30)
         self.fake.root_device = "/dev/full"
         info = self.serve("zeros.gz", hi.gzip_bomb(64 * 1024 * 1024))
         result = await self.execute("standby.prepare_image", image_info=info)
