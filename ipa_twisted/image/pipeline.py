@@ -6,21 +6,25 @@ refuses what is not permitted or not what it claims to be, and then hands
 everything to one target:
 
 - raw (and gpt, iso): :class:`~ipa_twisted.image.sink.DeviceSink`, which
-  hashes and writes in parallel threads;
+  hashes, copies and writes in parallel threads;
 - gzip, xz, zstd, bzip2: :class:`DecompressStage` (one thread hashes the
   compressed bytes and inflates them through a bounded stream reader: xz
   under a memory limit, zstd with a bounded window) in front of a new gate
   that must find a raw image inside, no larger than the disk;
 - qcow2: :class:`Qcow2Target` (a hashing thread, the streaming qcow2
   reader on the reactor, :class:`~ipa_twisted.image.sink.PositionalWriter`
-  for the clusters, unwritten ranges zeroed at the end).
+  for the clusters: compressed ones inflated in its thread; unwritten
+  ranges zeroed at the end).
 
 Every target is a push consumer with back-pressure (``pauseProducing`` on
 its producer when its queues are full), so memory stays bounded whatever
 the image.  A stage that fails stops its producer (``stopProducing``) and
-says so in ``error``: nothing waits for a resume that cannot come.  ``finish()`` fires with ``(bytes written to the disk, hex
-digest of the image file)``; ``finalize()`` completes what a second pass
-needed (qcow2) and closes the device.
+says so in ``error``: nothing waits for a resume that cannot come.
+``finish()`` fires with ``(bytes written to the disk, hex digest of the
+image file)``; ``finalize()`` completes what a second pass needed (qcow2),
+runs the device's ``after_write`` (the GPT), syncs and closes the device.
+Each target's ``progress`` counts what its threads got done (the
+watchdogs want it to move while the download waits for the disk).
 """
 
 from __future__ import annotations
@@ -36,20 +40,19 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipa_twisted import errors
 from ipa_twisted.image import formats
 from ipa_twisted.image.checksum import new_hasher
 from ipa_twisted.image.qcow2 import Qcow2Error, Qcow2Stream
-from ipa_twisted.image.sink import (Backlog, Device, DeviceSink, Pausable,
-                                   Piece, PositionalWriter, SinkError)
+from ipa_twisted.image.sink import (QUEUE_LIMIT, Backlog, Device,
+                                   DeviceSink, HashThread, Pausable, Piece,
+                                   PositionalWriter, SinkError)
 
 log = Logger()
 
 MiB = 1024 * 1024
-QUEUE_LIMIT = 32 * MiB
 OUT_CHUNK = 4 * MiB
 #: The most memory an xz stream may ask for (``xz -9`` needs 65 MiB).
 XZ_MEMLIMIT = 128 * MiB
@@ -161,6 +164,28 @@ class FormatGate(Pausable):
     @property
     def path(self) -> str:
         return self.device.path
+
+    # the body may be received straight into a raw sink's buffers
+    # (ipa_twisted.image.stream): reserve() then commit()
+
+    def direct_target(self) -> "FormatGate | None":
+        """This gate, when its target takes bytes in place (a raw
+        image's sink); else None."""
+        if isinstance(self.target, DeviceSink) and not self._inner:
+            return self
+        return None
+
+    def reserve(self, n: int) -> memoryview | None:
+        result: memoryview | None = self.target.reserve(n)
+        return result
+
+    def commit(self, n: int) -> None:
+        self.received += n
+        if self.received > self._device_size:
+            raise errors.ImageWriteError(
+                self.device.path, None, "", f"the image is larger than the "
+                f"device ({self._device_size} bytes)")
+        self.target.commit(n)
 
     def finish(self) -> "Deferred[tuple[int, str | None]]":
         if self.target is None:
@@ -409,53 +434,6 @@ class DecompressStage(Pausable):
         return self._down.abort()
 
 
-class _HashThread:
-    """Hashes the qcow2 file's chunks (one per network read) and releases
-    them from the backlog."""
-
-    def __init__(self, reactor: Any, algo: str | None,
-                 backlog: Backlog) -> None:
-        self._hasher = new_hasher(algo) if algo else None
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._backlog = backlog
-        self._reactor = reactor
-        self.hashed = 0
-        self.done: Deferred[str | None] = Deferred()
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name="hash")
-        self.thread.start()
-
-    def put(self, data: bytes) -> None:
-        self._q.put(data)
-
-    def close(self) -> None:
-        self._q.put(_EOF)
-
-    def _run(self) -> None:
-        error: BaseException | None = None
-        while True:
-            item = self._q.get()
-            if item is _EOF:
-                break
-            if self._hasher is not None and error is None:
-                try:
-                    self._hasher.update(item)
-                except Exception as e:  # keep draining: never hang
-                    error = e
-            self.hashed += len(item)
-            self._backlog.release(len(item))
-        digest = None
-        if error is None and self._hasher is not None:
-            try:
-                digest = self._hasher.hexdigest()
-            except Exception as e:
-                error = e
-        if error is not None:
-            self._reactor.callFromThread(self.done.errback, Failure(error))
-        else:
-            self._reactor.callFromThread(self.done.callback, digest)
-
-
 class Qcow2Target(Pausable):
     """qcow2 -> disk: hash the file in a thread, parse it on the reactor
     (tables only: a few Python calls per cluster), copy and inflate the
@@ -473,7 +451,7 @@ class Qcow2Target(Pausable):
         self._backlog = Backlog(reactor, QUEUE_LIMIT, self._resume)
         self.writer = PositionalWriter(reactor, device, self._backlog,
                                        on_progress, on_error=self._fail)
-        self._hash = _HashThread(reactor, hash_algo, self._backlog)
+        self._hash = HashThread(reactor, hash_algo, self._backlog)
         self._batch: list[Piece] | None = None
         # the virtual size is checked against the device before anything
         # is sized from it
@@ -570,7 +548,8 @@ class Qcow2Target(Pausable):
 
     def abort(self) -> "Deferred[None]":
         self._hash.close()
-        return self.writer.close(zero=[], sync=False)
+        return self.writer.close(zero=[], sync=False).addErrback(
+            lambda _: None)  # (the error, if any, was reported already)
 
 
 def _invalid_image_on_error(inflate: Callable[[bytes], bytes]

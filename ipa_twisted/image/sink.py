@@ -43,16 +43,21 @@ from typing import Any, Callable, Iterable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ipa_twisted.image.checksum import new_hasher
 
 log = Logger()
 
-BUFFER_SIZE = 8 * 1024 * 1024
+MiB = 1024 * 1024
+BUFFER_SIZE = 8 * MiB
+#: Buffers of a raw image's sink.
 DEPTH = 4
 ALIGN = 4096
-_STOP = object()
-_SYNC_AND_STOP = object()
+#: Bytes handed to the threads and not done with yet, at most (each
+#: chunk counts once per thread holding it).
+QUEUE_LIMIT = 16 * MiB
+_EOF = object()
 
 
 class SinkError(Exception):
@@ -231,280 +236,6 @@ class Backlog:
                 self._waiting = False
         if wake:
             self._reactor.callFromThread(self._resume)
-
-
-class DeviceSink(Pausable):
-    """An ``IConsumer`` that writes to ``device`` from its start.
-
-    ``write()`` is called on the reactor thread; ``finish()`` flushes the
-    tail, syncs, and fires with ``(bytes written, hexdigest or None)``;
-    ``abort()`` stops early.  Errors from the worker threads fail the
-    ``finish()`` Deferred (and stop the producer at once).
-    """
-
-    def __init__(
-        self,
-        reactor: IReactorFromThreads,
-        device: Device,
-        hash_algo: str | None = None,
-        buffer_size: int = BUFFER_SIZE,
-        depth: int = DEPTH,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> None:
-        self._reactor = reactor
-        self.device = device.claim()
-        self.path = device.path
-        self._hasher = new_hasher(hash_algo) if hash_algo else None
-        self._size = buffer_size
-        self._buffers = [mmap.mmap(-1, buffer_size) for _ in range(depth)]
-        self._free = list(range(depth))
-        self._pending = [0] * depth  # workers still using each buffer
-        self._current: int | None = None
-        self._fill = 0
-        super().__init__()
-        self._failed: BaseException | None = None
-        self._aborted = False
-        self._finishing: Deferred[tuple[int, str | None]] | None = None
-        self.received = 0
-        self.written = 0
-        self._on_progress = on_progress
-        self._hash_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._write_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._stopping = False
-        self._backlog: list[bytes] = []
-        self._closed: Deferred[None] = Deferred()
-        self._exited = 0
-        # what each thread got done (each written by its own thread only)
-        self._hashed = 0
-        self._wrote = 0
-        #: the writer thread is in the final sync
-        self.flushing = False
-        self.direct_io = device.direct is not None
-        hasher = threading.Thread(target=self._hash_loop, daemon=True,
-                                  name=f"hash {self.path}")
-        writer = threading.Thread(target=self._write_loop, daemon=True,
-                                  name=f"write {self.path}")
-        self.threads = [hasher, writer]
-        hasher.start()
-        writer.start()
-
-    @property
-    def progress(self) -> int:
-        """Bytes the worker threads got through (hashed + written)."""
-        return self._hashed + self._wrote
-
-    # ---------------------------------------------------- thread bodies
-
-    def _hash_loop(self) -> None:
-        while True:
-            item = self._hash_q.get()
-            if item is _STOP:
-                self._reactor.callFromThread(self._thread_exited)
-                return
-            index, length = item
-            if self._hasher is not None:
-                try:
-                    with memoryview(self._buffers[index]) as view:
-                        self._hasher.update(view[:length])
-                except Exception as e:  # never leave a buffer taken
-                    self._hasher = None
-                    self._reactor.callFromThread(self._fail, e)
-            self._hashed += length
-            self._reactor.callFromThread(self._release, index, 0)
-
-    def _write_loop(self) -> None:
-        """Owns the device: writes, then syncs and closes it."""
-        device = self.device
-        error: BaseException | None = None
-        offset = 0
-        while True:
-            item = self._write_q.get()
-            if item is _STOP or item is _SYNC_AND_STOP:
-                break
-            index, length = item
-            if error is None:
-                try:
-                    with memoryview(self._buffers[index]) as buf:
-                        device.write_at(offset, buf[:length], True)
-                    offset += length
-                    self._wrote += length
-                except Exception as e:
-                    error = (SinkError(self.path, e)
-                             if isinstance(e, OSError) else e)
-                    self._reactor.callFromThread(self._fail, error)
-            self._reactor.callFromThread(self._release, index,
-                                         0 if error else length)
-        try:
-            if item is _SYNC_AND_STOP and error is None:
-                self.flushing = True
-                device.complete()
-        except Exception as e:
-            error = SinkError(self.path, e) if isinstance(e, OSError) else e
-        finally:
-            device.close()
-        self._reactor.callFromThread(self._writer_exited, error)
-
-    # ------------------------------------------------------ reactor side
-
-    def _resume(self) -> None:
-        if self._failed is None:  # a failed sink keeps its producer paused
-            super()._resume()
-
-    @property
-    def error(self) -> BaseException | None:
-        """The error that stopped this sink (a write or hashing error), if
-        any; None after abort()."""
-        return None if self._aborted else self._failed
-
-    def write(self, data: bytes) -> None:
-        if self._failed is not None:
-            return
-        self.received += len(data)
-        if self._backlog:
-            self._backlog.append(bytes(data))
-            return
-        self._copy_in(memoryview(data))
-
-    def _copy_in(self, view: memoryview) -> None:
-        while view:
-            if self._current is None:
-                if not self._free:
-                    # The producer may deliver a little more after being
-                    # paused (one socket read); keep it until a buffer frees.
-                    self._backlog.append(bytes(view))
-                    self._pause()
-                    return
-                self._current = self._free.pop()
-                self._fill = 0
-            room = self._size - self._fill
-            take = min(room, len(view))
-            self._buffers[self._current][self._fill:self._fill + take] = \
-                view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == self._size:
-                self._submit()
-        if not self._free and self._current is None:
-            self._pause()
-
-    def _drain_backlog(self) -> None:
-        while self._backlog and (self._free or self._current is not None):
-            chunk = self._backlog.pop(0)
-            before = len(self._backlog)
-            self._copy_in(memoryview(chunk))
-            if len(self._backlog) > before:
-                # It did not all fit: the rest went to the end; put it first.
-                self._backlog.insert(0, self._backlog.pop())
-                break
-
-    def _submit(self) -> None:
-        assert self._current is not None
-        index, length = self._current, self._fill
-        self._current = None
-        self._fill = 0
-        self._pending[index] = 2
-        self._hash_q.put((index, length))
-        self._write_q.put((index, length))
-
-    def _release(self, index: int, written: int) -> None:
-        self.written += written
-        if written and self._on_progress is not None:
-            self._on_progress(self.written)
-        self._pending[index] -= 1
-        if self._pending[index] == 0:
-            self._free.append(index)
-            self._drain_backlog()
-            if not self._backlog:
-                self._resume()
-            self._flush_if_done()
-
-    def _fail(self, error: BaseException) -> None:
-        if self._failed is None:
-            self._failed = error
-            log.error("{error}", error=str(error))
-        self._pause()
-        # Stop the producer for good: a paused one would wait for a resume
-        # that never comes (the HTTP transport, or an inflating thread).
-        if self._producer is not None:
-            self._producer.stopProducing()
-
-    def _busy(self) -> bool:
-        return any(self._pending)
-
-    def _maybe_stop(self) -> None:
-        """Once finishing and every buffer is back, stop the workers."""
-        if self._finishing is None or self._stopping or self._busy():
-            return
-        self._stopping = True
-        self._hash_q.put(_STOP)
-        self._write_q.put(_SYNC_AND_STOP)
-
-    def _thread_exited(self) -> None:
-        self._exited += 1
-        if self._exited == len(self.threads):
-            self._closed.callback(None)
-
-    def _writer_exited(self, error: BaseException | None) -> None:
-        self._thread_exited()
-        d, self._finishing = self._finishing, None
-        if d is None:
-            return
-        error = self._failed or error
-        digest = None
-        if error is None and self._hasher is not None:
-            try:
-                digest = self._hasher.hexdigest()
-            except Exception as e:
-                error = e
-        if error is not None:
-            d.errback(error)
-        else:
-            d.callback((self.written, digest))
-
-    def finish(self) -> "Deferred[tuple[int, str | None]]":
-        """Flush what is buffered, fsync; fire with (bytes, hexdigest)."""
-        d: Deferred[tuple[int, str | None]] = Deferred()
-        self._finishing = d
-        self._flush_if_done()
-        return d
-
-    def _flush_if_done(self) -> None:
-        if self._finishing is None or self._backlog:
-            return
-        if self._failed is None and self._current is not None and self._fill:
-            self._submit()
-        self._maybe_stop()
-
-    def finalize(self) -> "Deferred[None]":
-        """Nothing left to do: finish() already synced and closed."""
-        d: Deferred[None] = Deferred()
-        d.callback(None)
-        return d
-
-    def abort(self) -> "Deferred[None]":
-        """Stop early (what was written stays); fires once the device is
-        closed and both threads are done."""
-        if self._failed is None:
-            self._failed = RuntimeError("aborted")
-            self._aborted = True
-        self._pause()
-        self._backlog = []
-        if not self._stopping:
-            self._stopping = True
-            self._hash_q.put(_STOP)
-            self._write_q.put(_STOP)
-        return self.closed()
-
-    def closed(self) -> "Deferred[None]":
-        """Fires once the device is closed and both threads are done."""
-        d: Deferred[None] = Deferred()
-
-        def fire(result: object) -> object:
-            d.callback(None)
-            return result
-
-        self._closed.addBoth(fire)
-        return d
 
 
 BLKZEROOUT = 0x127F
@@ -729,3 +460,391 @@ class PositionalWriter:
         finally:
             device.close()
         self._fire(d)
+
+
+class HashThread:
+    """Hashes chunks (one per network read) in its own thread and
+    releases them from the backlog (``algo`` None: only releases them;
+    the digest is then None)."""
+
+    def __init__(self, reactor: Any, algo: str | None,
+                 backlog: Backlog) -> None:
+        self._hasher = new_hasher(algo) if algo else None
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._backlog = backlog
+        self._reactor = reactor
+        self.hashed = 0
+        self.done: Deferred[str | None] = Deferred()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name="hash")
+        self.thread.start()
+
+    def put(self, data: bytes) -> None:
+        self._q.put(data)
+
+    def close(self) -> None:
+        self._q.put(_EOF)
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        while True:
+            item = self._q.get()
+            if item is _EOF:
+                break
+            if error is None and self._hasher is not None:
+                try:
+                    self._hasher.update(item)
+                except Exception as e:  # keep draining: never hang
+                    error = e
+            self.hashed += len(item)
+            self._backlog.release(len(item))
+        digest = None
+        if error is None and self._hasher is not None:
+            try:
+                digest = self._hasher.hexdigest()
+            except Exception as e:
+                error = e
+        if error is not None:
+            self._reactor.callFromThread(self.done.errback, Failure(error))
+        else:
+            self._reactor.callFromThread(self.done.callback, digest)
+
+
+class DeviceSink(Pausable):
+    """An ``IConsumer`` that writes a raw image to ``device`` from its
+    start, hashing it on the way.
+
+    The bytes land in a ring of ``depth`` page-aligned buffers (``mmap``):
+    either copied there by :meth:`write` (a chunk the HTTP stack
+    delivered), or received there by the socket itself (:meth:`reserve`
+    and :meth:`commit`: ``recv_into``, see ``ipa_twisted.image.stream``),
+    with no copy and no allocation.  Each part of a buffer is handed to the
+    hashing thread as soon as it is filled; a full buffer goes to the
+    writing thread (``O_DIRECT`` when the device allows it).  A buffer is
+    reused once both are done with it.  When no buffer is free the
+    producer (the HTTP transport) is paused, and resumed when one frees
+    up: memory stays at ``depth x buffer_size`` whatever the image, and
+    the download never outruns the disk.  The threads wake the reactor
+    once per buffer each.
+
+    ``finish()`` fires with ``(bytes written, hexdigest or None)`` once
+    everything is on the device; ``finalize()`` runs the device's
+    ``after_write``, syncs and closes it; ``abort()`` stops early.  A write
+    or hashing error stops the producer at once and fails ``finish()``.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, device: Device,
+                 hash_algo: str | None = None,
+                 on_progress: Callable[[int], None] | None = None,
+                 buffer_size: int = BUFFER_SIZE, depth: int = DEPTH) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.device = device.claim()
+        self.path = device.path
+        self._hasher = new_hasher(hash_algo) if hash_algo else None
+        self._size = buffer_size
+        self._buffers = [mmap.mmap(-1, buffer_size) for _ in range(depth)]
+        self._free = list(range(depth))
+        self._pending = [0] * depth   # jobs still using each buffer
+        self._current: int | None = None
+        self._fill = 0                # bytes in the current buffer
+        self._hashed_to = 0           # ... of which handed to the hasher
+        self._offset = 0              # where the current buffer goes
+        self._spill: list[bytes] = []  # what came while no buffer was free
+        self.received = 0
+        self.written = 0
+        self._on_progress = on_progress
+        self._failed: BaseException | None = None
+        self._aborted = False
+        self._finishing: Deferred[tuple[int, str | None]] | None = None
+        self._digest: str | None = None
+        self._hash_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._write_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopped = False
+        self._close_sent = False
+        self._closing: Deferred[None] | None = None
+        self._closed: Deferred[None] = Deferred()
+        self._exited = 0
+        # what each thread got done (each written by its own thread only)
+        self._hashed = 0
+        self._wrote = 0
+        #: the writing thread is in the final sync
+        self.flushing = False
+        self.threads = [
+            threading.Thread(target=self._hash_loop, daemon=True,
+                             name=f"hash {self.path}"),
+            threading.Thread(target=self._write_loop, daemon=True,
+                             name=f"write {self.path}")]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def progress(self) -> int:
+        """Bytes the worker threads got through (hashed + written)."""
+        return self._hashed + self._wrote
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that stopped this sink (a write or hashing error), if
+        any; None after abort()."""
+        return None if self._aborted else self._failed
+
+    # ---------------------------------------------------- thread bodies
+
+    def _hash_loop(self) -> None:
+        error: BaseException | None = None
+        while True:
+            item = self._hash_q.get()
+            if item is _EOF:
+                break
+            index, start, end, last = item
+            if self._hasher is not None and error is None:
+                try:
+                    with memoryview(self._buffers[index]) as view:
+                        self._hasher.update(view[start:end])
+                except Exception as e:  # keep going: never hold a buffer
+                    error = e
+                    self._reactor.callFromThread(self._fail, e)
+            self._hashed += end - start
+            if last:
+                self._reactor.callFromThread(self._release, index, 0)
+        digest = None
+        if error is None and self._hasher is not None:
+            try:
+                digest = self._hasher.hexdigest()
+            except Exception as e:
+                self._reactor.callFromThread(self._fail, e)
+        self._reactor.callFromThread(self._hash_exited, digest)
+
+    def _write_loop(self) -> None:
+        """Owns the device: writes; at the end syncs and closes it."""
+        device = self.device
+        error: BaseException | None = None
+        while True:
+            item = self._write_q.get()
+            if item[0] is _CLOSE:
+                break
+            index, offset, length = item
+            if error is None and not self._aborted:
+                try:
+                    with memoryview(self._buffers[index]) as buf:
+                        device.write_at(offset, buf[:length], True)
+                    self._wrote += length
+                except Exception as e:
+                    error = (SinkError(self.path, e)
+                             if isinstance(e, OSError) else e)
+                    self._reactor.callFromThread(self._fail, error)
+            self._reactor.callFromThread(self._release, index,
+                                         0 if error else length)
+        sync = item[1]
+        try:
+            if sync and error is None and self._failed is None:
+                self.flushing = True
+                device.complete()
+        except Exception as e:
+            error = SinkError(self.path, e) if isinstance(e, OSError) else e
+        finally:
+            device.close()
+        self._reactor.callFromThread(self._writer_exited, error)
+
+    # ------------------------------------------------------ reactor side
+
+    def write(self, data: bytes) -> None:
+        """A chunk of the image: copied into the buffers."""
+        if self._failed is not None or self._stopped:
+            return
+        if self._spill:
+            self._spill.append(bytes(data))
+            return
+        self._copy_in(memoryview(data))
+
+    def reserve(self, n: int) -> memoryview | None:
+        """Room for up to ``n`` more bytes in the current buffer (for
+        ``recv_into``; :meth:`commit` says how many came), or None when
+        no buffer is free (the producer is then paused)."""
+        if self._failed is not None or self._stopped:
+            return None
+        if self._spill or (self._current is None and not self._free):
+            self._pause()
+            return None
+        if self._current is None:
+            self._take()
+        assert self._current is not None
+        end = min(self._size, self._fill + n)
+        return memoryview(self._buffers[self._current])[self._fill:end]
+
+    def commit(self, n: int) -> None:
+        """``n`` bytes arrived in the room :meth:`reserve` gave."""
+        self.received += n
+        self._fill += n
+        self._hash_part()
+        if self._fill == self._size:
+            self._submit()
+
+    def _take(self) -> None:
+        self._current = self._free.pop()
+        self._fill = self._hashed_to = 0
+        self._pending[self._current] = 2  # the hasher and the writer
+
+    def _copy_in(self, view: memoryview) -> None:
+        self.received += len(view)
+        while view:
+            if self._current is None:
+                if not self._free:
+                    # The producer may deliver a little more after being
+                    # paused (one socket read); keep it until a buffer frees.
+                    self._spill.append(bytes(view))
+                    self.received -= len(view)
+                    self._pause()
+                    return
+                self._take()
+            assert self._current is not None
+            take = min(self._size - self._fill, len(view))
+            self._buffers[self._current][self._fill:self._fill + take] = \
+                view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self._size:
+                self._submit()
+        self._hash_part()
+        if not self._free and self._current is None:
+            self._pause()
+
+    def _hash_part(self, last: bool = False) -> None:
+        """Hand the hasher what was filled since the last time."""
+        if self._current is not None and (self._fill > self._hashed_to
+                                          or last):
+            self._hash_q.put((self._current, self._hashed_to, self._fill,
+                              last))
+            self._hashed_to = self._fill
+
+    def _submit(self) -> None:
+        assert self._current is not None
+        index, length = self._current, self._fill
+        self._hash_part(last=True)
+        self._write_q.put((index, self._offset, length))
+        self._offset += length
+        self._current = None
+        self._fill = self._hashed_to = 0
+
+    def _drain_spill(self) -> None:
+        while self._spill and (self._free or self._current is not None):
+            chunk = self._spill.pop(0)
+            before = len(self._spill)
+            self._copy_in(memoryview(chunk))
+            if len(self._spill) > before:
+                # It did not all fit: the rest went to the end; put it first.
+                self._spill.insert(0, self._spill.pop())
+                break
+
+    def _release(self, index: int, written: int) -> None:
+        self.written += written
+        if written and self._on_progress is not None:
+            self._on_progress(self.written)
+        self._pending[index] -= 1
+        if self._pending[index] == 0:
+            self._free.append(index)
+            self._drain_spill()
+            if not self._spill and self._failed is None:
+                self._resume()
+            self._maybe_done()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failed is None:
+            self._failed = error
+            log.error("{error}", error=str(error))
+        self._spill = []
+        self._pause()
+        # Stop the producer for good: a paused one would wait for a resume
+        # that never comes (the HTTP transport, or an inflating thread).
+        if self._producer is not None:
+            self._producer.stopProducing()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        """Finishing: write the last buffer; once every buffer is back,
+        stop hashing (the digest fires finish())."""
+        if self._finishing is None or self._spill or self._stopped:
+            return
+        current = self._current
+        if current is not None:
+            if self._fill and self._failed is None:
+                self._submit()
+            else:  # (nothing in it, or no use writing it: give it back)
+                self._pending[current] = 0
+                self._free.append(current)
+                self._current = None
+        if any(self._pending):
+            return
+        self._stopped = True
+        self._hash_q.put(_EOF)
+
+    def _hash_exited(self, digest: str | None) -> None:
+        self._digest = digest
+        self._thread_exited()
+        d, self._finishing = self._finishing, None
+        if d is None:
+            return
+        if self._failed is not None:
+            d.errback(self._failed)
+        else:
+            d.callback((self.written, digest))
+
+    def _writer_exited(self, error: BaseException | None) -> None:
+        self._thread_exited()
+        d, self._closing = self._closing, None
+        if d is not None:
+            error = error or self._failed
+            if error is not None and not self._aborted:
+                d.errback(error)
+            else:
+                d.callback(None)
+
+    def _thread_exited(self) -> None:
+        self._exited += 1
+        if self._exited == len(self.threads):
+            self._closed.callback(None)
+
+    def finish(self) -> "Deferred[tuple[int, str | None]]":
+        """Write what is buffered; fire with (bytes written, hexdigest)
+        once it is all on the device."""
+        d: Deferred[tuple[int, str | None]] = Deferred()
+        self._finishing = d
+        self._maybe_done()
+        return d
+
+    def finalize(self) -> "Deferred[None]":
+        """The device's after_write, sync, close (after finish())."""
+        d: Deferred[None] = Deferred()
+        self._closing = d
+        if not self._close_sent:
+            self._close_sent = True
+            self._write_q.put((_CLOSE, True))
+        return d
+
+    def abort(self) -> "Deferred[None]":
+        """Stop early (what was written stays); fires once the device is
+        closed and both threads are done."""
+        if self._failed is None:
+            self._failed = RuntimeError("aborted")
+            self._aborted = True
+        self._pause()
+        self._spill = []
+        if not self._stopped:
+            self._stopped = True
+            self._hash_q.put(_EOF)
+        if not self._close_sent:
+            self._close_sent = True
+            self._write_q.put((_CLOSE, False))
+        return self.closed()
+
+    def closed(self) -> "Deferred[None]":
+        """Fires once the device is closed and both threads are done."""
+        d: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._closed.addBoth(fire)
+        return d

@@ -145,10 +145,13 @@ async def download_to_device(
                      at=f", from byte {gate.received}" if gate.received
                      else "")
             try:
-                await stream_body(
+                streamed = await stream_body(
                     http, clock, url, gate, image_id, stall_timeout,
                     headers=headers, offset=gate.received,
                     on_response=on_response)
+                if streamed.direct_reads:
+                    log.debug("{n} reads of {url} went straight to the "
+                              "buffers", n=streamed.direct_reads, url=url)
                 return
             except errors.ImageDownloadFatalError:
                 raise
