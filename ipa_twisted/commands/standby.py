@@ -35,16 +35,6 @@ CHECKSUM_FILE_LIMIT = 16 * MiB
 WIPE_TIMEOUT = 60.0
 
 
-def _move_gpt_backup(device: str) -> str:
-    """gpt.relocate_backup_of, its refusal as a reason (a thread)."""
-    from ipa_twisted.image import gpt
-
-    try:
-        return gpt.relocate_backup_of(device)
-    except gpt.GPTError as e:
-        return f"refused: {e}"
-
-
 def auth_headers(image_info: Mapping[str, Any], config: Any) -> dict[str, str]:
     """HTTP authorization for the image server: a ready header value
     (``image_request_authorization``, base64 of it), or basic auth
@@ -344,7 +334,7 @@ class StandbyExtension(Extension):
 
         run = self.agent.process.run
         if gpt is None:  # (the image was already there)
-            gpt = await self.agent.in_thread(_move_gpt_backup, device)
+            gpt = await self.agent.in_thread(gpt_tables.move_backup, device)
         if gpt == gpt_tables.MOVED:
             log.info("moved the backup GPT of {dev} to the end of the disk",
                      dev=device)

@@ -225,3 +225,13 @@ def relocate_backup_of(path: str, sector_size: int | None = None) -> str:
         return outcome
     finally:
         os.close(fd)
+
+
+def move_backup(path: str) -> str:
+    """:func:`relocate_backup_of`, a refusal as ``"refused: <reason>"``
+    (blocking: call it from a thread; the caller runs ``sgdisk -e``
+    then)."""
+    try:
+        return relocate_backup_of(path)
+    except GPTError as e:
+        return f"refused: {e}"

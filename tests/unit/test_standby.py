@@ -9,7 +9,8 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -20,9 +21,10 @@ from ipa_twisted.commands.standby import StandbyExtension
 from ipa_twisted.commands.steps import DeployExtension
 from ipa_twisted.config import load_config
 from ipa_twisted.context import AgentContext
+from ipa_twisted.hardware import blockio
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManager, HardwareManagers
-from ipa_twisted.image import partition_image
+from ipa_twisted.image import gpt, partition_image
 from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
 from tests import hostile_images as hi
 
@@ -344,3 +346,74 @@ class HostileImageTests(_StandbyBase):
                     "image_info": self.info(os_hash_algo=algo)})
             self.assertIn("unsupported os_hash_algo", str(cm.exception))
         await self.next_command_runs()
+
+
+class AfterWriteTests(SynchronousTestCase):
+    """After a whole-disk write: sgdisk -e only when our GPT code refused
+    the table, one BLKRRPART instead of partprobe (partprobe when the
+    kernel refuses or finds nothing)."""
+
+    def setUp(self) -> None:
+        from tests.unit.test_bootloader import ThreadsAtOnce
+
+        self.process = FakeProcessRunner()
+        self.process.add("sgdisk")
+        self.process.add("partprobe")
+        self.context = AgentContext(
+            config=load_config({}), reactor=ThreadsAtOnce(),
+            disk_threads=ThreadsAtOnce(), process=self.process,
+            guard=DeviceGuard(None))
+        self.standby = StandbyExtension(self.context)
+        self.reread: list[str] = []
+        self.moved: list[str] = []
+        self.found: list[str] = ["/dev/sdz1"]
+        self.refuse_reread = False
+
+        def reread(device: str) -> None:
+            self.reread.append(device)
+            if self.refuse_reread:
+                raise OSError(22, "Invalid argument")
+
+        def move(device: str) -> str:
+            self.moved.append(device)
+            return gpt.MOVED
+
+        self.patch(blockio, "reread_partitions", reread)
+        self.patch(blockio, "partitions_of", lambda device: self.found)
+        self.patch(gpt, "move_backup", move)
+
+    def after(self, moved: str | None) -> list[tuple[str, ...]]:
+        partitions = self.successResultOf(ensureDeferred(
+            self.standby._after_write("/dev/sdz", moved)))
+        self.assertEqual(partitions, ["/dev/sdz1"])
+        return self.process.calls
+
+    def test_moved_by_the_writer(self) -> None:
+        self.assertEqual(self.after(gpt.MOVED), [])
+        self.assertEqual((self.reread, self.moved), (["/dev/sdz"], []))
+
+    def test_no_gpt_or_in_place(self) -> None:
+        self.assertEqual(self.after(gpt.NO_GPT), [])
+        self.assertEqual(self.after(gpt.IN_PLACE), [])
+
+    def test_refused_falls_back_to_sgdisk(self) -> None:
+        self.assertEqual(self.after("refused: entries' CRC32"),
+                         [("sgdisk", "-e", "/dev/sdz")])
+
+    def test_image_already_there_is_moved_here(self) -> None:
+        self.assertEqual(self.after(None), [])
+        self.assertEqual(self.moved, ["/dev/sdz"])
+
+    def test_partprobe_when_the_kernel_refuses(self) -> None:
+        self.refuse_reread = True
+        self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
+
+    def test_partprobe_when_the_kernel_finds_nothing(self) -> None:
+        found = self.found
+
+        def partitions(device: str) -> list[str]:
+            # nothing until partprobe ran (a kernel without a GPT parser)
+            return found if self.process.calls else []
+
+        self.patch(blockio, "partitions_of", partitions)
+        self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
