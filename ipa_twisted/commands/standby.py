@@ -347,9 +347,9 @@ class StandbyExtension(Extension):
                 log.warn("could not move the GPT backup header of {dev}: "
                          "{e}", dev=device, e=e.reason)
         # one ioctl (BLKRRPART) instead of partprobe (udevadm settle twice,
-        # dmidecode); partprobe when the kernel would not, or found no
-        # partition (a kernel without that table's parser: partprobe
-        # parses it in user space)
+        # dmidecode); when the kernel finds no partition (it has no parser
+        # for the table), a GPT's are added with BLKPG; partprobe when all
+        # that fails (it parses the table in user space)
         try:
             await self.agent.in_thread(blockio.reread_partitions, device)
             reread = bool(blockio.partitions_of(device))
@@ -357,6 +357,17 @@ class StandbyExtension(Extension):
             log.info("the kernel did not re-read the partitions of {dev} "
                      "({e})", dev=device, e=e)
             reread = False
+        if not reread and gpt in (gpt_tables.MOVED, gpt_tables.IN_PLACE):
+            # a kernel without a GPT parser: tell it what we read
+            try:
+                added = await self.agent.in_thread(
+                    gpt_tables.tell_the_kernel, device)
+                reread = bool(blockio.partitions_of(device))
+                log.info("added the {n} partition(s) of {dev}'s GPT to "
+                         "the kernel", n=added, dev=device)
+            except (OSError, gpt_tables.GPTError) as e:
+                log.info("could not add the partitions of {dev} ({e})",
+                         dev=device, e=e)
         if not reread:
             log.info("running partprobe {dev}", dev=device)
             try:

@@ -98,6 +98,38 @@ def reread_partitions(path: str) -> None:
         os.close(fd)
 
 
+BLKPG = 0x1269
+BLKPG_ADD_PARTITION = 1
+
+
+def add_partitions(path: str, parts: list[tuple[int, int, int]]) -> None:
+    """Tell the kernel about partitions ``(number, offset, length)`` in
+    bytes (``BLKPG_ADD_PARTITION``: what partprobe does for a table the
+    kernel cannot read itself).  OSError as the kernel gives it."""
+    import ctypes
+
+    class Partition(ctypes.Structure):
+        _fields_ = [("start", ctypes.c_longlong),
+                    ("length", ctypes.c_longlong),
+                    ("pno", ctypes.c_int),
+                    ("devname", ctypes.c_char * 64),
+                    ("volname", ctypes.c_char * 64)]
+
+    class Arg(ctypes.Structure):
+        _fields_ = [("op", ctypes.c_int), ("flags", ctypes.c_int),
+                    ("datalen", ctypes.c_int), ("data", ctypes.c_void_p)]
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for number, offset, length in parts:
+            part = Partition(offset, length, number, b"", b"")
+            arg = Arg(BLKPG_ADD_PARTITION, 0, ctypes.sizeof(part),
+                      ctypes.addressof(part))
+            fcntl.ioctl(fd, BLKPG, arg)
+    finally:
+        os.close(fd)
+
+
 def read_at(path: str, offset: int, length: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

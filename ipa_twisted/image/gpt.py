@@ -146,27 +146,9 @@ def protective_mbr(mbr: bytes, sectors: int) -> bytes | None:
     return bytes(mbr[:at]) + bytes(entry) + bytes(mbr[at + 16:])
 
 
-def relocate_backup(fd: int, disk_size: int, sector_size: int) -> str:
-    """Put the backup GPT at the end of the disk behind ``fd`` (opened
-    for reading and writing, without ``O_DIRECT``): :data:`MOVED`,
-    :data:`IN_PLACE` (nothing to do) or :data:`NO_GPT`; GPTError for a
-    table it does not handle.  The caller syncs."""
-    if sector_size not in (512, 1024, 2048, 4096) or \
-            disk_size < 4 * sector_size:
-        raise GPTError(f"unexpected sector size {sector_size} or disk size "
-                       f"{disk_size}")
-    head = _pread(fd, 2 * sector_size, 0)
-    primary_sector = head[sector_size:]
-    if primary_sector[:8] != SIGNATURE:
-        for other in (512, 4096):
-            if other != sector_size and \
-                    os.pread(fd, 8, other) == SIGNATURE:
-                raise GPTError(f"the GPT was written for {other}-byte "
-                               f"sectors; this disk has {sector_size}")
-        return NO_GPT
-    primary = Header.parse(primary_sector)
-    sectors = disk_size // sector_size
-    last = sectors - 1
+def _primary(fd: int, sector_size: int) -> tuple[Header, bytes]:
+    """The primary header and its entries' bytes, checked."""
+    primary = Header.parse(_pread(fd, sector_size, sector_size))
     if primary.my_lba != 1:
         raise GPTError(f"the primary GPT header says it is at LBA "
                        f"{primary.my_lba}")
@@ -185,6 +167,51 @@ def relocate_backup(fd: int, disk_size: int, sector_size: int) -> str:
                      primary.entries_lba * sector_size)
     if zlib.crc32(entries[:array]) != primary.entries_crc:
         raise GPTError("the GPT entries' CRC32 does not match")
+    return primary, entries
+
+
+def partitions(fd: int, sector_size: int) -> list[tuple[int, int, int]]:
+    """The partitions of the GPT behind ``fd``: (number, first LBA, last
+    LBA) of each used entry (GPTError for a table not checked good)."""
+    if _pread(fd, 8, sector_size) != SIGNATURE:
+        raise GPTError("no GPT")
+    primary, entries = _primary(fd, sector_size)
+    found = []
+    for i in range(primary.entries):
+        entry = entries[i * primary.entry_size:(i + 1) * primary.entry_size]
+        if entry[:16] == bytes(16):
+            continue
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        if not primary.first_usable <= first <= last <= \
+                primary.last_usable:
+            raise GPTError(f"GPT partition {i + 1} ({first}-{last}) is "
+                           f"outside the usable space")
+        found.append((i + 1, first, last))
+    return found
+
+
+def relocate_backup(fd: int, disk_size: int, sector_size: int) -> str:
+    """Put the backup GPT at the end of the disk behind ``fd`` (opened
+    for reading and writing, without ``O_DIRECT``): :data:`MOVED`,
+    :data:`IN_PLACE` (nothing to do) or :data:`NO_GPT`; GPTError for a
+    table it does not handle.  The caller syncs."""
+    if sector_size not in (512, 1024, 2048, 4096) or \
+            disk_size < 4 * sector_size:
+        raise GPTError(f"unexpected sector size {sector_size} or disk size "
+                       f"{disk_size}")
+    head = _pread(fd, 2 * sector_size, 0)
+    if head[sector_size:sector_size + 8] != SIGNATURE:
+        for other in (512, 4096):
+            if other != sector_size and \
+                    os.pread(fd, 8, other) == SIGNATURE:
+                raise GPTError(f"the GPT was written for {other}-byte "
+                               f"sectors; this disk has {sector_size}")
+        return NO_GPT
+    primary, entries = _primary(fd, sector_size)
+    sectors = disk_size // sector_size
+    last = sectors - 1
+    array = primary.entries * primary.entry_size
+    entry_sectors = -(-array // sector_size)
     backup_entries = last - entry_sectors
     last_usable = backup_entries - 1
     if primary.alternate_lba > last or primary.last_usable > last_usable \
@@ -235,3 +262,29 @@ def move_backup(path: str) -> str:
         return relocate_backup_of(path)
     except GPTError as e:
         return f"refused: {e}"
+
+
+def partitions_of(path: str) -> list[tuple[int, int, int]]:
+    """:func:`partitions` of the disk at ``path``, in bytes: (number,
+    offset, length); GPTError for no table or a bad one (blocking)."""
+    from ipa_twisted.hardware import blockio
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sector = blockio.sector_size_of_fd(fd)
+        return [(n, first * sector, (last - first + 1) * sector)
+                for n, first, last in partitions(fd, sector)]
+    finally:
+        os.close(fd)
+
+
+def tell_the_kernel(path: str) -> int:
+    """Add this GPT's partitions to the kernel's view of ``path``
+    (``BLKPG``) when it found none itself (a kernel without a GPT
+    parser); how many were added.  GPTError or OSError when that cannot
+    be done (then partprobe)."""
+    from ipa_twisted.hardware import blockio
+
+    parts = partitions_of(path)
+    blockio.add_partitions(path, parts)
+    return len(parts)

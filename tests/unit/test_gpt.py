@@ -161,6 +161,19 @@ class RelocateTests(SynchronousTestCase):
             self.assertIn(message, self.refused(case, [(512, bytes(bad))]),
                           field)
 
+    def test_partitions(self) -> None:
+        found = cases()
+        for name, sector, expected in (
+                ("two-partitions", 512, [(1, 2048, 4095), (2, 4096, 8158)]),
+                ("4096-byte-sectors", 4096, [(1, 256, 767),
+                                             (2, 768, 2042)])):
+            path = self.disk(found[name], found[name]["image_size"])
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                self.assertEqual(gpt.partitions(fd, sector), expected, name)
+            finally:
+                os.close(fd)
+
     def test_chs(self) -> None:
         self.assertEqual(gpt.chs(0), b"\x00\x01\x00")
         self.assertEqual(gpt.chs(1), b"\x00\x02\x00")

@@ -378,9 +378,22 @@ class AfterWriteTests(SynchronousTestCase):
             self.moved.append(device)
             return gpt.MOVED
 
+        self.told: list[str] = []
+
+        def tell(device: str) -> int:
+            self.told.append(device)
+            if self.refuse_blkpg:
+                raise OSError(16, "Device or resource busy")
+            self.kernel_knows = True
+            return 1
+
+        self.refuse_blkpg = False
+        self.kernel_knows = True
         self.patch(blockio, "reread_partitions", reread)
-        self.patch(blockio, "partitions_of", lambda device: self.found)
+        self.patch(blockio, "partitions_of",
+                   lambda device: self.found if self.kernel_knows else [])
         self.patch(gpt, "move_backup", move)
+        self.patch(gpt, "tell_the_kernel", tell)
 
     def after(self, moved: str | None) -> list[tuple[str, ...]]:
         partitions = self.successResultOf(ensureDeferred(
@@ -405,15 +418,38 @@ class AfterWriteTests(SynchronousTestCase):
         self.assertEqual(self.moved, ["/dev/sdz"])
 
     def test_partprobe_when_the_kernel_refuses(self) -> None:
-        self.refuse_reread = True
+        self.refuse_reread = True  # (a partition in use: EBUSY, and
+        self.refuse_blkpg = True   # so is BLKPG)
         self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
 
-    def test_partprobe_when_the_kernel_finds_nothing(self) -> None:
-        found = self.found
+    def test_a_kernel_without_a_gpt_parser_is_told(self) -> None:
+        self.kernel_knows = False  # (BLKRRPART finds nothing)
+        self.assertEqual(self.after(gpt.MOVED), [])
+        self.assertEqual(self.told, ["/dev/sdz"])
 
-        def partitions(device: str) -> list[str]:
-            # nothing until partprobe ran (a kernel without a GPT parser)
-            return found if self.process.calls else []
+    def test_partprobe_when_the_kernel_cannot_be_told(self) -> None:
+        self.kernel_knows = False
+        self.refuse_blkpg = True
 
-        self.patch(blockio, "partitions_of", partitions)
+        def partprobe(argv: Any) -> Any:
+            self.kernel_knows = True
+            from ipa_twisted.process import ProcessResult
+
+            return ProcessResult(tuple(argv), 0, b"", b"")
+
+        self.process.handlers["partprobe"] = partprobe
         self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
+        self.assertEqual(self.told, ["/dev/sdz"])
+
+    def test_partprobe_for_a_table_that_is_not_gpt(self) -> None:
+        self.kernel_knows = False
+
+        def partprobe(argv: Any) -> Any:
+            self.kernel_knows = True
+            from ipa_twisted.process import ProcessResult
+
+            return ProcessResult(tuple(argv), 0, b"", b"")
+
+        self.process.handlers["partprobe"] = partprobe
+        self.assertEqual(self.after(gpt.NO_GPT), [("partprobe", "/dev/sdz")])
+        self.assertEqual(self.told, [])
