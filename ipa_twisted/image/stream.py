@@ -185,8 +185,9 @@ class _Body(Protocol):
         if self.done.called:
             return main.CONNECTION_DONE
         try:
-            view = target.reserve(min(self.expected - self.received,
-                                      self.read_size))
+            # (as much as the buffer has room for: one recv_into takes
+            # what the socket holds)
+            view = target.reserve(self.expected - self.received)
         except BaseException as e:
             self._refused(e)
             return None
