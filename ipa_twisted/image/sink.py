@@ -4,22 +4,24 @@ The device is opened first (:class:`Device`, in a thread: opening a block
 device may block, and a device that cannot be opened must fail the
 command before a byte is downloaded).  Then:
 
-- :class:`DeviceSink` (raw images): the network's chunks are copied once,
-  on the reactor thread, into a ring of page-aligned buffers (``mmap``);
-  each full buffer goes to two worker threads at the same time: one hashes
-  it, one writes it to the device (``O_DIRECT`` when the device allows
-  it).  A buffer is reused only when both are done with it.  When no
-  buffer is free the producer (the HTTP transport) is paused, and resumed
-  when one frees up: memory stays at ``depth x size`` whatever the image
-  size, and the download never outruns the disk.
+- :class:`DeviceSink` (raw images): a ring of page-aligned buffers
+  (``mmap``) that the socket receives into itself (``recv_into``, see
+  ``ipa_twisted.image.stream``), or that the network's chunks are copied
+  into on the reactor thread (TLS).  Each filled part goes to a hashing
+  thread at once, each full buffer to a writing thread (``O_DIRECT`` when
+  the device allows it).  A buffer is reused only when both are done with
+  it.  When no buffer is free the producer (the HTTP transport) is
+  paused, and resumed when one frees up: memory stays at ``depth x
+  size`` whatever the image size, and the download never outruns the
+  disk.
 - :class:`PositionalWriter` (qcow2): ``(offset, bytes)`` pieces, in
   batches, copied by one thread into two page-aligned buffers (coalescing
   neighbours) while another thread writes the full ones: only whole
   buffers are written, except where the offsets jump.  Compressed clusters
   are inflated in the copying thread, never on the reactor.
 
-hashlib, ``os.pwrite`` and zlib release the GIL, so hashing, writing,
-inflating and receiving run in parallel.  Each sink counts what its
+hashlib, ``os.pwrite``, ``recv_into`` and zlib release the GIL, so
+hashing, writing, inflating and receiving run in parallel.  Each sink counts what its
 threads got done (:attr:`progress`): the download's watchdog requires it to
 advance while the download waits for the disk, so that a disk whose writes
 never return fails the command instead of hanging it.
@@ -318,6 +320,7 @@ class PositionalWriter:
         self.flushing = False
         self.error: BaseException | None = None
         self._error_lock = threading.Lock()
+        self._dropping = False
         self.threads = [
             threading.Thread(target=self._copy_loop, daemon=True,
                              name=f"copy {self.path}"),
@@ -348,6 +351,8 @@ class PositionalWriter:
         the writer's thread), run the device's ``after_write``, sync and
         close."""
         d: Deferred[None] = Deferred()
+        if not sync:  # (stopping early: what is queued need not be written)
+            self._dropping = True
         self._q.put((_CLOSE, (zero, sync, d)))
         return d
 
@@ -378,7 +383,7 @@ class PositionalWriter:
             for piece in item:
                 offset, data = piece[0], piece[1]
                 released += len(data)
-                if self.error is not None:
+                if self.error is not None or self._dropping:
                     continue
                 if len(piece) == 3:
                     try:
@@ -416,7 +421,7 @@ class PositionalWriter:
                 self._close(zero, sync, d)
                 return
             index, start, length = item
-            if self.error is None and length:
+            if self.error is None and length and not self._dropping:
                 try:
                     with memoryview(self._buffers[index]) as view:
                         self.device.write_at(start, view[:length], True)
