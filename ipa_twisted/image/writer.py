@@ -106,7 +106,7 @@ async def download_to_device(
     context.guard.check(device)
     http, headers = _client(context, url, image_info, headers)
     try:
-        disk: Device = await context.in_thread(Device.open, device)
+        disk = await _open(context, device)
     except OSError as e:
         raise errors.ImageWriteError(
             device, e.errno, "", f"cannot open {device}: "
@@ -198,6 +198,26 @@ async def download_to_device(
     progress.finished(gate.received)
     return WriteResult(url, gate.received, written, digest, gate.detected,
                        attempt, disk.after_write_result)
+
+
+async def _open(context: Any, path: str) -> Device:
+    """``Device.open`` in a disk thread.  Cancelled meanwhile, the device
+    is closed as soon as the thread has opened it."""
+    waiter: defer.Deferred[Device] = defer.Deferred()
+
+    def arrived(result: Any) -> None:
+        if waiter.called:  # (cancelled: nobody will use it)
+            if isinstance(result, Device):
+                context.in_thread(result.close).addErrback(lambda _: None)
+            return None
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
+        return None
+
+    context.in_thread(Device.open, path).addBoth(arrived)
+    return await waiter
 
 
 async def _watched(d: "defer.Deferred[Any]", gate: Any, clock: Any,

@@ -168,6 +168,47 @@ class CancelTests(_Base):
         self.assertEqual(len(self.server.requests), 1)
 
 
+    async def test_cancelled_while_the_device_opens(self) -> None:
+        """The open goes on in its thread; its descriptors are closed
+        when it returns, not leaked."""
+        from ipa_twisted.image.sink import Device
+
+        real_open = Device.open
+        entered, release = threading.Event(), threading.Event()
+        opened = threading.Event()
+        self.addCleanup(release.set)
+
+        def slow_open(path: str, direct: bool = True) -> Device:
+            entered.set()
+            release.wait(10)
+            try:
+                return real_open(path, direct)
+            finally:
+                opened.set()
+
+        self.patch(Device, "open", staticmethod(slow_open))
+        d, box = self.started(self.write(self.serve("disk.img", RAW)))
+        await self.until(entered.is_set)
+        d.cancel()
+        result = await self.outcome(box)
+        self.assertIsInstance(result.value, CancelledError)
+        release.set()
+        await self.until(opened.is_set)
+        await deferLater(reactor, 0.05)
+        await self.until(lambda: not self.disk_fds())
+        self.assertEqual(self.server.requests, [])
+
+    def disk_fds(self) -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == self.disk:
+                    found.append(fd)
+            except OSError:
+                pass
+        return found
+
+
 class DeadlineTests(_Base):
     async def test_the_deadline_cancels_the_download_in_flight(self) -> None:
         clock = self.use_clock(image_download_max_duration="10")
