@@ -354,3 +354,37 @@ class OffTheReactorTests(_Base):
         self.assertNotEqual(thread, threading.main_thread())
         self.assertNotIn(thread, reactor.getThreadPool().threads)
         self.assertIn("disk", thread.name)
+
+
+class StalledDiskCommandTests(_Base):
+    async def test_the_command_fails_with_the_reason(self) -> None:
+        """Through standby.prepare_image: a disk whose writes never return
+        fails the command (it stayed RUNNING for ever, heartbeats looking
+        fine), and the wipe after it gives up too."""
+        from ipa_twisted.commands.base import CommandRunner
+        from ipa_twisted.commands.standby import StandbyExtension
+        from ipa_twisted.hardware.manager import HardwareManagers
+        from ipa_twisted.testing import FakeHardwareManager
+
+        clock = self.use_clock(image_download_connection_timeout="5")
+        self.block_disk_writes()
+        self.context.hardware = HardwareManagers(
+            [FakeHardwareManager(root_device=self.disk)])
+        await self.context.hardware.initialize(self.context)
+        self.context.extensions = {
+            "standby": StandbyExtension(self.context)}
+        runner = CommandRunner(self.context.extensions)
+        info = self.serve("disk.img", RAW * 5)
+        info.update(os_hash_algo="sha256",
+                    os_hash_value=hashlib.sha256(RAW * 5).hexdigest())
+        result = runner.execute("standby.prepare_image",
+                                {"image_info": info})
+        self.assertEqual(result.status, "RUNNING")
+        await self.until(lambda: result.status != "RUNNING", clock, 0.5)
+        self.assertEqual(result.status, "FAILED")
+        self.assertEqual(result.error["type"], "ImageWriteError")
+        self.assertIn("the disk has not completed a write for 5 s",
+                      result.error["details"])
+        self.assertTrue(any("did not answer within 60" in line
+                            for line in self.logged), self.logged)
+        self.flushLoggedErrors()
