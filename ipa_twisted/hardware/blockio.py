@@ -40,6 +40,15 @@ class _DaemonThread(threading.Thread):
 class DiskThreadPool(ThreadPool):
     threadFactory = _DaemonThread
 
+    def stop(self) -> None:
+        """Stop the threads without waiting for them (``ThreadPool.stop``
+        joins them): one may be stuck in a write to a dead disk, and the
+        agent must still exit.  Their work is abandoned, as daemon
+        threads' is at exit."""
+        self.joined = True
+        self.started = False
+        self._team.quit()
+
 
 def start_disk_pool(reactor: Any, size: int = DISK_THREADS) -> ThreadPool:
     """A started pool of ``size`` threads for disk work, stopped when the

@@ -23,6 +23,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
@@ -388,3 +389,28 @@ class StalledDiskCommandTests(_Base):
         self.assertTrue(any("did not answer within 60" in line
                             for line in self.logged), self.logged)
         self.flushLoggedErrors()
+
+
+class DiskPoolTests(SynchronousTestCase):
+    def test_stopping_does_not_wait_for_a_stuck_thread(self) -> None:
+        """A thread stuck in a write to a dead disk must not keep the
+        agent from exiting (the pool is stopped at reactor shutdown)."""
+        import time
+
+        from ipa_twisted.hardware.blockio import DiskThreadPool
+
+        pool = DiskThreadPool(0, 2, name="disk-test")
+        pool.start()
+        stuck, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+
+        def dead_disk() -> None:
+            stuck.set()
+            release.wait(30)
+
+        pool.callInThread(dead_disk)
+        self.assertTrue(stuck.wait(5))
+        started = time.monotonic()
+        pool.stop()
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertTrue(all(t.daemon for t in pool.threads))
