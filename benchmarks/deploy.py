@@ -138,6 +138,8 @@ def main() -> int:
         os.makedirs(tmpdir)
         ours = agents.OurAgent(cleanups, netns, work, device, PORT_OURS)
         ipa = agents.IPAAgent(cleanups, netns, work, device, PORT_IPA, tmpdir)
+        print("load average at the start: %.2f %.2f %.2f (2 CPUs are "
+              "shared: a run under load says little)" % os.getloadavg())
         print(f"image {args.size_mib} MiB raw GPT (qcow2 "
               f"{os.path.getsize(qcow) // MiB} MiB), served by nginx "
               f"(sendfile); loop device {device}; {args.rounds} rounds, "
@@ -238,6 +240,7 @@ def main() -> int:
           f" (goal >= 2), qcow2 ours/IPA "
           f"{med('qcow2: ipa-twisted') / med('qcow2: ironic-python-agent'):.2f}"
           f"x (goal >= 2.5)")
+    print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
     print(f"every disk checked after its write holds the image: {ok}")
     return 0 if ok else 1
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, cast
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
 from ipa_twisted.config import Config
@@ -83,9 +83,11 @@ class RunningAgent:
     #: fires once done.
     stop_api: Callable[[], "Deferred[None]"] = lambda: succeed(None)
     stop_heartbeats: Callable[[], "Deferred[None]"] = lambda: succeed(None)
-    #: How :meth:`in_thread` runs blocking work (None: the reactor's
-    #: thread pool; tests run it at once).
+    #: How :meth:`in_thread` runs blocking work (None: a thread of the
+    #: disk pool; tests run it at once).
     thread_runner: Callable[..., "Deferred[Any]"] | None = None
+    #: The thread pool of in_thread (made on first use).
+    disk_threads: Any = None
 
     @property
     def hardware(self) -> HardwareManagers:
@@ -141,10 +143,13 @@ class RunningAgent:
 
     def in_thread(self, func: Callable[..., Any], *args: Any,
                   **kwargs: Any) -> "Deferred[Any]":
-        """Run blocking disk I/O in the reactor's thread pool."""
+        """Run blocking disk I/O in a thread of the agent's disk pool
+        (not the reactor's pool, which name resolution uses)."""
         if self.thread_runner is not None:
             return self.thread_runner(func, *args, **kwargs)
-        threads = cast(IReactorThreads, self.reactor)
-        return deferToThreadPool(cast(Any, self.reactor),
-                                 threads.getThreadPool(),
+        if self.disk_threads is None:
+            from ipa_twisted.hardware.blockio import start_disk_pool
+
+            self.disk_threads = start_disk_pool(self.reactor)
+        return deferToThreadPool(cast(Any, self.reactor), self.disk_threads,
                                  func, *args, **kwargs)

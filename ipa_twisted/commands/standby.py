@@ -16,6 +16,7 @@ import shlex
 from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.internet.defer import CancelledError
+from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -35,6 +36,8 @@ log = Logger()
 
 #: The most of a checksums file read (one line per file of a directory).
 CHECKSUM_FILE_LIMIT = 16 * MiB
+#: How long wiping a disk after a failed write may take (2 MiB).
+WIPE_TIMEOUT = 60.0
 
 
 def auth_headers(image_info: Mapping[str, Any], config: Any) -> dict[str, str]:
@@ -198,13 +201,15 @@ class StandbyExtension(Extension):
 
         drive = (await configdrive_mod.fetch(self.agent, configdrive)
                  if configdrive else None)
+        gpt = None
         if self.cached_image_id != image_id:
-            await self._write(image_info, device, expected_algo, expected)
+            gpt = await self._write(image_info, device, expected_algo,
+                                    expected)
             self.cached_image_id = image_id
         else:
             log.info("image {id} is already on {dev}", id=image_id,
                      dev=device)
-        partitions = await self._after_write(device)
+        partitions = await self._after_write(device, gpt)
         if drive is not None:
             part = await configdrive_mod.add_to_whole_disk(self.agent, device,
                                                            drive)
@@ -272,9 +277,11 @@ class StandbyExtension(Extension):
 
     async def _write(self, image_info: Mapping[str, Any], device: str,
                      algo: str, expected: str, wipe: str | None = None
-                     ) -> None:
+                     ) -> str | None:
         """Stream the image onto ``device`` (a disk, or the root partition
-        of a partition image); on failure wipe ``wipe`` (the disk)."""
+        of a partition image); on failure wipe ``wipe`` (the disk).  For
+        a whole disk: what became of its backup GPT (see
+        ``ipa_twisted.image.gpt``)."""
         from ipa_twisted.image.writer import download_to_device
 
         image_id = str(image_info["id"])
@@ -282,7 +289,8 @@ class StandbyExtension(Extension):
             result = await download_to_device(
                 self.agent, image_info, device, algo,
                 headers=auth_headers(image_info, self.agent.config),
-                on_progress=self.agent.report_progress)
+                on_progress=self.agent.report_progress,
+                whole_disk=wipe is None)
         except BaseException:
             await self._wipe(wipe or device)
             raise
@@ -296,12 +304,16 @@ class StandbyExtension(Extension):
                  "{algo} checksum verified", id=image_id, fmt=result.detected,
                  mib=result.received // (1024 * 1024),
                  attempts=result.attempts, algo=algo)
+        return result.gpt
 
     async def _wipe(self, device: str) -> None:
-        """Make a failed write unbootable: zero both ends of the disk."""
+        """Make a failed write unbootable: zero both ends of the disk
+        (within WIPE_TIMEOUT: a dead disk may never answer)."""
         try:
-            await self.agent.in_thread(blockio.wipe_head_and_tail,
-                                       self.agent.guard, device)
+            d = self.agent.in_thread(blockio.wipe_head_and_tail,
+                                     self.agent.guard, device)
+            d.addTimeout(WIPE_TIMEOUT, self.agent.reactor)
+            await d
             log.warn("wiped the partition tables of {dev} after a failed "
                      "write", dev=device)
         except blockio.WipeError as e:
@@ -312,24 +324,63 @@ class StandbyExtension(Extension):
                 log.warn("wiped the start of {dev} (its partition table) "
                          "after a failed write; its end could not be zeroed: "
                          "{e}", dev=device, e=e.failed["end"])
+        except defer.TimeoutError:
+            log.error("could not wipe {dev} after a failed write: the disk "
+                      "did not answer within {t} s", dev=device,
+                      t=WIPE_TIMEOUT)
         except Exception as e:
             log.error("could not wipe {dev} after a failed write: {e}",
                       dev=device, e=e)
 
-    async def _after_write(self, device: str) -> list[str]:
-        """Fix the GPT backup header, re-read partitions, check there are
-        some."""
+    async def _after_write(self, device: str, gpt: str | None = None
+                           ) -> list[str]:
+        """Put the backup GPT at the end of the disk (unless the writer
+        did: ``gpt`` says what it did), re-read the partitions, check
+        there are some."""
+        from ipa_twisted.image import gpt as gpt_tables
+
         run = self.agent.process.run
-        if await self.agent.in_thread(blockio.has_gpt, device):
+        if gpt is None:  # (the image was already there)
+            gpt = await self.agent.in_thread(gpt_tables.move_backup, device)
+        if gpt == gpt_tables.MOVED:
+            log.info("moved the backup GPT of {dev} to the end of the disk",
+                     dev=device)
+        elif gpt not in (gpt_tables.IN_PLACE, gpt_tables.NO_GPT):
+            log.warn("the backup GPT of {dev} was not moved ({reason}): "
+                     "running sgdisk -e", dev=device, reason=gpt)
             try:
                 await run(["sgdisk", "-e", device], timeout=120.0)
             except ProcessError as e:
                 log.warn("could not move the GPT backup header of {dev}: "
                          "{e}", dev=device, e=e.reason)
+        # one ioctl (BLKRRPART) instead of partprobe (udevadm settle twice,
+        # dmidecode); when the kernel finds no partition (it has no parser
+        # for the table), a GPT's are added with BLKPG; partprobe when all
+        # that fails (it parses the table in user space)
         try:
-            await run(["partprobe", device], timeout=120.0)
-        except ProcessError as e:
-            log.warn("partprobe {dev}: {e}", dev=device, e=e.reason)
+            await self.agent.in_thread(blockio.reread_partitions, device)
+            reread = bool(blockio.partitions_of(device))
+        except OSError as e:
+            log.info("the kernel did not re-read the partitions of {dev} "
+                     "({e})", dev=device, e=e)
+            reread = False
+        if not reread and gpt in (gpt_tables.MOVED, gpt_tables.IN_PLACE):
+            # a kernel without a GPT parser: tell it what we read
+            try:
+                added = await self.agent.in_thread(
+                    gpt_tables.tell_the_kernel, device)
+                reread = bool(blockio.partitions_of(device))
+                log.info("added the {n} partition(s) of {dev}'s GPT to "
+                         "the kernel", n=added, dev=device)
+            except (OSError, gpt_tables.GPTError) as e:
+                log.info("could not add the partitions of {dev} ({e})",
+                         dev=device, e=e)
+        if not reread:
+            log.info("running partprobe {dev}", dev=device)
+            try:
+                await run(["partprobe", device], timeout=120.0)
+            except ProcessError as e:
+                log.warn("partprobe {dev}: {e}", dev=device, e=e.reason)
         partitions: list[str] = []
         for _ in range(10):
             partitions = blockio.partitions_of(device)

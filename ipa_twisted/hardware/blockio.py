@@ -9,23 +9,81 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import threading
+from typing import Any
+
+from twisted.python.threadpool import ThreadPool
 
 from ipa_twisted.hardware.disks import SYS_BLOCK, DeviceGuard, kname_of
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
+BLKRRPART = 0x125F
 MiB = 1024 * 1024
+
+
+#: Threads for blocking disk work (opening devices, reading tables,
+#: wiping): a pool of its own, so that a slow or dead disk never starves
+#: the reactor's pool, which name resolution uses.
+DISK_THREADS = 4
+
+
+class _DaemonThread(threading.Thread):
+    """A pool thread the interpreter does not wait for at exit (a write to
+    a dead disk may never return)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class DiskThreadPool(ThreadPool):
+    threadFactory = _DaemonThread
+
+    def stop(self) -> None:
+        """Stop the threads without waiting for them (``ThreadPool.stop``
+        joins them): one may be stuck in a write to a dead disk, and the
+        agent must still exit.  Their work is abandoned, as daemon
+        threads' is at exit."""
+        self.joined = True
+        self.started = False
+        self._team.quit()
+
+
+def start_disk_pool(reactor: Any, size: int = DISK_THREADS) -> ThreadPool:
+    """A started pool of ``size`` threads for disk work, stopped when the
+    reactor shuts down."""
+    pool = DiskThreadPool(0, size, name="disk")
+    pool.start()
+    trigger = getattr(reactor, "addSystemEventTrigger", None)
+    if trigger is not None:
+        trigger("during", "shutdown", pool.stop)
+    return pool
+
+
+def size_of_fd(fd: int) -> int:
+    """Size in bytes of an open block device (or regular file)."""
+    try:
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return int(struct.unpack("Q", buf)[0])
+    except OSError:
+        return os.fstat(fd).st_size
+
+
+def sector_size_of_fd(fd: int) -> int:
+    """Logical sector size of an open block device (512 for a file)."""
+    try:
+        buf = fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4)
+        return int(struct.unpack("i", buf)[0])
+    except OSError:
+        return 512
 
 
 def device_size(path: str) -> int:
     """Size in bytes of a block device (or a regular file)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
-            return int(struct.unpack("Q", buf)[0])
-        except OSError:
-            return os.fstat(fd).st_size
+        return size_of_fd(fd)
     finally:
         os.close(fd)
 
@@ -33,11 +91,50 @@ def device_size(path: str) -> int:
 def logical_sector_size(path: str) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            buf = fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4)
-            return int(struct.unpack("i", buf)[0])
-        except OSError:
-            return 512
+        return sector_size_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def reread_partitions(path: str) -> None:
+    """Have the kernel read the partition table again (``BLKRRPART``,
+    what ``blockdev --rereadpt`` does: one ioctl).  OSError when the
+    kernel refuses (a partition in use, not a partitionable device)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKRRPART)
+    finally:
+        os.close(fd)
+
+
+BLKPG = 0x1269
+BLKPG_ADD_PARTITION = 1
+
+
+def add_partitions(path: str, parts: list[tuple[int, int, int]]) -> None:
+    """Tell the kernel about partitions ``(number, offset, length)`` in
+    bytes (``BLKPG_ADD_PARTITION``: what partprobe does for a table the
+    kernel cannot read itself).  OSError as the kernel gives it."""
+    import ctypes
+
+    class Partition(ctypes.Structure):
+        _fields_ = [("start", ctypes.c_longlong),
+                    ("length", ctypes.c_longlong),
+                    ("pno", ctypes.c_int),
+                    ("devname", ctypes.c_char * 64),
+                    ("volname", ctypes.c_char * 64)]
+
+    class Arg(ctypes.Structure):
+        _fields_ = [("op", ctypes.c_int), ("flags", ctypes.c_int),
+                    ("datalen", ctypes.c_int), ("data", ctypes.c_void_p)]
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for number, offset, length in parts:
+            part = Partition(offset, length, number, b"", b"")
+            arg = Arg(BLKPG_ADD_PARTITION, 0, ctypes.sizeof(part),
+                      ctypes.addressof(part))
+            fcntl.ioctl(fd, BLKPG, arg)
     finally:
         os.close(fd)
 

@@ -238,7 +238,12 @@ async def add_to_whole_disk(context: Any, device: str, image: bytes) -> str:
         await write_to_partition(context, existing, image)
         return existing
     if await context.in_thread(blockio.has_gpt, device):
-        await _run(context, ["sgdisk", "-e", device], check=False)
+        from ipa_twisted.image import gpt
+
+        # (the backup is at the end already after a write: no sgdisk -e)
+        moved = await context.in_thread(gpt.move_backup, device)
+        if moved.startswith("refused"):
+            await _run(context, ["sgdisk", "-e", device], check=False)
         part_uuid = str(uuid.uuid4())
         before = await partition_numbers(context, device)
         await _run(context, ["sgdisk", "-n", f"0:-{MAX_MB}M:0", "-u",

@@ -6,21 +6,25 @@ refuses what is not permitted or not what it claims to be, and then hands
 everything to one target:
 
 - raw (and gpt, iso): :class:`~ipa_twisted.image.sink.DeviceSink`, which
-  hashes and writes in parallel threads;
+  hashes, copies and writes in parallel threads;
 - gzip, xz, zstd, bzip2: :class:`DecompressStage` (one thread hashes the
   compressed bytes and inflates them through a bounded stream reader: xz
   under a memory limit, zstd with a bounded window) in front of a new gate
   that must find a raw image inside, no larger than the disk;
 - qcow2: :class:`Qcow2Target` (a hashing thread, the streaming qcow2
   reader on the reactor, :class:`~ipa_twisted.image.sink.PositionalWriter`
-  for the clusters, unwritten ranges zeroed at the end).
+  for the clusters: compressed ones inflated in its thread; unwritten
+  ranges zeroed at the end).
 
 Every target is a push consumer with back-pressure (``pauseProducing`` on
 its producer when its queues are full), so memory stays bounded whatever
 the image.  A stage that fails stops its producer (``stopProducing``) and
-says so in ``error``: nothing waits for a resume that cannot come.  ``finish()`` fires with ``(bytes written to the disk, hex
-digest of the image file)``; ``finalize()`` completes what a second pass
-needed (qcow2) and closes the device.
+says so in ``error``: nothing waits for a resume that cannot come.
+``finish()`` fires with ``(bytes written to the disk, hex digest of the
+image file)``; ``finalize()`` completes what a second pass needed (qcow2),
+runs the device's ``after_write`` (the GPT), syncs and closes the device.
+Each target's ``progress`` counts what its threads got done (the
+watchdogs want it to move while the download waits for the disk).
 """
 
 from __future__ import annotations
@@ -36,21 +40,19 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipa_twisted import errors
 from ipa_twisted.image import formats
 from ipa_twisted.image.checksum import new_hasher
 from ipa_twisted.image.qcow2 import Qcow2Error, Qcow2Stream
-from ipa_twisted.image.sink import (DeviceSink, Pausable,
+from ipa_twisted.image.sink import (QUEUE_LIMIT, Backlog, Device,
+                                   DeviceSink, HashThread, Pausable, Piece,
                                    PositionalWriter, SinkError)
 
 log = Logger()
 
 MiB = 1024 * 1024
-QUEUE_LIMIT = 32 * MiB
-REPORT_EVERY = 4 * MiB
 OUT_CHUNK = 4 * MiB
 #: The most memory an xz stream may ask for (``xz -9`` needs 65 MiB).
 XZ_MEMLIMIT = 128 * MiB
@@ -63,9 +65,9 @@ class FormatGate(Pausable):
     """Detects the format from the first bytes, then passes everything to
     the right target."""
 
-    def __init__(self, reactor: Any, device: str, hash_algo: str | None,
+    def __init__(self, reactor: Any, device: Device, hash_algo: str | None,
                  claimed: str | None, permitted: tuple[str, ...],
-                 device_size: int, inner: bool = False,
+                 inner: bool = False,
                  on_progress: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._reactor = reactor
@@ -73,7 +75,7 @@ class FormatGate(Pausable):
         self._algo = hash_algo
         self._claimed = claimed
         self._permitted = tuple(permitted)
-        self._device_size = device_size
+        self._device_size = device.size
         self._inner = inner
         self._on_progress = on_progress
         self._head = bytearray()
@@ -88,7 +90,7 @@ class FormatGate(Pausable):
             # (a qcow2 file may be larger than its virtual size, which its
             # own reader checks; a compressed one has its inner gate)
             raise errors.ImageWriteError(
-                self.device, None, "",
+                self.device.path, None, "",
                 f"the image is larger than the device ({self._device_size} "
                 f"bytes)" + (" once inflated" if self._inner else ""))
         if self.target is not None:
@@ -109,8 +111,7 @@ class FormatGate(Pausable):
             log.info("image is {kind}-compressed; inflating on the fly",
                      kind=detected)
             inner = FormatGate(self._reactor, self.device, None,
-                               self._claimed, self._permitted,
-                               self._device_size, inner=True,
+                               self._claimed, self._permitted, inner=True,
                                on_progress=self._on_progress)
             self.target = DecompressStage(self._reactor, detected,
                                           self._algo, inner)
@@ -123,13 +124,11 @@ class FormatGate(Pausable):
                      fmt=detected, claimed=self._claimed or "nothing")
             if detected == "qcow2":
                 self.target = Qcow2Target(self._reactor, self.device,
-                                          self._algo, self._device_size,
-                                          self._on_progress)
+                                          self._algo, self._on_progress)
             else:
-                sink = DeviceSink(self._reactor, self.device, self._algo,
-                                  on_progress=self._on_progress)
-                sink.open()
-                self.target = sink
+                self.target = DeviceSink(self._reactor, self.device,
+                                         self._algo,
+                                         on_progress=self._on_progress)
         if self._producer is not None:
             self.target.registerProducer(self._producer, True)
         self.target.write(head)
@@ -151,6 +150,42 @@ class FormatGate(Pausable):
     @property
     def error(self) -> BaseException | None:
         return self.target.error if self.target is not None else None
+
+    @property
+    def progress(self) -> int:
+        """What the disk side got done (see DeviceSink.progress)."""
+        return int(self.target.progress) if self.target is not None else 0
+
+    @property
+    def flushing(self) -> bool:
+        """The disk side is in its final sync."""
+        return bool(self.target is not None and self.target.flushing)
+
+    @property
+    def path(self) -> str:
+        return self.device.path
+
+    # the body may be received straight into a raw sink's buffers
+    # (ipa_twisted.image.stream): reserve() then commit()
+
+    def direct_target(self) -> "FormatGate | None":
+        """This gate, when its target takes bytes in place (a raw
+        image's sink); else None."""
+        if isinstance(self.target, DeviceSink) and not self._inner:
+            return self
+        return None
+
+    def reserve(self, n: int) -> memoryview | None:
+        result: memoryview | None = self.target.reserve(n)
+        return result
+
+    def commit(self, n: int) -> None:
+        self.received += n
+        if self.received > self._device_size:
+            raise errors.ImageWriteError(
+                self.device.path, None, "", f"the image is larger than the "
+                f"device ({self._device_size} bytes)")
+        self.target.commit(n)
 
     def finish(self) -> "Deferred[tuple[int, str | None]]":
         if self.target is None:
@@ -273,6 +308,7 @@ class DecompressStage(Pausable):
         self._stop = False
         self._done: Deferred[None] = Deferred()
         self._failure: BaseException | None = None
+        self._inflated = 0
         downstream.registerProducer(self, True)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"inflate {kind}")
@@ -306,7 +342,17 @@ class DecompressStage(Pausable):
         if full:
             self._pause()
 
+    @property
+    def progress(self) -> int:
+        """Bytes inflated from, plus what the disk side got done."""
+        return self._inflated + self._down.progress
+
+    @property
+    def flushing(self) -> bool:
+        return self._down.flushing
+
     def _consumed(self, n: int) -> None:
+        self._inflated += n  # (the inflating thread's count)
         with self._lock:
             self._queued -= n
             low = self._queued < QUEUE_LIMIT // 2
@@ -388,90 +434,78 @@ class DecompressStage(Pausable):
         return self._down.abort()
 
 
-class _HashThread:
-    def __init__(self, reactor: Any, algo: str | None,
-                 consumed: Callable[[int], None]) -> None:
-        self._hasher = new_hasher(algo) if algo else None
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._consumed = consumed
-        self._reactor = reactor
-        self.done: Deferred[str | None] = Deferred()
-        threading.Thread(target=self._run, daemon=True, name="hash").start()
-
-    def put(self, data: bytes) -> None:
-        self._q.put(data)
-
-    def close(self) -> None:
-        self._q.put(_EOF)
-
-    def _run(self) -> None:
-        done = 0
-        error: BaseException | None = None
-        while True:
-            item = self._q.get()
-            if item is _EOF:
-                break
-            if self._hasher is not None and error is None:
-                try:
-                    self._hasher.update(item)
-                except Exception as e:  # keep draining: never hang
-                    error = e
-            done += len(item)
-            # tell the reactor in batches: a wake-up per chunk is costly
-            if done >= REPORT_EVERY or self._q.empty():
-                self._reactor.callFromThread(self._consumed, done)
-                done = 0
-        if done:
-            self._reactor.callFromThread(self._consumed, done)
-        digest = None
-        if error is None and self._hasher is not None:
-            try:
-                digest = self._hasher.hexdigest()
-            except Exception as e:
-                error = e
-        if error is not None:
-            self._reactor.callFromThread(self.done.errback, Failure(error))
-        else:
-            self._reactor.callFromThread(self.done.callback, digest)
-
-
 class Qcow2Target(Pausable):
-    """qcow2 -> disk: hash the file in a thread, parse it on the reactor,
-    write clusters at their guest offsets in another thread."""
+    """qcow2 -> disk: hash the file in a thread, parse it on the reactor
+    (tables only: a few Python calls per cluster), copy and inflate the
+    clusters in a thread, write them in another one.
 
-    def __init__(self, reactor: Any, device: str, hash_algo: str | None,
-                 device_size: int,
+    Each network read makes one hand-off to the hashing thread and one
+    batch of pieces for the writer; the threads wake the reactor only to
+    resume a paused download (:class:`~ipa_twisted.image.sink.Backlog`).
+    """
+
+    def __init__(self, reactor: Any, device: Device, hash_algo: str | None,
                  on_progress: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._reactor = reactor
-        self._device_size = device_size
-        self._queued = 0
-        self.writer = PositionalWriter(reactor, device, self._drained,
-                                       on_progress)
-        self.writer.open()  # first: if it fails, no hashing thread waits
-        self._hash = _HashThread(reactor, hash_algo, self._drained)
+        self._backlog = Backlog(reactor, QUEUE_LIMIT, self._resume)
+        self.writer = PositionalWriter(reactor, device, self._backlog,
+                                       on_progress, on_error=self._fail)
+        self._hash = HashThread(reactor, hash_algo, self._backlog)
+        self._batch: list[Piece] | None = None
         # the virtual size is checked against the device before anything
         # is sized from it
-        self.stream = Qcow2Stream(self._emit, max_size=device_size)
+        self.stream = Qcow2Stream(self._emit, max_size=device.size,
+                                  emit_compressed=self._emit_compressed)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [self._hash.thread] + self.writer.threads
 
     def _emit(self, offset: int, data: bytes) -> None:
-        self._queued += len(data)
-        self.writer.put(offset, data)
+        self._piece((offset, data))
+
+    def _emit_compressed(self, offset: int, data: bytes,
+                         inflate: Callable[[bytes], bytes]) -> None:
+        self._piece((offset, data, _invalid_image_on_error(inflate)))
+
+    def _piece(self, piece: Piece) -> None:
+        self._backlog.add(len(piece[1]))
+        if self._batch is not None:
+            self._batch.append(piece)
+        else:  # (refetched: a batch of its own)
+            self.writer.put([piece])
 
     @property
     def error(self) -> BaseException | None:
         return self.writer.error
 
-    def _drained(self, n: int) -> None:
-        self._queued -= n
-        if self._paused and self._queued < QUEUE_LIMIT // 2:
-            self._resume()
+    @property
+    def progress(self) -> int:
+        return self._hash.hashed + self.writer.progress
+
+    @property
+    def flushing(self) -> bool:
+        return self.writer.flushing
+
+    def _fail(self, error: BaseException) -> None:
+        log.error("{error}", error=str(error))
+        self._pause()
+        if self._producer is not None:
+            self._producer.stopProducing()
 
     def write(self, data: bytes) -> None:
-        self._queued += len(data)
+        if self.writer.error is not None:
+            raise self.writer.error
+        self._backlog.add(len(data))
         self._hash.put(data)
-        self._parse(self.stream.feed, data)
-        if self._queued > QUEUE_LIMIT:
+        self._batch = []
+        try:
+            self._parse(self.stream.feed, data)
+        finally:
+            batch, self._batch = self._batch, None
+            self.writer.put(batch)
+        if self._backlog.add(0):  # (over the limit: wait for a resume)
             self._pause()
 
     @staticmethod
@@ -514,7 +548,19 @@ class Qcow2Target(Pausable):
 
     def abort(self) -> "Deferred[None]":
         self._hash.close()
-        return self.writer.close(zero=[], sync=False)
+        return self.writer.close(zero=[], sync=False).addErrback(
+            lambda _: None)  # (the error, if any, was reported already)
+
+
+def _invalid_image_on_error(inflate: Callable[[bytes], bytes]
+                            ) -> Callable[[bytes], bytes]:
+    def run(data: bytes) -> bytes:
+        try:
+            return inflate(data)
+        except Qcow2Error as e:
+            raise errors.InvalidImage(str(e)) from None
+
+    return run
 
 
 __all__ = ["FormatGate", "DecompressStage", "Qcow2Target", "SinkError"]

@@ -178,6 +178,10 @@ def _inflater(compression: int) -> Callable[[bytes, int], bytes]:
 
 
 Emit = Callable[[int, bytes], None]
+#: ``emit_compressed(guest offset, compressed bytes, inflate)``:
+#: ``inflate(compressed bytes)`` gives the cluster's bytes (or raises
+#: Qcow2Error); the caller runs it where it likes (a thread).
+EmitCompressed = Callable[[int, bytes, Callable[[bytes], bytes]], None]
 
 
 @attrs.frozen
@@ -217,13 +221,18 @@ class Qcow2Stream:
     through ``emit(guest_offset, data)``.
 
     ``max_size`` is the disk's size: a larger virtual size is refused
-    before anything is sized from it.
+    before anything is sized from it.  Compressed clusters are inflated
+    here unless ``emit_compressed`` is given: then they go out compressed,
+    with the function that inflates them (a CPU cost kept off the caller's
+    thread).
     """
 
     HEAD = 4096
 
-    def __init__(self, emit: Emit, max_size: int | None = None) -> None:
+    def __init__(self, emit: Emit, max_size: int | None = None,
+                 emit_compressed: EmitCompressed | None = None) -> None:
         self._emit_raw = emit
+        self._emit_compressed_raw = emit_compressed
         self._max_size = max_size
         self.pos = 0                      # bytes of the file scanned
         self.header: Header | None = None
@@ -354,17 +363,34 @@ class Qcow2Stream:
         self._open = still
 
     def _emit_compressed(self, guest: int, data: bytes) -> None:
+        assert self.header is not None
+        self._mark(guest)
+        if guest >= self.header.size:
+            return
+        if self._emit_compressed_raw is not None:
+            self._emit_compressed_raw(guest, data, self._inflater_for(guest))
+        else:
+            self._emit(guest, self._inflater_for(guest)(data))
+
+    def _inflater_for(self, guest: int) -> Callable[[bytes], bytes]:
+        """``inflate(data)``: the cluster at ``guest``, padded to a whole
+        cluster and cut at the virtual size."""
         assert self.header is not None and self._inflate is not None
         size = self.header.cluster_size
-        try:
-            out = self._inflate(data, size)
-        except Exception as e:
-            raise Qcow2Error(f"cannot inflate a compressed cluster: {e}") \
-                from None
-        if len(out) < size:
-            out += bytes(size - len(out))
-        self._emit(guest, out)
-        self._mark(guest)
+        room = min(size, self.header.size - guest)
+        inflate = self._inflate
+
+        def run(data: bytes) -> bytes:
+            try:
+                out = inflate(data, size)
+            except Exception as e:
+                raise Qcow2Error(f"cannot inflate a compressed cluster: "
+                                 f"{e}") from None
+            if len(out) < size:
+                out += bytes(size - len(out))
+            return out[:room]
+
+        return run
 
     def _emit(self, guest: int, data: Any) -> None:
         """Write ``data`` at ``guest``, no further than the virtual size."""

@@ -200,7 +200,7 @@ class EspLinkingOutTests(_StandaloneAgent):
             h.file_sha256(image), fs_uuid, 32,
             # a file of the ramdisk, not of the image
             setup=f"echo {secret} > /run/ipa-ramdisk-secret\n")
-        refused = f"the image's /boot/efi cannot be copied: " \
+        refused = "the image's /boot/efi cannot be copied: " \
                   f"/boot/efi/EFI/BOOT/cmdline links to '/proc/cmdline'"
         results = []
         # twice: the failed copy left nothing behind that the second

@@ -241,7 +241,8 @@ class RecordingRunner(FakeProcessRunner):
 
 
 class ThreadsAtOnce:
-    """A reactor whose thread pool runs work at once (synchronous tests)."""
+    """A reactor whose thread pool runs work at once (synchronous tests;
+    also the disk pool of their RunningAgent)."""
 
     def getThreadPool(self) -> Any:
         return self
@@ -305,6 +306,7 @@ class BootloaderCase(SynchronousTestCase):
         self.patch(image, "SYS_BLOCK", self.sys_block)
         self.context = RunningAgent(config=load_config({}),
                                     reactor=ThreadsAtOnce(),
+                                    disk_threads=ThreadsAtOnce(),
                                     process=self.process,
                                     guard=DeviceGuard(None))
         self.hardware = HardwareManagers([

@@ -140,6 +140,7 @@ class RebuildAsFatTests(SynchronousTestCase):
         process.add("mcopy")
         context = RunningAgent(config=load_config({}),
                                reactor=ThreadsAtOnce(), process=process,
+                               disk_threads=ThreadsAtOnce(),
                                guard=DeviceGuard(None))
         d = ensureDeferred(configdrive._rebuild_as_fat(
             context, "/dev/fake4k1", b"iso"))

@@ -52,7 +52,8 @@ class ExtensionTests(SynchronousTestCase):
             config=load_config({"standalone": True, "agent_token": "x" * 32,
                                 "power_off_command": "my-poweroff --now",
                                 "sysrq_fallback": False}),
-            reactor=Reactor(), process=self.process, guard=DeviceGuard(None))
+            reactor=Reactor(), disk_threads=Reactor(),
+            process=self.process, guard=DeviceGuard(None))
         self.context.hardware = HardwareManagers([self.fake])
         self.context.extensions = {
             "poll": PollExtension(self.context),
@@ -117,7 +118,8 @@ class ExtensionTests(SynchronousTestCase):
             config=load_config({"agent_token": token,
                                 "image_server_user": "alice",
                                 "image_server_password": "s3cr3t pass"}),
-            reactor=Reactor(), process=self.process, guard=DeviceGuard(None))
+            reactor=Reactor(), disk_threads=Reactor(),
+            process=self.process, guard=DeviceGuard(None))
         self.process.add("ps", (
             f"root 1 0.3 twistd --nodaemon ipa --agent-token {token} "
             f"--listen-host 127.0.0.1\n"
@@ -145,7 +147,8 @@ class ExtensionTests(SynchronousTestCase):
     def test_collected_logs_hold_not_the_token_ironic_gave(self) -> None:
         issued = "issued" + "Z" * 37
         context = RunningAgent(
-            config=load_config({}), reactor=Reactor(), process=self.process,
+            config=load_config({}), reactor=Reactor(), disk_threads=Reactor(),
+            process=self.process,
             guard=DeviceGuard(None), current_token=lambda: issued)
         self.process.add("journalctl", f"something printed {issued}\n")
         texts = self.collect(context)

@@ -16,7 +16,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
 from ipa_twisted import errors
-from ipa_twisted.image.pipeline import Qcow2Target
+from ipa_twisted.image.sink import Device, SinkError
 from ipa_twisted.image.progress import Progress
 from ipa_twisted.image.stream import stream_body
 from ipa_twisted.looping import every
@@ -28,11 +28,12 @@ def hash_threads() -> list[threading.Thread]:
 
 class Qcow2TargetTests(SynchronousTestCase):
     def test_no_thread_left_when_the_device_cannot_be_opened(self) -> None:
-        before = hash_threads()
+        # the device is opened before any target (and its threads) exists
+        before = threading.enumerate()
         missing = self.mktemp() + "/no/such/disk"
         with self.assertRaises(FileNotFoundError):
-            Qcow2Target(object(), missing, "sha256", 1 << 30)
-        self.assertEqual(hash_threads(), before)
+            Device.open(missing)
+        self.assertEqual(threading.enumerate(), before)
 
 
 class FakeTransport:
@@ -114,16 +115,37 @@ class StreamWatchdogTests(SynchronousTestCase):
         self.assertEqual(self.transport.events, ["stop"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_paused_is_not_a_stall(self) -> None:
+    def test_paused_for_a_working_disk_is_not_a_stall(self) -> None:
         consumer = Consumer()
+        consumer.progress = 0  # type: ignore[attr-defined]
         d = self.stream(consumer)
         consumer.paused = True
-        self.clock.pump([0.125] * 40)
+        for _ in range(40):
+            consumer.progress += 1  # type: ignore[attr-defined]
+            self.clock.advance(0.125)
         self.assertNoResult(d)
         consumer.paused = False
         self.response.body.dataReceived(b"x" * 9000)
         self.response.body.connectionLost(Failure(ResponseDone()))
         self.assertEqual(self.successResultOf(d).received, 10000)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_paused_for_a_disk_that_does_nothing_fails(self) -> None:
+        """The download waits for the disk, and the disk completes
+        nothing: a local error (not retried), not a healthy pause."""
+        consumer = Consumer()
+        consumer.progress = 0  # type: ignore[attr-defined]
+        consumer.path = "/dev/sdz"  # type: ignore[attr-defined]
+        d = self.stream(consumer)
+        consumer.paused = True
+        self.clock.pump([0.125] * 4)
+        self.assertNoResult(d)
+        self.clock.pump([0.125] * 2)
+        f = self.failureResultOf(d, SinkError)
+        self.assertNotIsInstance(f.value, errors.ImageDownloadError)
+        self.assertEqual(str(f.value), "writing /dev/sdz: the disk has not "
+                         "completed a write for 0 s")
+        self.assertEqual(self.transport.events, ["stop"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_failing_watchdog_fails_the_download(self) -> None:
@@ -137,7 +159,8 @@ class StreamWatchdogTests(SynchronousTestCase):
                 pass
 
         d = self.stream(Broken())
-        self.clock.pump([0.125] * 2)  # the second check asks "paused?"
+        # nothing moves for 0.5 s: the watchdog asks "paused?"
+        self.clock.pump([0.125] * 6)
         # not left downloading unwatched (a stall would hang it for ever)
         f = self.failureResultOf(d, RuntimeError)
         self.assertEqual(str(f.value), "watchdog bug")

@@ -49,6 +49,8 @@ class Files(Resource):
         self.rules: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.hanging: list[Any] = []
+        #: requests whose connection went away before their end
+        self.lost: list[str] = []
 
     def render_GET(self, request: Any) -> Any:
         name = request.path.decode().lstrip("/")
@@ -84,6 +86,8 @@ class Files(Resource):
             transport.unregisterProducer()
             transport.loseConnection()
             return NOT_DONE_YET
+        request.notifyFinish().addErrback(
+            lambda _: self.lost.append(name))
         stall = rule.pop("stall_at", None)
         if stall is not None:
             request.write(data[:stall])

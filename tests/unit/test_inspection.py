@@ -8,7 +8,7 @@ from typing import Any
 
 from klein import Klein
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ipa_twisted import errors
 from ipa_twisted.image import qcow2
 from ipa_twisted.image.pipeline import Qcow2Target
+from ipa_twisted.image.sink import Device
 from tests import hostile_images as hi
 
 MiB = 1024 * 1024
@@ -207,7 +208,7 @@ class Qcow2TargetTests(TestCase):
         return path
 
     async def test_virtual_size_checked_before_the_bitmap(self) -> None:
-        target = Qcow2Target(reactor, self.disk(MiB), None, 64 * MiB)
+        target = Qcow2Target(reactor, Device.open(self.disk(64 * MiB)), None)
         image = hi.qcow2_huge_bitmap(size=1 << 40, cb=12)  # 32 MiB bitmap
         peak, outcome = peak_of(lambda: target.write(image))
         await target.abort()
@@ -227,7 +228,7 @@ class Qcow2TargetTests(TestCase):
         path = self.disk(MiB)
         with open(path, "r+b") as f:
             f.write(b"\xee" * MiB)  # old data: to be zeroed
-        target = Qcow2Target(reactor, path, "sha256", MiB)
+        target = Qcow2Target(reactor, Device.open(path), "sha256")
         threads: list[str] = []
         ranges = target.stream.unwritten_ranges
 

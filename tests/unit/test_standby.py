@@ -9,7 +9,8 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -20,9 +21,10 @@ from ipa_twisted.commands.standby import StandbyExtension
 from ipa_twisted.commands.steps import DeployExtension
 from ipa_twisted.config import load_config
 from ipa_twisted.context import RunningAgent
+from ipa_twisted.hardware import blockio
 from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManager, HardwareManagers
-from ipa_twisted.image import partition_image
+from ipa_twisted.image import gpt, partition_image
 from ipa_twisted.testing import FakeHardwareManager, FakeProcessRunner
 from tests import hostile_images as hi
 
@@ -60,7 +62,9 @@ class TestStandby(StandbyExtension):
     """The real extension; partition discovery replaced (a temp file has
     no kernel partitions; the e2e tests use real loop devices)."""
 
-    async def _after_write(self, device: str) -> list[str]:
+    async def _after_write(self, device: str, gpt: str | None = None
+                           ) -> list[str]:
+        self.gpt = gpt
         return [device + "p1"]
 
 
@@ -283,7 +287,7 @@ class HostileImageTests(_StandbyBase):
         # for a resume that never comes
         from ipa_twisted.hardware import blockio
 
-        self.patch(blockio, "device_size", lambda path: 1 << 30)
+        self.patch(blockio, "size_of_fd", lambda fd: 1 << 30)
         self.fake.root_device = "/dev/full"
         info = self.serve("zeros.gz", hi.gzip_bomb(64 * 1024 * 1024))
         result = await self.execute("standby.prepare_image", image_info=info)
@@ -342,3 +346,110 @@ class HostileImageTests(_StandbyBase):
                     "image_info": self.info(os_hash_algo=algo)})
             self.assertIn("unsupported os_hash_algo", str(cm.exception))
         await self.next_command_runs()
+
+
+class AfterWriteTests(SynchronousTestCase):
+    """After a whole-disk write: sgdisk -e only when our GPT code refused
+    the table, one BLKRRPART instead of partprobe (partprobe when the
+    kernel refuses or finds nothing)."""
+
+    def setUp(self) -> None:
+        from tests.unit.test_bootloader import ThreadsAtOnce
+
+        self.process = FakeProcessRunner()
+        self.process.add("sgdisk")
+        self.process.add("partprobe")
+        self.context = RunningAgent(
+            config=load_config({}), reactor=ThreadsAtOnce(),
+            disk_threads=ThreadsAtOnce(), process=self.process,
+            guard=DeviceGuard(None))
+        self.standby = StandbyExtension(self.context)
+        self.reread: list[str] = []
+        self.moved: list[str] = []
+        self.found: list[str] = ["/dev/sdz1"]
+        self.refuse_reread = False
+
+        def reread(device: str) -> None:
+            self.reread.append(device)
+            if self.refuse_reread:
+                raise OSError(22, "Invalid argument")
+
+        def move(device: str) -> str:
+            self.moved.append(device)
+            return gpt.MOVED
+
+        self.told: list[str] = []
+
+        def tell(device: str) -> int:
+            self.told.append(device)
+            if self.refuse_blkpg:
+                raise OSError(16, "Device or resource busy")
+            self.kernel_knows = True
+            return 1
+
+        self.refuse_blkpg = False
+        self.kernel_knows = True
+        self.patch(blockio, "reread_partitions", reread)
+        self.patch(blockio, "partitions_of",
+                   lambda device: self.found if self.kernel_knows else [])
+        self.patch(gpt, "move_backup", move)
+        self.patch(gpt, "tell_the_kernel", tell)
+
+    def after(self, moved: str | None) -> list[tuple[str, ...]]:
+        partitions = self.successResultOf(ensureDeferred(
+            self.standby._after_write("/dev/sdz", moved)))
+        self.assertEqual(partitions, ["/dev/sdz1"])
+        return self.process.calls
+
+    def test_moved_by_the_writer(self) -> None:
+        self.assertEqual(self.after(gpt.MOVED), [])
+        self.assertEqual((self.reread, self.moved), (["/dev/sdz"], []))
+
+    def test_no_gpt_or_in_place(self) -> None:
+        self.assertEqual(self.after(gpt.NO_GPT), [])
+        self.assertEqual(self.after(gpt.IN_PLACE), [])
+
+    def test_refused_falls_back_to_sgdisk(self) -> None:
+        self.assertEqual(self.after("refused: entries' CRC32"),
+                         [("sgdisk", "-e", "/dev/sdz")])
+
+    def test_image_already_there_is_moved_here(self) -> None:
+        self.assertEqual(self.after(None), [])
+        self.assertEqual(self.moved, ["/dev/sdz"])
+
+    def test_partprobe_when_the_kernel_refuses(self) -> None:
+        self.refuse_reread = True  # (a partition in use: EBUSY, and
+        self.refuse_blkpg = True   # so is BLKPG)
+        self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
+
+    def test_a_kernel_without_a_gpt_parser_is_told(self) -> None:
+        self.kernel_knows = False  # (BLKRRPART finds nothing)
+        self.assertEqual(self.after(gpt.MOVED), [])
+        self.assertEqual(self.told, ["/dev/sdz"])
+
+    def test_partprobe_when_the_kernel_cannot_be_told(self) -> None:
+        self.kernel_knows = False
+        self.refuse_blkpg = True
+
+        def partprobe(argv: Any) -> Any:
+            self.kernel_knows = True
+            from ipa_twisted.process import ProcessResult
+
+            return ProcessResult(tuple(argv), 0, b"", b"")
+
+        self.process.handlers["partprobe"] = partprobe
+        self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
+        self.assertEqual(self.told, ["/dev/sdz"])
+
+    def test_partprobe_for_a_table_that_is_not_gpt(self) -> None:
+        self.kernel_knows = False
+
+        def partprobe(argv: Any) -> Any:
+            self.kernel_knows = True
+            from ipa_twisted.process import ProcessResult
+
+            return ProcessResult(tuple(argv), 0, b"", b"")
+
+        self.process.handlers["partprobe"] = partprobe
+        self.assertEqual(self.after(gpt.NO_GPT), [("partprobe", "/dev/sdz")])
+        self.assertEqual(self.told, [])
