@@ -35,6 +35,8 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     ensureDeferred,
+    maybeDeferred,
+    succeed,
 )
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
@@ -47,6 +49,7 @@ from ipa_twisted.api.app import AgentAPI
 from ipa_twisted.api.site import (AgentSite, connection_caps,
                                   raise_open_file_limit)
 from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.commands.rescue import RESCUED_MARKER
 from ipa_twisted.config import (
     TOKEN_MIN_LENGTH,
     Config,
@@ -155,6 +158,7 @@ class AgentService(MultiService):
             tls_policy=self._tls_policy,
             force_heartbeat=self.force_heartbeat,
             current_token=lambda: self.token,
+            stop_serving=self.stop_serving,
         )
         self._hardware = hardware
         self.runner: CommandRunner | None = None
@@ -166,6 +170,9 @@ class AgentService(MultiService):
         self.client: IronicClient | None = None
         self.heartbeater: Heartbeater | None = None
         self.port: IListeningPort | None = None
+        self.site: AgentSite | None = None
+        #: why the API stopped for good (rescue, lockdown), or None
+        self.stopped_serving: str | None = None
         self.inventory: dict[str, Any] | None = None
         self.macs: list[str] = []
         #: how start-up ended: None (serving), a Failure, or not yet
@@ -276,6 +283,13 @@ class AgentService(MultiService):
         if config.hardware_initialization_delay:
             await deferLater(self.reactor, config.hardware_initialization_delay)
 
+        if os.path.exists(RESCUED_MARKER):
+            # as IPA: once rescued, a restarted agent stays silent (the
+            # tenant's network must not see its API)
+            self.stopped_serving = "rescued"
+            log.warn("{marker} exists: this ramdisk was rescued; no API, "
+                     "no lookup, no heartbeat", marker=RESCUED_MARKER)
+            return
         if config.standalone:
             log.info("standalone mode: no lookup, no heartbeat")
             await self._serve(None)
@@ -484,7 +498,7 @@ class AgentService(MultiService):
         total, per_peer = connection_caps(
             config.api_max_connections, config.api_max_connections_per_peer,
             open_files)
-        site = AgentSite(api, self.reactor, total, per_peer)
+        site = self.site = AgentSite(api, self.reactor, total, per_peer)
         host = config.listen_host or default_listen_host()
         min_version = tls.stricter(
             self.context.lookup_config.get("tls_min_version"),
@@ -517,6 +531,28 @@ class AgentService(MultiService):
             ) from None
         log.info("agent API listening on {url}",
                  url=format_callback_url(scheme, host, config.listen_port))
+
+    def stop_serving(self, reason: str) -> Deferred[None]:
+        """For good, as IPA after ``finalize_rescue`` and ``lockdown``:
+        no more heartbeats, the API's port closed and its connections
+        closed once what they are sending has gone (the answer to the
+        command that asked for this).  The process stays (a service
+        manager would only start the agent again)."""
+        if self.stopped_serving is not None:
+            return succeed(None)
+        self.stopped_serving = reason
+        log.warn("{reason}: the agent stops serving its API and stops "
+                 "heartbeating", reason=reason)
+        waits: list[Deferred[Any]] = []
+        if self.heartbeater is not None:
+            waits.append(self.heartbeater.stop())
+        if self.port is not None:
+            port, self.port = self.port, None
+            waits.append(maybeDeferred(port.stopListening))
+        if self.site is not None:
+            waits.append(self.site.close_connections())
+        return DeferredList(waits, consumeErrors=True).addCallback(
+            lambda _: None)
 
     # --------------------------------------------------------- heartbeat
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 
 from ipa_twisted.config import Config
@@ -48,6 +48,10 @@ class AgentContext:
     on_progress_change: Callable[[Any], None] = lambda progress: None
     #: The agent token in force (configured, or handed out by Ironic).
     current_token: Callable[[], str | None] = lambda: None
+    #: Stop serving the API and heartbeating, for good (rescue, lockdown;
+    #: the argument says why); fires once the API's connections are closed.
+    stop_serving: Callable[[str], "Deferred[None]"] = \
+        lambda reason: succeed(None)
 
     def report_progress(self, progress: Any) -> None:
         self.progress = progress

@@ -45,6 +45,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("blockdev", "util-linux", "re-reading partition tables after an "
          "erase, flushing buffers before power off"),
     Tool("bsdtar", "libarchive-tools", "config drives on 4K-sector disks"),
+    Tool("chpasswd", "passwd", "rescue.finalize_rescue (the rescue user's "
+         "password)"),
     Tool("chroot", "coreutils", "install_bootloader (the image's own GRUB)"),
     Tool("df", "coreutils", "collect_system_logs"),
     Tool("dmesg", "util-linux", "collect_system_logs"),
@@ -56,7 +58,8 @@ TOOLS: tuple[Tool, ...] = (
          "on UEFI machines, clean_uefi_nvram)"),
     Tool("hdparm", "hdparm", "erase_devices on ATA disks (security erase, "
          "sanitize)"),
-    Tool("ip", "iproute2", "collect_system_logs"),
+    Tool("ip", "iproute2", "collect_system_logs, system.lockdown (network "
+         "interfaces set down)"),
     Tool("ipmitool", "ipmitool", "the BMC address in the inventory"),
     Tool("journalctl", "systemd", "collect_system_logs (the journal; "
          "/var/log is collected instead)", optional=True),
@@ -79,6 +82,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mount", "mount", "install_bootloader"),
     Tool("nvme", "nvme-cli", "erase_devices on NVMe disks (format, "
          "sanitize)"),
+    Tool("openssl", "openssl", "rescue.finalize_rescue with a plain "
+         "password (hashing it)"),
     Tool("parted", "parted", "partition images, config drives, "
          "collect_system_logs"),
     Tool("partprobe", "parted", "re-reading partitions after a write"),
@@ -146,6 +151,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("tar", "tar", "cached test images", TEST),
     Tool("unshare", "util-linux", "the sandbox of every agent under test",
          TEST),
+    Tool("useradd", "passwd", "the rescue user of the rescue test (in the "
+         "sandbox's own /etc)", TEST),
 )
 
 #: Packages the tests need that are not a tool on PATH (files, libraries).

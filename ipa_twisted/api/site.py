@@ -40,6 +40,7 @@ from tempfile import TemporaryFile
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     INegotiated,
@@ -72,6 +73,18 @@ DEFAULT_MAX_CONNECTIONS_PER_PEER = 20
 #: File descriptors kept free for everything but the API's connections
 #: (disks, pipes to tools, the Ironic client, logs).
 RESERVED_FDS = 128
+
+#: How long closing connections may take to send what they hold.
+CLOSE_GRACE = 5.0
+
+
+def _cancel_then(call: Any) -> Any:
+    def cancel(result: Any) -> Any:
+        if call.active():
+            call.cancel()
+        return result
+    return cancel
+
 
 # Kept for callers that import it from here.
 mask_query = query.mask_query
@@ -213,6 +226,7 @@ class AgentChannel(HTTPChannel):
         super().connectionMade()
         self._peer = _peer_host(self.transport.getPeer())
         self.site.connection_opened(self._peer)
+        self.site.channels.add(self)
         self._counted = True
 
     # -------------------------------------------------------- early answers
@@ -299,6 +313,7 @@ class AgentChannel(HTTPChannel):
         if self._counted:
             self._counted = False
             self.site.connection_closed(self._peer)
+        self.site.channel_closed(self)
         super().connectionLost(reason)
 
 
@@ -332,6 +347,40 @@ class AgentSite(Site):
         self.per_peer: Counter[str] = Counter()
         self._refused = 0
         self._refusal_logged_at: float | None = None
+        #: the open connections (closed for good by close_connections)
+        self.channels: set[AgentChannel] = set()
+        self._closing: list[Deferred[None]] = []
+
+    def channel_closed(self, channel: AgentChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._closing = self._closing, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_connections(self, grace: float = CLOSE_GRACE
+                          ) -> Deferred[None]:
+        """Close every open connection once what it is sending has gone
+        (the answer that asked for this among it), aborting those still
+        open after ``grace`` seconds; fires when none is left."""
+        done: Deferred[None] = Deferred()
+        if not self.channels:
+            done.callback(None)
+            return done
+        self._closing.append(done)
+        channels = list(self.channels)
+        for channel in channels:
+            channel.transport.loseConnection()
+
+        def abort() -> None:
+            for channel in list(self.channels):
+                log.warn("API connection from {peer} still open {t} s "
+                         "after closing: aborted", peer=channel._peer,
+                         t=grace)
+                channel.transport.abortConnection()
+
+        call = self.reactor.callLater(grace, abort)
+        return done.addBoth(_cancel_then(call))
 
     def startFactory(self) -> None:
         super().startFactory()

@@ -525,7 +525,8 @@ class Agent:
                  extra: list[str] | None = None,
                  name: str = "agent",
                  env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None,
+                 wrap: list[str] | None = None) -> None:
         self.workdir = workdir
         self.log = os.path.join(workdir, f"{name}.log")
         run_dir = os.path.join(workdir, f"{name}-run")
@@ -540,6 +541,9 @@ class Agent:
                 SANDBOX, device, stubs, "--"]
         if nofile is not None:           # soft and hard open file limit
             argv += ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
+        # a command that sets up more, inside the sandbox, then runs the
+        # agent given as its arguments (see ETC_OVERLAY)
+        argv += wrap or []
         argv += [twistd(), "--nodaemon", "--pidfile=",
                  f"--logfile={self.log}",
                  "ipa", "--device-allowlist", device,
@@ -582,6 +586,26 @@ class Agent:
                 raise RuntimeError(f"agent did not log {text!r} in "
                                    f"{timeout} s:\n" + self.read_log()[-3000:])
             time.sleep(0.1)
+
+
+#: A wrapper (``Agent(wrap=...)``) that puts a writable layer over /etc in
+#: the sandbox's private mount namespace (upper and work directories given
+#: as ``{upper}`` and ``{work}``, on this machine's filesystem, so that the
+#: test reads what the agent wrote) and adds ``{user}`` there: the agent
+#: may set passwords and make marker files in /etc; this machine's /etc
+#: never changes.
+ETC_OVERLAY = ["sh", "-c", 'set -e; mount -t overlay ipa-etc -o '
+               'lowerdir=/etc,upperdir="$1",workdir="$2" /etc; '
+               'useradd --no-create-home "$3"; shift 3; exec "$@"', "sh"]
+
+
+def etc_overlay(workdir: str, user: str) -> tuple[list[str], str]:
+    """(the ``wrap`` argv, the upper directory) of an /etc overlay."""
+    upper = os.path.join(workdir, "etc-upper")
+    work = os.path.join(workdir, "etc-work")
+    os.makedirs(upper, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    return ETC_OVERLAY + [upper, work, user], upper
 
 
 STUB = """#!/bin/sh
