@@ -29,6 +29,7 @@ from ipa_twisted.hardware import (
     erase,
     eraser,
     hints,
+    inject,
     ipmi,
     netif,
     system,
@@ -63,12 +64,10 @@ CLEAN_UEFI_NVRAM_ARGSINFO = {
 NOT_YET = {
     "clean": ("delete_configuration", "create_configuration", "burnin_cpu",
               "burnin_gpu", "burnin_disk", "burnin_memory", "burnin_network"),
-    "deploy": ("apply_configuration", "inject_files",
-               "execute_bootc_install"),
+    "deploy": ("apply_configuration", "execute_bootc_install"),
     "service": ("delete_configuration", "apply_configuration",
                 "create_configuration", "burnin_cpu", "burnin_gpu",
-                "burnin_memory", "burnin_network", "inject_files",
-                "execute_bootc_install"),
+                "burnin_memory", "burnin_network", "execute_bootc_install"),
 }
 
 #: device path nodes that start the path of an efibootmgr entry
@@ -581,16 +580,34 @@ class GenericHardwareManager(HardwareManager):
                   argsinfo=CLEAN_UEFI_NVRAM_ARGSINFO),
         ]
 
+    def _inject_priority(self) -> int:
+        agent = getattr(self, "agent", None)
+        return int(agent.config.inject_files_priority) if agent else 0
+
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         return [
             _step("erase_devices_metadata", 0),
             _step("clean_uefi_nvram", 0, argsinfo=CLEAN_UEFI_NVRAM_ARGSINFO),
             _step("write_image", 0),
+            _step("inject_files", self._inject_priority(),
+                  argsinfo=inject.ARGSINFO),
         ]
 
     def get_service_steps(self, node: Any, ports: Any
                           ) -> list[dict[str, Any]]:
-        return [_step("write_image", 0)]
+        return [
+            _step("write_image", 0),
+            _step("inject_files", self._inject_priority(),
+                  argsinfo=inject.ARGSINFO),
+        ]
+
+    async def inject_files(self, node: Any, ports: Any, files: Any = None,
+                           verify_ca: Any = True) -> list[str]:
+        """Deploy and service step: files written into the deployed
+        disk's filesystems (see hardware/inject.py)."""
+        self.agent.cache_node(node)
+        return await inject.inject_files(self.agent, node, ports, files,
+                                         verify_ca)
 
     async def write_image(self, node: Any, ports: Any, image_info: Any,
                           configdrive: Any = None) -> str:

@@ -222,14 +222,18 @@ class StepTests(SynchronousTestCase):
 
         generic = GenericHardwareManager()
 
+        from ipa_twisted.hardware import inject
+
         def step(name: str, priority: int, abortable: bool | None = None,
-                 argsinfo: bool = False) -> dict[str, object]:
+                 argsinfo: object = False) -> dict[str, object]:
             out: dict[str, object] = {"step": name, "priority": priority,
                                       "interface": "deploy",
                                       "reboot_requested": False}
             if abortable is not None:
                 out["abortable"] = abortable
-            if argsinfo:
+            if isinstance(argsinfo, dict):
+                out["argsinfo"] = argsinfo
+            elif argsinfo:
                 out["argsinfo"] = {"match_patterns": {
                     "description": "Json blob contains a list of regex "
                     "patterns where any UEFI NVRAM entry matching that "
@@ -247,9 +251,11 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(generic.get_deploy_steps({}, []), [
             step("erase_devices_metadata", 0),
             step("clean_uefi_nvram", 0, argsinfo=True),
-            step("write_image", 0)])
+            step("write_image", 0),
+            step("inject_files", 0, argsinfo=inject.ARGSINFO)])
         self.assertEqual(generic.get_service_steps({}, []),
-                         [step("write_image", 0)])
+                         [step("write_image", 0),
+                          step("inject_files", 0, argsinfo=inject.ARGSINFO)])
         for kind in ("clean", "deploy", "service"):
             listed = {s["step"] for s in getattr(
                 generic, f"get_{kind}_steps")({}, [])}
