@@ -708,13 +708,54 @@ def debian_root() -> str:
     return tarball
 
 
+def debian_root_with_mdadm() -> str:
+    """The Debian tree of :func:`debian_root` with mdadm unpacked into it
+    (an installed system on a software RAID has it; GRUB's tools ask it
+    about arrays), kept as a tarball in the cache; its path."""
+    tarball = os.path.join(cache_dir(), "debian-bookworm-grub-pc-efi-"
+                                        "mdadm.tar")
+    if os.path.exists(tarball):
+        return tarball
+    base = debian_root()
+    with open(tarball + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(tarball):
+            return tarball
+        tmp = tempfile.mkdtemp(prefix="debian-mdadm-")
+        try:
+            tree = os.path.join(tmp, "tree")
+            os.makedirs(tree)
+            run(["tar", "-C", tree, "-xf", base])
+            say("Debian tree: adding mdadm (once)")
+            result = run(["apt-get", "download", "mdadm"], cwd=tmp,
+                         check=False)
+            debs = [n for n in os.listdir(tmp) if n.endswith(".deb")]
+            if not debs:
+                raise Unavailable(f"apt-get download mdadm failed: "
+                                  f"{result.stderr.strip()[-300:]}")
+            # unpacked over the tree's /sbin -> usr/sbin links, kept
+            # (dpkg-deb -x would make them directories)
+            data = subprocess.run(["dpkg-deb", "--fsys-tarfile",
+                                   os.path.join(tmp, debs[0])],
+                                  capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "--keep-directory-symlink", "-C",
+                            tree], input=data, check=True)
+            run(["tar", "-C", tree, "-cf", tarball + ".part", "."])
+            os.rename(tarball + ".part", tarball)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tarball
+
+
 def make_os_image(path: str, size: int,
-                  files: dict[str, bytes] | None = None) -> tuple[str, str]:
-    """An ext4 image of the Debian tree (plus ``files``, absolute path in
-    the image to content): (sha256, fs uuid)."""
+                  files: dict[str, bytes] | None = None,
+                  root: str | None = None) -> tuple[str, str]:
+    """An ext4 image of the Debian tree (``root``: another tarball of
+    one), plus ``files`` (absolute path in the image to content): (sha256,
+    fs uuid)."""
     tree = path + ".d"
     os.makedirs(tree, exist_ok=True)
-    run(["tar", "-C", tree, "-xf", debian_root()])
+    run(["tar", "-C", tree, "-xf", root or debian_root()])
     for name, text in (files or {}).items():
         target = os.path.join(tree, name.lstrip("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
