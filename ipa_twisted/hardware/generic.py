@@ -407,6 +407,8 @@ class GenericHardwareManager(HardwareManager):
                 log.warn("both root device hints {hints} and a root volume "
                          "of the RAID configuration: the RAID root volume "
                          "{md} is used", hints=root_hints, md=roots[0])
+            log.info("root device {md}: the root volume of the RAID "
+                     "configuration", md=roots[0])
             return roots[0]
         config = self.agent.config
         for attempt in range(1, config.disk_wait_attempts + 1):

@@ -519,7 +519,10 @@ class SoftwareRAID:
         module's docstring); ``devices``: the disks and their partitions.
         The arrays deleted."""
         _refuse_volume_skip_list(node)
-        names = [d.name for d in devices if d.kind in ("disk", "part")]
+        # the disks and their partitions (not the arrays' partitions,
+        # which go with the arrays)
+        names = [d.name for d in devices if d.kind in ("disk", "part")
+                 and array_of(d.name, self.sys_block) is None]
         await self.assemble(names)
         deleted: list[str] = []
         holders: list[str] = []
@@ -567,6 +570,9 @@ class SoftwareRAID:
             await self._zero_if_member(f"/dev/{member}")
 
     async def _zero_if_member(self, device: str) -> None:
+        base = self.sys_block or disks.SYS_BLOCK
+        if not os.path.exists(os.path.join(base, kname_of(device))):
+            return          # gone with its disk's partition table
         self.agent.guard.check(device)
         examined = await self._run(["mdadm", "--examine", "--export",
                                     device], check=False)

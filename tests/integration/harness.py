@@ -277,8 +277,18 @@ class IronicAPI:
                        ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last = None
+        errors = 0
         while True:
-            node = self.node(name)
+            try:
+                node = self.node(name)
+            except RuntimeError as e:
+                # a busy Ironic (sqlite) may answer 500 now and then
+                errors += 1
+                if " -> 5" not in str(e) or errors > 5:
+                    raise
+                say(f"node {name}: {e}; asking again")
+                time.sleep(1)
+                continue
             state = node["provision_state"]
             if state != last:
                 say(f"node {name}: {state}"

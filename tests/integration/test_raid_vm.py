@@ -1,35 +1,43 @@
-"""Software RAID in the UEFI test machine (its Debian kernel has md; this
-machine's has none), proved by booting from either disk alone.
+"""Software RAID driven by a real Ironic 39 (RAID interface ``agent``) in
+the UEFI test machine (its Debian kernel has md; this machine's has none),
+proved by booting from either disk alone.
 
-Two 5 GiB virtio disks (sparse files).  The agent runs in the machine as
-a ramdisk would, both disks allow-listed; it builds a RAID-1 of them
-(IPA's layout: GPT, the RAID partition from 551 MiB), writes a Debian
-partition image (with mdadm, as an installed RAID system has) onto the
-array, and installs the image's GRUB with an ESP on each disk (a RAID-1
-of ESP partitions, metadata 1.0) and a boot entry per disk.  Then the
-machine is powered on from its NVRAM with disk A only, then with disk B
-only: GRUB must start from that disk's ESP, assemble the degraded array
-and run the image's configuration (which prints a line and halts).
+Two 5 GiB virtio disks (sparse files), both allow-listed; the agent runs
+in the machine as a ramdisk would.  Ironic, with fast track on (one
+ramdisk boot for the clean and the deploy):
+
+1. manual cleaning with ``delete_configuration`` and
+   ``create_configuration``: a RAID-1 of the two disks (IPA's layout:
+   GPT, the RAID partition from 551 MiB), its root volume;
+2. a deploy of a Debian partition image (with mdadm, as an installed
+   RAID system has) in UEFI mode: written onto the array, then the
+   image's GRUB with an ESP on each disk (a RAID-1 of ESP partitions,
+   metadata 1.0) and a boot entry per disk;
+3. the machine powered on from its NVRAM with disk A only, then with
+   disk B only: the firmware starts that disk's entry, GRUB assembles the
+   degraded array and runs the image's configuration (a line on the
+   serial console, then halt);
+4. after the node is torn down, manual cleaning with
+   ``delete_configuration`` in a fresh ramdisk boot (the arrays of the
+   previous boot assembled at start-up, then deleted): no superblock and
+   no partition table left on either disk.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
+import sys
 import time
 from typing import Any
 
-from tests.integration import agent_api
 from tests.integration import harness as h
 from tests.integration import uefi_vm
-from tests.integration.base import SandboxTestCase, unavailable
+from tests.integration.base import IronicTestCase
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
-TOKEN = "r" * 40
 MARK = "ipa-twisted-raid-boot"
-NODE_UUID = "7d7d5d2e-55a5-4d64-9d8a-3a2f3c0d1e71"
+NAME = "raid-node"
 RAID1 = {"logical_disks": [{"size_gb": "MAX", "raid_level": "1",
                             "controller": "software",
                             "is_root_volume": True}]}
@@ -59,83 +67,116 @@ def boots_from(test: Any, machine: uefi_vm.UefiMachine, disk: str) -> str:
     return f"{started.group(1)}: {said.group(1)}"
 
 
-class RaidMachineCase(SandboxTestCase):
+def md_superblocks(path: str, starts: list[int]) -> list[int]:
+    """Which of the partition starts (bytes) of the disk file ``path`` hold
+    an md superblock (metadata 1.2: 4 KiB into the partition)."""
+    found = []
+    with open(path, "rb") as f:
+        for start in starts:
+            f.seek(start + 4096)
+            if f.read(4) == MD_MAGIC:
+                found.append(start)
+    return found
+
+
+class IronicRaidTests(IronicTestCase):
+    environment = {"fast_track": True, "heartbeat_timeout": 20}
+
+    def prerequisites(self) -> None:
+        uefi_vm.require_qemu()
+        uefi_vm.guest_kernel()
+        h.debian_root_with_mdadm()
+
     def setUp(self) -> None:
         super().setUp()
-        try:
-            uefi_vm.require_qemu()
-            uefi_vm.guest_kernel()
-            h.debian_root_with_mdadm()
-        except h.Unavailable as e:
-            unavailable(e)
+        env = self.env
         self.disks = []
         for name in ("a", "b"):
-            path = os.path.join(self.workdir, f"disk-{name}.img")
+            path = os.path.join(env.workdir, f"disk-{name}.img")
             with open(path, "wb") as f:
                 f.truncate(5 * GiB)
             self.disks.append(path)
-        self.www = os.path.join(self.workdir, "www")
-        os.makedirs(self.www)
-        self.port = h.free_port()
-        self.machine = uefi_vm.UefiMachine(self.cleanups, self.workdir,
-                                           self.disks[0], self.netns,
+        self.www = os.path.join(env.workdir, "www")
+        # the guest reaches the namespace's loopback as 10.0.2.2
+        h.run(["ip", "netns", "exec", env.netns, "ip", "addr", "add",
+               "10.0.2.2/32", "dev", "lo"])
+        h.serve_http(env.cleanups, env.netns, 8090, argv=[
+            sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
+            "8090", "--directory", self.www])
+        self.machine = uefi_vm.UefiMachine(env.cleanups, env.workdir,
+                                           self.disks[0], env.netns,
                                            more_disks=self.disks[1:])
+        self.port = h.free_port()
 
+    def ramdisk(self) -> None:
+        uefi_vm.start_agent(self, self.machine, self.www,
+                            ["--api-url", "http://10.0.2.2:6385",
+                             "--advertise-host", "127.0.0.1",
+                             "--advertise-port", str(self.port)],
+                            self.port, restrict=False, wait=False,
+                            setup=GUEST_SETUP,
+                            allowlist="/dev/vda,/dev/vdb")
 
-class StandaloneRaidTests(RaidMachineCase):
-    def command(self, name: str, wait: bool = True, **params: Any) -> Any:
-        status, _, body = agent_api.call(
-            self.netns, "POST", f"/v1/commands/?wait={json.dumps(wait)}"
-                                f"&agent_token={TOKEN}",
-            {"name": name, "params": params}, port=self.port, timeout=900)
-        self.assertEqual(status, 200, f"{name}: {body}")
-        return body
+    def wait(self, states: set[str], timeout: float) -> dict[str, Any]:
+        try:
+            return self.env.api.wait_for_state(NAME, states, timeout)
+        except RuntimeError:
+            h.say(self.env.logs_tail())
+            h.say(self.machine.read_serial()[-6000:])
+            raise
 
-    def test_raid1_deploy_boots_from_either_disk(self) -> None:
+    def test_raid1_create_deploy_boot_either_disk_delete(self) -> None:
+        env, api = self.env, self.env.api
         digest, fs_uuid = h.make_os_image(
             os.path.join(self.www, "root.img"), 700 * MiB, files=GRUB_FILES,
             root=h.debian_root_with_mdadm())
-        uefi_vm.start_agent(self, self.machine, self.www,
-                            ["--standalone", "--agent-token", TOKEN,
-                             "--listen-host", "0.0.0.0"], self.port,
-                            setup=GUEST_SETUP,
-                            allowlist="/dev/vda,/dev/vdb")
-        node = {"uuid": NODE_UUID, "target_raid_config": RAID1,
-                "instance_info": {"deploy_boot_mode": "uefi"},
-                "properties": {}}
-        body = self.command("clean.execute_clean_step", node=node, ports=[],
-                            step={"step": "create_configuration",
-                                  "interface": "raid", "priority": 0})
-        self.assertEqual(body["command_status"], "SUCCEEDED", body)
-        self.assertEqual(body["command_result"]["clean_result"], RAID1)
+        env.ironic.enroll(NAME, {}, raid_interface="agent")
+        api.call("PATCH", f"/v1/nodes/{NAME}", [
+            {"op": "add", "path": "/properties/capabilities",
+             "value": "boot_mode:uefi"}])
+        api.call("PUT", f"/v1/nodes/{NAME}/states/raid", RAID1)
+        api.provision(NAME, "manage")
+        self.wait({"manageable"}, 60)
+
+        # 1. the RAID, by manual cleaning
         start = time.monotonic()
-        body = self.command("standby.prepare_image", image_info={
-            "id": "root.img", "urls": ["http://127.0.0.1:8080/root.img"],
-            "os_hash_algo": "sha256", "os_hash_value": digest,
-            "disk_format": "raw", "image_type": "partition",
-            "root_mb": 800, "swap_mb": 0, "ephemeral_mb": 0,
-            "ephemeral_format": "ext4", "deploy_boot_mode": "uefi",
-            "preserve_ephemeral": False})
-        self.assertEqual(body["command_status"], "SUCCEEDED", body)
-        h.say(f"RAID guest: partition image written in "
+        api.provision(NAME, "clean", clean_steps=[
+            {"interface": "raid", "step": "delete_configuration"},
+            {"interface": "raid", "step": "create_configuration"}])
+        self.wait({"clean wait"}, 60)
+        self.ramdisk()
+        node = self.wait({"manageable"}, 600)
+        h.say(f"RAID created by manual cleaning in "
               f"{time.monotonic() - start:.1f} s")
-        uuids = self.command("standby.get_partition_uuids")["command_result"]
-        self.assertEqual(uuids["root uuid"], fs_uuid)
+        self.assertEqual(node["raid_config"]["logical_disks"],
+                         RAID1["logical_disks"])
+        self.machine.wait_for_serial(r"software RAID /dev/md0: RAID-1 md0 "
+                                     r"on /dev/vda1, /dev/vdb1", 5)
+
+        # 2. the deploy onto it (the same ramdisk: fast track)
+        api.provision(NAME, "provide")
+        self.wait({"available"}, 120)
+        api.call("PATCH", f"/v1/nodes/{NAME}", [
+            {"op": "add", "path": "/instance_info", "value": {
+                "image_source": "http://10.0.2.2:8090/root.img",
+                "image_os_hash_algo": "sha256",
+                "image_os_hash_value": digest, "image_disk_format": "raw",
+                "image_rootfs_uuid": fs_uuid, "root_gb": 1,
+                "kernel": "http://10.0.2.2:8090/deploy.kernel",
+                "ramdisk": "http://10.0.2.2:8090/deploy.initrd"}}])
         start = time.monotonic()
-        body = self.command("image.install_bootloader", root_uuid=fs_uuid,
-                            efi_system_part_uuid=uuids[
-                                "efi system partition uuid"],
-                            target_boot_mode="uefi")
-        h.say(f"RAID guest: install_bootloader took "
+        api.provision(NAME, "active")
+        node = self.wait({"active"}, 900)
+        h.say(f"partition image deployed onto the RAID in "
               f"{time.monotonic() - start:.1f} s")
-        self.assertEqual(body["command_status"], "SUCCEEDED",
-                         body["command_error"] or
-                         self.machine.read_serial()[-4000:])
+        self.assertIsNone(node["last_error"])
+        self.machine.wait_for_serial("root device /dev/md0: the root volume "
+                                     "of the RAID configuration", 5)
         self.machine.wait_for_serial("creating the RAID ESP /dev/md1 on "
                                      "/dev/vda2, /dev/vdb2", 5)
-        self.command("standby.power_off", wait=False)
-        self.assertEqual(self.machine.wait_for_exit(120), 0)
+        self.machine.stop()  # the fake power interface does not
 
+        # 3. either disk alone boots
         order, entries = uefi_vm.boot_entries(self.machine.vars)
         labels = sorted(name for name, _ in entries.values()
                         if "RAID" in name)
@@ -146,3 +187,26 @@ class StandaloneRaidTests(RaidMachineCase):
             h.say(f"booted from {os.path.basename(disk)} alone: {said}")
             self.assertRegex(said, rf"^debian \(RAID, part{number}\): "
                                    rf"root=mduuid/[0-9a-f]{{32}},2")
+
+        # 4. delete_configuration, in a new boot
+        api.provision(NAME, "deleted")
+        self.wait({"available"}, 300)
+        api.provision(NAME, "manage")
+        self.wait({"manageable"}, 60)
+        api.provision(NAME, "clean", clean_steps=[
+            {"interface": "raid", "step": "delete_configuration"}])
+        self.wait({"clean wait"}, 60)
+        self.ramdisk()
+        node = self.wait({"manageable"}, 600)
+        self.assertEqual(node["raid_config"], {})
+        self.machine.wait_for_serial(r"software RAID arrays up: md\d+, "
+                                     r"md\d+ ", 5)
+        self.machine.wait_for_serial("deleting software RAID /dev/md0", 5)
+        self.machine.stop()
+        # the members' superblocks (RAID partitions at 551 MiB, the ESPs
+        # at 1 MiB: metadata 1.0 puts theirs at the end) and the tables
+        for disk in self.disks:
+            self.assertEqual(md_superblocks(disk, [551 * MiB]), [])
+            self.assertEqual(h.run(["blkid", "-p", "-o", "value", "-s",
+                                    "PTTYPE", disk], check=False
+                                   ).stdout.strip(), "")

@@ -469,6 +469,11 @@ class DeleteAndAssembleTests(RaidCase):
 
     def listing(self) -> list[BlockDevice]:
         found = [disk("/dev/vda"), disk("/dev/vdb"), disk("/dev/vdc")]
+        if os.path.exists(os.path.join(self.sys.top, "md0")):
+            # a partition of the array, as lsblk lists it
+            self.sys.partition("md0", "md0p1", 1)
+            found.append(BlockDevice("/dev/md0p1", None, 1, False,
+                                     kind="part"))
         for name in sorted(os.listdir(self.sys.top)):
             if name[:3] in ("vda", "vdb") and name[3:].isdigit():
                 found.append(BlockDevice(f"/dev/{name}", None, 1, False,
@@ -477,10 +482,9 @@ class DeleteAndAssembleTests(RaidCase):
 
     def test_delete_stops_zeroes_and_wipes(self) -> None:
         self.built()
-        for md in ("md0", "md1"):           # a new boot: nothing assembled
-            self.sys.remove(md)
+        listing = self.listing()     # with md0p1, listed while md0 is up
         deleted = self.successResultOf(ensureDeferred(self.raid.delete(
-            {"uuid": "n1"}, self.listing())))
+            {"uuid": "n1"}, listing)))
         self.assertEqual(deleted, ["/dev/md0", "/dev/md1"])
         calls = [c for c in self.process.calls
                  if c[:3] != ("mdadm", "--examine", "--export")]
@@ -502,6 +506,15 @@ class DeleteAndAssembleTests(RaidCase):
         self.assertEqual(self.mdadm.configs, [
             "DEVICE /dev/vda /dev/vda1 /dev/vda2 /dev/vdb /dev/vdb1 "
             "/dev/vdb2 /dev/vdc\nHOMEHOST <ignore>\n"])
+
+    def test_a_new_boot_assembles_then_deletes(self) -> None:
+        self.built()
+        for md in ("md0", "md1"):           # a new boot: nothing assembled
+            self.sys.remove(md)
+        deleted = self.successResultOf(ensureDeferred(self.raid.delete(
+            {"uuid": "n1"}, self.listing())))
+        self.assertEqual(deleted, ["/dev/md0", "/dev/md1"])
+        self.assertEqual(self.mdadm.superblocks, set())
 
     def test_a_stale_superblock_is_zeroed_too(self) -> None:
         self.built()
