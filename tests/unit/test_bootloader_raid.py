@@ -74,8 +74,11 @@ class RaidDisk(FakeDisk):
         disk = argv[-1].split("/")[-1]
         label = argv[argv.index("-c") + 1].split(":", 1)[1]
         self.sys.partition(disk, f"{disk}2", 2)
-        self.blkid_table[f"/dev/{disk}2"] = (
-            f"PART_ENTRY_NAME={label}\nPART_ENTRY_NUMBER=2\n")
+        # what blkid said of vda2 made so in the test machine (captured);
+        # vdb2's name is its own
+        self.blkid_table[f"/dev/{disk}2"] = load(
+            "raid", "blkid-p-vda2-esp-holder.txt").replace(
+            "uefi-holder-0", label).replace("/dev/vda2", f"/dev/{disk}2")
         return self.ok(argv)
 
     def partprobe(self, argv: Sequence[str]) -> ProcessResult:
@@ -89,7 +92,7 @@ class RaidDisk(FakeDisk):
         return self.ok(argv)
 
     def mkfs_vfat(self, argv: Sequence[str]) -> ProcessResult:
-        self.blkid_table[argv[-1]] = "TYPE=vfat\n"
+        self.blkid_table[argv[-1]] = load("raid", "blkid-p-md1.txt")
         self.trees.setdefault(argv[-1], {})
         return self.ok(argv)
 
@@ -179,7 +182,7 @@ class RaidBootloaderTests(SynchronousTestCase):
         self.sys.array("md1", ["vda2", "vdb2"])
         disk = RaidDisk(self.process, self.sys, {
             "/dev/md1": {"EFI/debian/grubx64.efi": b"MZ"}})
-        disk.blkid_table["/dev/md1"] = "TYPE=vfat\n"
+        disk.blkid_table["/dev/md1"] = load("raid", "blkid-p-md1.txt")
         result = self.install(root_uuid="0x00000000",
                               target_boot_mode="uefi")
         self.assertEqual(result.status, "SUCCEEDED", result.error)
