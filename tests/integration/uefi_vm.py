@@ -236,8 +236,12 @@ class UefiMachine:
                  netns: str, memory_mb: int = 1536,
                  secure_boot: bool = False,
                  devices: list[str] | None = None,
-                 more_disks: list[str] | None = None) -> None:
+                 more_disks: list[str] | None = None,
+                 firmware: str = "uefi") -> None:
         require_qemu()
+        #: "uefi" (OVMF, its own NVRAM) or "bios" (QEMU's SeaBIOS: it
+        #: boots the first disk's boot sector)
+        self.firmware = firmware
         #: every virtio disk, in order (vda, vdb...): ``disk`` first
         self.disks = [disk] + list(more_disks or [])
         #: more QEMU arguments for the ramdisk boots (disks: NVMe, SATA)
@@ -268,13 +272,14 @@ class UefiMachine:
         machine = ["-machine", "q35,smm=on", "-global",
                    "driver=cfi.pflash01,property=secure,value=on"] \
             if self.secure_boot else ["-machine", "q35"]
+        flash = [] if self.firmware == "bios" else [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                      f"file={self.code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}"]
         argv = ["ip", "netns", "exec", self.netns,
                 "qemu-system-x86_64"] + machine + ["-accel", "tcg",
                 "-cpu", "max", "-smp", "2", "-m", str(self.memory_mb),
-                "-nodefaults", "-display", "none", "-no-reboot",
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
-                          f"file={self.code}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+                "-nodefaults", "-display", "none", "-no-reboot"] + flash + [
                 "-serial", f"file:{self.serial}"]
         for i, disk in enumerate(self.disks if disks is None else disks):
             argv += ["-drive", f"if=none,id=disk{i},format=raw,file={disk},"
