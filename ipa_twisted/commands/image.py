@@ -244,9 +244,9 @@ class ImageExtension(Extension):
         for line in out.splitlines():
             fields = line.split()
             # (a partition of an md array is typed "md" by some lsblk)
-            if len(fields) != 2 or not (
-                    fields[1] == "part" or (fields[1] == "md"
-                                            and fields[0] != kname_of(device))):
+            partition = fields[1] == "part" or (
+                fields[1] == "md" and fields[0] != kname_of(device))
+            if len(fields) != 2 or not partition:
                 continue
             row = {"NAME": fields[0]}
             probe = await self._run(

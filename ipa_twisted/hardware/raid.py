@@ -615,6 +615,7 @@ def _refuse_volume_skip_list(node: Mapping[str, Any] | None) -> None:
              if isinstance(e, dict) and "volume_name" in e]
     if named:
         raise SoftwareRAIDError(
-            f"skip_block_devices names RAID volumes ({', '.join(map(str, named))}): "
-            f"keeping named software RAID arrays is not supported by this "
-            f"agent yet; nothing was changed")
+            f"skip_block_devices names RAID volumes "
+            f"({', '.join(map(str, named))}): keeping named software RAID "
+            f"arrays is not supported by this agent yet; nothing was "
+            f"changed")

@@ -7,6 +7,7 @@ Manual cleaning runs each erase step by itself."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.integration import harness as h
 from tests.integration import scenarios
@@ -66,34 +67,33 @@ class ManualCleaningTests(IronicTestCase):
 
     environment = {"heartbeat_timeout": 30, "disk_size": 256 * MiB}
 
-    def clean(self, step: str) -> dict[str, object]:
+    def clean(self, step: str) -> tuple[dict[str, Any], int]:
+        """(the node after a manual clean with ``step``, the disk's size)"""
         size = scenarios.fill_with_data(self.env.device)
         self.assertEqual(scenarios.partition_table_type(self.env.device),
                          "gpt")
         result = scenarios.manual_clean(self.env, "e2e-manual", [
             {"interface": "deploy", "step": step}])
-        node = result["node"]
-        self.assertEqual(node["provision_state"], "manageable")  # type: ignore[index]
-        self.assertIsNone(node["last_error"])  # type: ignore[index]
+        node: dict[str, Any] = result["node"]
+        self.assertEqual(node["provision_state"], "manageable")
+        self.assertIsNone(node["last_error"])
         self.assertIn(f"executing clean step {step} ", result["agent_log"])
-        result["size"] = size
-        return result
+        return node, size
 
     def test_each_erase_step(self) -> None:
         device = self.env.device
         # metadata only: no partition table, no signature; the data stays
-        result = self.clean("erase_devices_metadata")
+        _, size = self.clean("erase_devices_metadata")
         self.assertEqual(scenarios.partition_table_type(device), "")
         self.assertEqual(h.run(["wipefs", "--no-act", device]).stdout, "")
-        self.assertFalse(reads_zero(device, int(result["size"])))  # type: ignore[call-overload]
+        self.assertFalse(reads_zero(device, size))
 
         for step in ("erase_devices", "erase_devices_express"):
-            result = self.clean(step)
+            node, size = self.clean(step)
             # a loop device's discarded blocks read back as zeroes: the
             # express step discards too (else it would erase metadata only)
-            self.assertTrue(reads_zero(device, int(result["size"])), step)  # type: ignore[call-overload]
-            info = result["node"]["driver_internal_info"]  # type: ignore[index]
-            message = info["agent_status_message"]
+            self.assertTrue(reads_zero(device, size), step)
+            message = node["driver_internal_info"]["agent_status_message"]
             prefix = f"{step} finished: "
             self.assertTrue(message.startswith(prefix), message)
             entry = json.loads(message[len(prefix):])[device]

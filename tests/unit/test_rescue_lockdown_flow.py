@@ -76,7 +76,8 @@ class ServingAgentCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = Reactor()
-        self.agent = AgentService(load_config({"standalone": True, "agent_token": TOKEN}),
+        self.agent = AgentService(load_config({"standalone": True,
+                                               "agent_token": TOKEN}),
                                   self.reactor, http=object(),
                                   exit_on_fatal=False)
         self.process = FakeProcessRunner()
@@ -223,7 +224,8 @@ class FinalizeRescueTests(ServingAgentCase):
         from ipa_twisted.hardware.manager import HardwareManagers
         from ipa_twisted.testing import FakeHardwareManager
 
-        agent = AgentService(load_config({"standalone": True, "agent_token": TOKEN}), Reactor(),
+        agent = AgentService(load_config({"standalone": True,
+                                          "agent_token": TOKEN}), Reactor(),
                              http=object(), exit_on_fatal=False,
                              hardware=HardwareManagers([
                                  FakeHardwareManager()]))
@@ -237,8 +239,8 @@ class FinalizeRescueTests(ServingAgentCase):
 class LockdownTests(ServingAgentCase):
     def test_answered_then_api_heartbeats_and_interfaces_stop(self) -> None:
         self.patch(netif, "list_interfaces", lambda: [
-            netif.NetworkInterface(name="eth0", mac_address="52:54:00:00:00:01"),
-            netif.NetworkInterface(name="eth1", mac_address="52:54:00:00:00:02"),
+            netif.NetworkInterface("eth0", "52:54:00:00:00:01"),
+            netif.NetworkInterface("eth1", "52:54:00:00:00:02"),
         ])
         self.process.add("ip")
         protocol, transport = self.connect()
