@@ -409,14 +409,15 @@ class BenchDisk(hardware.HardwareManager):
 """
 
 
-def ipa_manager(work: str) -> str:
-    """A directory for PYTHONPATH holding that manager as an installed
-    distribution (its entry point is how IPA finds it)."""
+def ipa_manager(work: str, code: str = IPA_MANAGER) -> str:
+    """A directory for PYTHONPATH holding that manager (or ``code`` with a
+    ``BenchDisk`` class) as an installed distribution (its entry point is
+    how IPA finds it)."""
     top = os.path.join(work, "ipa-manager")
     info = os.path.join(top, "ipa_bench_disk-1.0.dist-info")
     os.makedirs(info, exist_ok=True)
     with open(os.path.join(top, "ipa_bench_disk.py"), "w") as f:
-        f.write(IPA_MANAGER)
+        f.write(code)
     with open(os.path.join(info, "METADATA"), "w") as f:
         f.write("Metadata-Version: 2.1\nName: ipa-bench-disk\n"
                 "Version: 1.0\n")
@@ -435,7 +436,8 @@ class IPAAgent:
     name = "ironic-python-agent"
 
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
-                 device: str, port: int, tmpdir: str) -> None:
+                 device: str, port: int, tmpdir: str,
+                 manager: str = IPA_MANAGER) -> None:
         venv = h.ipa_venv()
         stubs = os.path.join(work, "stubs")
         h.make_stubs(stubs)
@@ -450,7 +452,7 @@ class IPAAgent:
                 "unshare", "--pid", "--mount", "--fork", "--mount-proc",
                 "--kill-child=SIGTERM", h.SANDBOX, device, stubs, "--",
                 "env", f"TMPDIR={tmpdir}",
-                f"PYTHONPATH={ipa_manager(work)}",
+                f"PYTHONPATH={ipa_manager(work, manager)}",
                 f"IPA_BENCH_DEVICE={device}",
                 os.path.join(venv, "bin", "ironic-python-agent"),
                 "--config-file", conf,

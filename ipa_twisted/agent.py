@@ -36,6 +36,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
+    DeferredList,
     ensureDeferred,
     succeed,
 )
@@ -45,6 +46,7 @@ from twisted.python.failure import Failure
 
 from ipa_twisted import __version__, errors, tools
 from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.commands.rescue import RESCUED_MARKER
 from ipa_twisted.config import Config
 from ipa_twisted.context import RunningAgent
 from ipa_twisted.extensions import load_extensions
@@ -149,6 +151,7 @@ class AgentService(MultiService):
             current_token=lambda: self.token,
             stop_api=self.stop_api,
             stop_heartbeats=self.stop_heartbeats,
+            stop_serving=self.stop_serving,
         )
         self._hardware = hardware
         self._make_registrar = registrar or (
@@ -161,6 +164,8 @@ class AgentService(MultiService):
         #: once registered (None in standalone mode)
         self.registration: Registration | None = None
         self._ready: OneShotObserver[None] = OneShotObserver()
+        #: why the API stopped for good (rescue, lockdown), or None
+        self.stopped_serving: str | None = None
         # stopped last: whatever tool still runs, with what it started
         _StopWith("tools", lambda: self.context.process.stop()
                   ).setServiceParent(self)
@@ -228,6 +233,21 @@ class AgentService(MultiService):
         """Stop serving the API (fires once the port is closed)."""
         return self._remove("api")
 
+    def stop_serving(self, reason: str) -> Deferred[None]:
+        """For good, as IPA after ``finalize_rescue`` and ``lockdown``: no
+        more heartbeats, the API's port closed and its connections closed
+        once what they are sending has gone (the answer to the command
+        that asked for this).  The process stays (a service manager would
+        only start the agent again)."""
+        if self.stopped_serving is not None:
+            return succeed(None)
+        self.stopped_serving = reason
+        log.warn("{reason}: the agent stops serving its API and stops "
+                 "heartbeating", reason=reason)
+        stopping = [self.stop_heartbeats(), self.stop_api()]
+        return DeferredList(stopping, consumeErrors=True).addCallback(
+            lambda _: None)
+
     def _remove(self, name: str) -> Deferred[None]:
         child = self.namedServices.get(name)
         if child is None:
@@ -278,6 +298,13 @@ class AgentService(MultiService):
 
     async def _start(self) -> None:
         await self._prepare()
+        if os.path.exists(RESCUED_MARKER):
+            # as IPA: once rescued, a restarted agent stays silent (the
+            # tenant's network must not see its API)
+            self.stopped_serving = "rescued"
+            log.warn("{marker} exists: this ramdisk was rescued; no API, "
+                     "no lookup, no heartbeat", marker=RESCUED_MARKER)
+            return
         registration = None
         if self.config.standalone:
             log.info("standalone mode: no lookup, no heartbeat")

@@ -76,6 +76,15 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_priority(text: str) -> int:
+    """A step priority Ironic may be given: 0 to 99 (100 is the agent's
+    own boot)."""
+    value = parse_int(text)
+    if not 0 <= value <= 99:
+        raise ValueError("must be from 0 to 99")
+    return value
+
+
 def parse_non_negative_float(text: str) -> float:
     try:
         value = float(text.strip())
@@ -370,6 +379,9 @@ OPTIONS: tuple[Option, ...] = (
            kernel="ipa-disk-wait-attempts"),
     Option("disk_wait_delay", parse_non_negative_float, 3.0,
            "Pause between those tries (s).", kernel="ipa-disk-wait-delay"),
+    Option("inject_files_priority", parse_priority, 0,
+           "Priority of the inject_files deploy and service step (0: runs "
+           "only when asked for).", kernel="ipa-inject-files-priority"),
     # Images.
     Option("image_download_connection_timeout", parse_positive_float, 60.0,
            "Cut a download that receives nothing for this long (s).",

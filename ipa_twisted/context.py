@@ -88,6 +88,10 @@ class RunningAgent:
     thread_runner: Callable[..., "Deferred[Any]"] | None = None
     #: The thread pool of in_thread (made on first use).
     disk_threads: Any = None
+    #: Stop serving the API and heartbeating, for good (rescue, lockdown;
+    #: the argument says why); fires once the API's connections are closed.
+    stop_serving: Callable[[str], "Deferred[None]"] = \
+        lambda reason: succeed(None)
 
     @property
     def hardware(self) -> HardwareManagers:

@@ -22,19 +22,23 @@ ENTRY_POINT_GROUP = "ipa_twisted.extensions"
 def builtin_extensions() -> dict[str, type]:
     """Our own extensions, for when the package's entry points are not
     installed (running from a source tree)."""
+    from ipa_twisted.commands.flow import FlowExtension
     from ipa_twisted.commands.image import ImageExtension
     from ipa_twisted.commands.log import LogExtension
     from ipa_twisted.commands.poll import PollExtension
+    from ipa_twisted.commands.rescue import RescueExtension
     from ipa_twisted.commands.standby import StandbyExtension
     from ipa_twisted.commands.steps import (
         CleanExtension,
         DeployExtension,
         ServiceExtension,
     )
+    from ipa_twisted.commands.system import SystemExtension
 
     return {cls.name: cls for cls in (
         CleanExtension, DeployExtension, ServiceExtension, StandbyExtension,
-        PollExtension, LogExtension, ImageExtension,
+        PollExtension, LogExtension, ImageExtension, RescueExtension,
+        SystemExtension, FlowExtension,
     )}
 
 

@@ -130,6 +130,9 @@ class Settings:
     disk_wait_attempts: int
     #: Pause between those tries (s).
     disk_wait_delay: float
+    #: Priority of the inject_files deploy and service step (0: runs only
+    #: when asked for).
+    inject_files_priority: int
     #: Cut a download that receives nothing for this long (s).
     image_download_connection_timeout: float
     #: Retries of a failed image download.

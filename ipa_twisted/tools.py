@@ -34,6 +34,9 @@ class Tool(NamedTuple):
     scope: str = AGENT
     #: absent on most machines and that is fine: no start-up warning
     optional: bool = False
+    #: installed without the package's recommendations (mdadm's: a mail
+    #: server)
+    lean: bool = False
 
 
 TOOLS: tuple[Tool, ...] = (
@@ -45,6 +48,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("blockdev", "util-linux", "re-reading partition tables after an "
          "erase, flushing buffers before power off"),
     Tool("bsdtar", "libarchive-tools", "config drives on 4K-sector disks"),
+    Tool("chpasswd", "passwd", "rescue.finalize_rescue (the rescue user's "
+         "password)"),
     Tool("chroot", "coreutils", "install_bootloader (the image's own GRUB)"),
     Tool("df", "coreutils", "collect_system_logs"),
     Tool("dmesg", "util-linux", "collect_system_logs"),
@@ -56,7 +61,8 @@ TOOLS: tuple[Tool, ...] = (
          "on UEFI machines, clean_uefi_nvram)"),
     Tool("hdparm", "hdparm", "erase_devices on ATA disks (security erase, "
          "sanitize)"),
-    Tool("ip", "iproute2", "collect_system_logs"),
+    Tool("ip", "iproute2", "collect_system_logs, system.lockdown (network "
+         "interfaces set down)"),
     Tool("ipmitool", "ipmitool", "the BMC address in the inventory"),
     Tool("journalctl", "systemd", "collect_system_logs (the journal; "
          "/var/log is collected instead)", optional=True),
@@ -76,9 +82,14 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mknod", "coreutils", "install_bootloader (the sealed chroot's "
          "own /dev)"),
     Tool("mkswap", "util-linux", "partition images (swap partition)"),
+    Tool("mdadm", "mdadm", "software RAID (create_configuration, "
+         "delete_configuration, apply_configuration; install_bootloader on "
+         "a RAID)", lean=True),
     Tool("mount", "mount", "install_bootloader"),
     Tool("nvme", "nvme-cli", "erase_devices on NVMe disks (format, "
          "sanitize)"),
+    Tool("openssl", "openssl", "rescue.finalize_rescue with a plain "
+         "password (hashing it)"),
     Tool("parted", "parted", "partition images, config drives, "
          "collect_system_logs"),
     Tool("partprobe", "parted", "re-reading partitions after a write"),
@@ -146,6 +157,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("tar", "tar", "cached test images", TEST),
     Tool("unshare", "util-linux", "the sandbox of every agent under test",
          TEST),
+    Tool("useradd", "passwd", "the rescue user of the rescue test (in the "
+         "sandbox's own /etc)", TEST),
 )
 
 #: Packages the tests need that are not a tool on PATH (files, libraries).
@@ -182,24 +195,28 @@ def _installed(package: str) -> bool:
     return "install ok installed" in out
 
 
-def missing_packages() -> list[str]:
+def missing_packages(lean: bool = False) -> list[str]:
     """The Debian packages to install so that every tool (tests' too) is
     there: packages of the tools that are not found, and those of
-    :data:`TEST_PACKAGES` that are not installed."""
+    :data:`TEST_PACKAGES` that are not installed; (``lean``) those to
+    install without their recommendations."""
     wanted = [t.package for t in missing(TEST) if t.package and not
-              t.optional]
-    wanted += [p for p in TEST_PACKAGES if not _installed(p)]
+              t.optional and t.lean == lean]
+    if not lean:
+        wanted += [p for p in TEST_PACKAGES if not _installed(p)]
     return sorted(set(wanted))
 
 
 def main(argv: list[str]) -> int:
-    usage = ("usage: tools.py missing-packages | check [agent|test] | "
-             "check-for-tests | list")
+    usage = ("usage: tools.py missing-packages [lean] | check [agent|test] "
+             "| check-for-tests | list")
     if not argv:
         print(usage, file=sys.stderr)
         return 2
     if argv[0] == "missing-packages":
-        print("\n".join(missing_packages()))
+        packages = missing_packages(argv[1:] == ["lean"])
+        if packages:         # nothing at all when none: no empty line
+            print("\n".join(packages))
         return 0
     if argv[0] == "check":
         scope = argv[1] if len(argv) > 1 else TEST

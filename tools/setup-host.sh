@@ -13,10 +13,18 @@ if ! command -v python3 >/dev/null 2>&1; then
     apt-get install -y -qq python3 >/dev/null
 fi
 mapfile -t missing < <(python3 ipa_twisted/tools.py missing-packages)
+mapfile -t lean < <(python3 ipa_twisted/tools.py missing-packages lean)
+if [ ${#missing[@]} -gt 0 ] || [ ${#lean[@]} -gt 0 ]; then
+    apt-get update -qq
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}"
-    apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ${#lean[@]} -gt 0 ]; then
+    # without their recommendations (mdadm's is a mail server)
+    echo "setup-host: installing ${lean[*]} (no recommended packages)"
+    apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
 fi
 # every tool is there now, or say which is not
 python3 ipa_twisted/tools.py check test

@@ -50,12 +50,15 @@ from twisted.logger import Logger
 from ipa_twisted import errors
 from ipa_twisted.commands.base import Extension, async_command
 from ipa_twisted.confined import OutsideTree, copy_from_image, resolve_in
+from ipa_twisted.hardware import disks as disks_mod
+from ipa_twisted.hardware import partinfo, raid
 from ipa_twisted.hardware.disks import kname_of
 from ipa_twisted.process import ProcessError
 
 log = Logger()
 
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
 EFI_ARCH = {"x86_64": "x64", "aarch64": "aa64", "i686": "ia32",
             "riscv64": "riscv64"}
 #: a Boot#### line of ``efibootmgr [-v]``: number, label (up to the tab
@@ -243,7 +246,10 @@ class ImageExtension(Extension):
         rows = []
         for line in out.splitlines():
             fields = line.split()
-            if len(fields) != 2 or fields[1] != "part":
+            # (a partition of an md array is typed "md" by some lsblk)
+            partition = fields[1] == "part" or (
+                fields[1] == "md" and fields[0] != kname_of(device))
+            if len(fields) != 2 or not partition:
                 continue
             row = {"NAME": fields[0]}
             probe = await self._run(
@@ -275,13 +281,27 @@ class ImageExtension(Extension):
         if esp is None:
             esp = next((p for p in parts if p.get("PARTTYPE", "").lower()
                         in (ESP_GUID, "0xef")), None)
-        if esp is None:
+        array = raid.array_of(device, SYS_BLOCK)
+        if esp is None and array is None:
             log.info("no EFI system partition on {dev}", dev=device)
             return False
-        part = f"/dev/{esp['NAME']}"
-        trailing = re.search(r"(\d+)$", esp["NAME"])
-        number = esp.get("NUMBER") or (trailing.group(1) if trailing
-                                       else "1")
+        if array is not None:
+            # as IPA: an ESP on each member, mirrored (metadata 1.0: each
+            # member is a plain FAT to the firmware); the one on the array
+            # (a partition image's) moves there
+            part = await self._raid_esp(array, f"/dev/{esp['NAME']}"
+                                        if esp else None)
+            targets = [(f"/dev/{raid.holder_disk(m, SYS_BLOCK)}",
+                        partition_number(m), f" (RAID, part{i})")
+                       for i, m in enumerate(disks_mod.md_members(
+                           kname_of(part), SYS_BLOCK))]
+        else:
+            assert esp is not None
+            part = f"/dev/{esp['NAME']}"
+            trailing = re.search(r"(\d+)$", esp["NAME"])
+            number = esp.get("NUMBER") or (trailing.group(1) if trailing
+                                           else "1")
+            targets = [(device, number, "")]
         async with self._mounted(part) as mnt:
             loaders = find_loaders(mnt, efi_arch())
         if not loaders and root_uuid:
@@ -299,16 +319,19 @@ class ImageExtension(Extension):
         try:
             listing = await self._run(["efibootmgr", "-v"])
             for path, label in loaders:
-                for line in listing.splitlines():
-                    entry = BOOT_ENTRY.match(line)
-                    if entry and entry.group(2).strip() == label:
-                        await self._run(["efibootmgr", "-b", entry.group(1),
-                                         "-B"])
-                await self._run(["efibootmgr", "-v", "-c", "-d", device,
-                                 "-p", number, "-w", "-L", label, "-l",
-                                 efi_path(path)])
-                log.info("UEFI boot entry {label} -> {path} on {part}",
-                         label=label, path=path, part=part)
+                for disk, number, suffix in targets:
+                    name = label + suffix
+                    for line in listing.splitlines():
+                        entry = BOOT_ENTRY.match(line)
+                        if entry and entry.group(2).strip() == name:
+                            await self._run(["efibootmgr", "-b",
+                                             entry.group(1), "-B"])
+                    await self._run(["efibootmgr", "-v", "-c", "-d", disk,
+                                     "-p", number, "-w", "-L", name, "-l",
+                                     efi_path(path)])
+                    log.info("UEFI boot entry {label} -> {path} on {part} "
+                             "({disk} partition {number})", label=name,
+                             path=path, part=part, disk=disk, number=number)
         except ProcessError as e:
             raise BootloaderError(failure_text(e)) from None
         return True
@@ -376,7 +399,13 @@ class ImageExtension(Extension):
             raise BootloaderError(failure_text(e)) from None
 
     async def _bios_grub(self, device: str, root_uuid: str) -> None:
-        """The image's own GRUB into ``device``'s boot sector."""
+        """The image's own GRUB into ``device``'s boot sector (on a
+        software RAID: into each member disk's, as IPA)."""
+        array = raid.array_of(device, SYS_BLOCK)
+        targets = [device]
+        if array is not None:
+            targets = [f"/dev/{h}" for h in array.holders]
+            await self._bios_boot_partitions(targets)
         async with self._mounted_root(device, root_uuid) as (root, parts), \
                 self._sealed(root, device, parts):
             tool = grub_tool(root)
@@ -384,14 +413,114 @@ class ImageExtension(Extension):
             if os.uname().machine in ("x86_64", "i686"):
                 # never guess from the ramdisk's firmware: BIOS is asked for
                 argv.append("--target=i386-pc")
-            log.info("installing {tool} on {dev} (BIOS)", tool=tool,
-                     dev=device)
             try:
-                await self._chroot(root, argv + [device])
+                for target in targets:
+                    self.agent.guard.check(target)
+                    log.info("installing {tool} on {dev} (BIOS)", tool=tool,
+                             dev=target)
+                    await self._chroot(root, argv + [target])
                 await self._chroot(root, [f"{tool}-mkconfig", "-o",
                                           grub_cfg(tool)])
             except ProcessError as e:
                 raise BootloaderError(failure_text(e)) from None
+
+    async def _bios_boot_partitions(self, holders: list[str]) -> None:
+        """As IPA: a 2 MiB BIOS boot partition on each GPT member of a
+        software RAID (GRUB's core image goes there), once."""
+        for number, holder in enumerate(holders):
+            self.agent.guard.check(holder)
+            label = f"bios-boot-part-{number}"
+            probe = await self._run(["blkid", "-p", "-o", "value", "-s",
+                                     "PTTYPE", holder], check=False)
+            if probe.strip() != "gpt":
+                continue
+            parts = await partinfo.partitions(self.agent.process, holder,
+                                              SYS_BLOCK)
+            if any(p.partlabel == label or p.parttype.lower() ==
+                   BIOS_BOOT_GUID for p in parts):
+                continue
+            first = (await self._run(["sgdisk", "-F", holder])).strip()
+            log.info("BIOS boot partition on {disk}", disk=holder)
+            await self._run(["sgdisk", "-n", f"0:{first.splitlines()[-1]}"
+                             f":+2MiB", "-t", "0:ef02", "-c", f"0:{label}",
+                             holder])
+            await self._run(["partprobe", holder], check=False)
+
+    async def _raid_esp(self, array: raid.Array, image_esp: str | None
+                        ) -> str:
+        """The mirrored ESP of a software RAID (an md RAID-1 of an ESP
+        partition on each member disk, metadata 1.0), made once; what an
+        ESP on the array holds is moved there and that ESP wiped (so that
+        the instance mounts one ESP only).  Returns the ESP array."""
+        existing = await self._esp_array(array)
+        if existing is not None:
+            log.info("the RAID ESP {md} is there already", md=existing)
+            esp = existing
+        else:
+            members = []
+            for number, holder in enumerate(array.holders):
+                path = f"/dev/{holder}"
+                self.agent.guard.check(path)
+                label = f"uefi-holder-{number}"
+                first = (await self._run(["sgdisk", "-F", path])).strip()
+                await self._run(["sgdisk", "-n", f"0:{first.splitlines()[-1]}"
+                                 f":+{raid.ESP_SIZE_MIB}MiB", "-t", "0:ef00",
+                                 "-c", f"0:{label}", path])
+                await self._run(["partprobe", path], check=False)
+                found = [p for p in await partinfo.partitions(
+                    self.agent.process, path, SYS_BLOCK)
+                    if p.partlabel == label]
+                if not found:
+                    raise BootloaderError(f"the ESP partition {label} made "
+                                          f"on {path} is not there")
+                members.append(found[0].path)
+            esp = raid.next_free_md(SYS_BLOCK)
+            log.info("creating the RAID ESP {md} on {members}", md=esp,
+                     members=", ".join(members))
+            await self._run(["mdadm", "--create", esp, "--force", "--run",
+                             "--metadata=1.0", "--level", "1", "--name",
+                             "esp", "--raid-devices", str(len(members))]
+                            + members)
+            label, uuid = "efi-part", ""
+            if image_esp:
+                values = partinfo.parse_blkid_export(await self._run(
+                    ["blkid", "-p", "-o", "export", image_esp], check=False))
+                if values.get("TYPE") == "vfat":
+                    label = values.get("LABEL") or "esp"
+                    uuid = values.get("UUID", "").replace("-", "")
+            argv = ["mkfs.vfat", "-n", label[:11]]
+            if re.fullmatch(r"[0-9A-Fa-f]{8}", uuid):
+                argv += ["-i", uuid]
+            await self._run(argv + [esp])
+        if image_esp:
+            self.agent.guard.check(image_esp)
+            async with self._mounted(image_esp) as src, \
+                    self._mounted(esp) as dst:
+                if os.listdir(src):
+                    log.info("moving the ESP {src} onto the RAID ESP {md}",
+                             src=image_esp, md=esp)
+                    try:
+                        await self.agent.in_thread(copy_from_image, src, "",
+                                                   dst)
+                    except OutsideTree as e:
+                        raise BootloaderError(
+                            f"the ESP {image_esp} cannot be copied: {e}"
+                        ) from None
+            await self._run(["wipefs", "-a", image_esp])
+        return esp
+
+    async def _esp_array(self, array: raid.Array) -> str | None:
+        """A RAID-1 ESP array on the same disks as ``array`` (a previous
+        install made it)."""
+        for other in raid.arrays(SYS_BLOCK):
+            if other.name == array.name or other.level != "raid1" or \
+                    not set(other.holders) <= set(array.holders):
+                continue
+            probe = await self._run(["blkid", "-p", "-o", "value", "-s",
+                                     "TYPE", other.path], check=False)
+            if probe.strip() == "vfat":
+                return other.path
+        return None
 
     @contextlib.asynccontextmanager
     async def _mounted(self, part: str) -> AsyncIterator[str]:
@@ -502,7 +631,7 @@ class ImageExtension(Extension):
             await self._run(["mknod", "-m", "0666", os.path.join(dev, name),
                              "c", str(major), str(minor)])
         disk = kname_of(device)
-        nodes = [disk] + partitions_of(disk)
+        nodes = chroot_devices(disk)
         for name in nodes:
             self.agent.guard.check(f"/dev/{name}")
             major, minor = device_number(name)
@@ -549,6 +678,32 @@ def grub_tool(root: str) -> str:
     except OutsideTree:
         found = False
     return "grub2" if found else "grub"
+
+
+def chroot_devices(disk: str) -> list[str]:
+    """The block devices of the chroot's /dev: the install disk and its
+    partitions; for a software RAID also its member disks, their
+    partitions, and the other arrays on them (the ESP array) with theirs,
+    as GRUB needs them to find the array's members."""
+    names = [disk] + partitions_of(disk)
+    array = raid.array_of(disk, SYS_BLOCK)
+    if array is not None:
+        for holder in array.holders:
+            names += [holder] + partitions_of(holder)
+        for other in raid.arrays(SYS_BLOCK):
+            if set(other.holders) & set(array.holders):
+                names += [other.name] + partitions_of(other.name)
+    return list(dict.fromkeys(names))
+
+
+def partition_number(kname: str) -> str:
+    """A partition's number, from sysfs (else the name's last digits)."""
+    try:
+        with open(os.path.join(SYS_BLOCK, kname, "partition")) as f:
+            return f.read().strip()
+    except OSError:
+        trailing = re.search(r"(\d+)$", kname)
+        return trailing.group(1) if trailing else "1"
 
 
 def partitions_of(disk: str) -> list[str]:

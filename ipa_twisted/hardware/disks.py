@@ -6,9 +6,10 @@ empty devices.  Loop devices are never disks, except those named in
 ``device_allowlist``.
 
 **The guard.** When ``device_allowlist`` is set, the agent lists, chooses,
-writes and erases only those devices (and their partitions).  Every write
-and erase path calls :meth:`DeviceGuard.check` right before it opens the
-device, so that no code path can reach another disk by accident.
+writes and erases only those devices (and their partitions), and the
+software RAID (md) devices built only on them.  Every write and erase path
+calls :meth:`DeviceGuard.check` right before it opens the device, so that
+no code path can reach another disk by accident.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class BlockDevice:
     # kept, not serialized (as IPA)
     uuid: str | None = attrs.field(default=None, eq=False)
     partuuid: str | None = attrs.field(default=None, eq=False)
+    #: "disk", "part", or "raid" (a software RAID array, lsblk's raidN)
     kind: str = attrs.field(default="disk", eq=False)
     #: every serial / WWN known (lsblk, then udev), for root device hints
     all_serials: tuple[str | None, ...] = attrs.field(default=(), eq=False)
@@ -88,6 +90,19 @@ def kname_of(path: str) -> str:
     return os.path.basename(os.path.realpath(path))
 
 
+def is_md(kname: str, sys_block: str = SYS_BLOCK) -> bool:
+    """Is this a software RAID (md) array (not a partition of one)?"""
+    return os.path.isdir(os.path.join(sys_block, kname, "md"))
+
+
+def md_members(kname: str, sys_block: str = SYS_BLOCK) -> list[str]:
+    """Kernel names of the devices an md array is built on (its slaves)."""
+    try:
+        return sorted(os.listdir(os.path.join(sys_block, kname, "slaves")))
+    except OSError:
+        return []
+
+
 def parent_kname(kname: str, sys_block: str = SYS_BLOCK) -> str | None:
     """The whole-disk kname of a partition, or None for a whole disk."""
     if not os.path.exists(os.path.join(sys_block, kname, "partition")):
@@ -111,18 +126,33 @@ class DeviceGuard:
     def restricted(self) -> bool:
         return self._allowed is not None
 
+    def _allowed_kname(self, kname: str, depth: int = 0) -> bool:
+        """An allow-listed device, a partition of one, or an md array all
+        of whose members are allowed (and their partitions)."""
+        assert self._allowed is not None
+        if kname in self._allowed:
+            return True
+        if depth > 4:   # md on md on ...: enough
+            return False
+        parent = parent_kname(kname, self._sys_block)
+        if parent is not None:
+            return self._allowed_kname(parent, depth + 1)
+        if not is_md(kname, self._sys_block):
+            return False
+        members = md_members(kname, self._sys_block)
+        return bool(members) and all(self._allowed_kname(m, depth + 1)
+                                     for m in members)
+
     def listed(self, kname: str) -> bool:
         """May this whole device appear in lists (and be chosen)?"""
-        return self._allowed is None or kname in self._allowed
+        return self._allowed is None or (
+            kname in self._allowed or (is_md(kname, self._sys_block)
+                                       and self._allowed_kname(kname)))
 
     def allows(self, path: str) -> bool:
         if self._allowed is None:
             return True
-        kname = kname_of(path)
-        if kname in self._allowed:
-            return True
-        parent = parent_kname(kname, self._sys_block)
-        return parent is not None and parent in self._allowed
+        return self._allowed_kname(kname_of(path))
 
     def check(self, path: str) -> None:
         """Raise unless ``path`` (or its disk) is allow-listed."""
@@ -235,6 +265,9 @@ def parse_lsblk(
         kind = _str(row.get("type")) or ""
         if not kname or kname in seen:
             continue
+        if kind == "md" and parent_kname(kname, sys_block) is not None:
+            kind = "part"       # a partition of an md array, as some
+            # lsblk versions type it
         if kind == "part":
             if not include_partitions:
                 continue
@@ -279,7 +312,8 @@ def parse_lsblk(
             tran=_str(row.get("tran")),
             uuid=_str(row.get("uuid")),
             partuuid=_str(row.get("partuuid")),
-            kind="part" if kind == "part" else "disk",
+            kind="part" if kind == "part" else
+            "raid" if kind.startswith("raid") else "disk",
             all_serials=(lsblk_serial, serial_short, serial_long),
             all_wwns=(lsblk_wwn, udev_wwn),
         ))

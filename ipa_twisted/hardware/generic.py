@@ -29,8 +29,10 @@ from ipa_twisted.hardware import (
     erase,
     eraser,
     hints,
+    inject,
     ipmi,
     netif,
+    raid,
     system,
 )
 from ipa_twisted.hardware.disks import BlockDevice
@@ -61,18 +63,14 @@ CLEAN_UEFI_NVRAM_ARGSINFO = {
 }
 
 #: The steps of IPA 13.0.0's GenericHardwareManager that this agent does
-#: not offer yet (software RAID, inject_files, burn-in, bootc): they are
-#: not advertised, so that Ironic never runs a step that would claim
-#: success without doing its work.
+#: not offer yet (burn-in, bootc): they are not advertised, so that Ironic
+#: never runs a step that would claim success without doing its work.
 NOT_YET = {
-    "clean": ("delete_configuration", "create_configuration", "burnin_cpu",
-              "burnin_gpu", "burnin_disk", "burnin_memory", "burnin_network"),
-    "deploy": ("apply_configuration", "inject_files",
-               "execute_bootc_install"),
-    "service": ("delete_configuration", "apply_configuration",
-                "create_configuration", "burnin_cpu", "burnin_gpu",
-                "burnin_memory", "burnin_network", "inject_files",
-                "execute_bootc_install"),
+    "clean": ("burnin_cpu", "burnin_gpu", "burnin_disk", "burnin_memory",
+              "burnin_network"),
+    "deploy": ("execute_bootc_install",),
+    "service": ("burnin_cpu", "burnin_gpu", "burnin_memory",
+                "burnin_network", "execute_bootc_install"),
 }
 
 #: device path nodes that start the path of an efibootmgr entry
@@ -186,7 +184,8 @@ def choose_root_device(devices: list[BlockDevice],
                        root_hints: Mapping[str, Any] | None,
                        skipped: Set[str] = frozenset()) -> BlockDevice:
     """Hints -> first match; no hints -> smallest disk >= 4 GiB."""
-    disks = [d for d in devices if d.kind == "disk" and d.name not in skipped]
+    disks = [d for d in devices if d.kind in ("disk", "raid")
+             and d.name not in skipped]
     if root_hints:
         try:
             parsed = hints.parse_hints(root_hints)
@@ -226,11 +225,33 @@ class GenericHardwareManager(HardwareManager):
         self._bmc_cache: object = _UNKNOWN
         #: where erase_pstore finds the pstore mount
         self.proc_mounts = "/proc/mounts"
+        #: software RAID arrays made by this agent that a logical disk's
+        #: is_root_volume marked: {md device: is it the root?}
+        self.raid_roots: dict[str, bool] = {}
+        self._raid: raid.SoftwareRAID | None = None
+
+    @property
+    def raid(self) -> raid.SoftwareRAID:
+        if self._raid is None:
+            self._raid = raid.SoftwareRAID(self.agent)
+        return self._raid
 
     async def initialize(self, agent: RunningAgent) -> None:
         self.agent = agent
         if agent.config.collect_lldp:
             agent.start_lldp()
+        try:
+            # as IPA: the arrays a previous boot built, up for a deploy
+            await self.raid.assemble(await self._raid_candidates())
+        except Exception as e:
+            log.warn("assembling software RAID arrays failed: {e}", e=e)
+
+    async def _raid_candidates(self) -> list[str]:
+        """The disks and partitions mdadm may read (with an allow-list)."""
+        if not self.agent.guard.restricted:
+            return []
+        devices = await self.list_block_devices(include_partitions=True)
+        return [d.name for d in devices if d.kind in ("disk", "part")]
 
     # ---------------------------------------------------------- lifecycle
 
@@ -386,10 +407,20 @@ class GenericHardwareManager(HardwareManager):
             raise errors.DeviceNotFound(
                 f"No devices could be found using the root device hints "
                 f"{root_hints} because they failed to validate: {problem}")
+        roots = [md for md, is_root in self.raid_roots.items() if is_root]
+        if roots:
+            if root_hints:
+                log.warn("both root device hints {hints} and a root volume "
+                         "of the RAID configuration: the RAID root volume "
+                         "{md} is used", hints=root_hints, md=roots[0])
+            log.info("root device {md}: the root volume of the RAID "
+                     "configuration", md=roots[0])
+            return roots[0]
         config = self.agent.config
 
         async def choose() -> BlockDevice:
-            devices = await self.list_block_devices()
+            devices = self._not_root_volumes(
+                await self.list_block_devices())
             skipped = skip_list(self.agent.node, devices)
             return choose_root_device(devices, root_hints, skipped)
 
@@ -410,6 +441,18 @@ class GenericHardwareManager(HardwareManager):
                  dev=dev.name, hints=root_hints)
         return dev.name
 
+    def _not_root_volumes(self, devices: list[BlockDevice]
+                          ) -> list[BlockDevice]:
+        """Without the arrays marked ``is_root_volume: false`` and their
+        disks (as IPA)."""
+        excluded: set[str] = set()
+        for md, is_root in self.raid_roots.items():
+            array = raid.array_of(md)
+            if is_root is False and array is not None:
+                excluded |= {f"/dev/{n}" for n in
+                             (array.name,) + array.members + array.holders}
+        return [d for d in devices if d.name not in excluded]
+
     # -------------------------------------------------------------- erase
 
     async def erase_devices_metadata(self, node: Any, ports: Any) -> None:
@@ -419,6 +462,7 @@ class GenericHardwareManager(HardwareManager):
         the first and last MiB are zeroed (MBR, both GPT copies).
         """
         self.agent.cache_node(node)
+        await self._stop_arrays_for(node)
         devices = await self.list_block_devices(include_partitions=True)
         skipped = skip_list(node, devices)
         if skipped:
@@ -467,13 +511,25 @@ class GenericHardwareManager(HardwareManager):
 
     # ------------------------------------------------------ erase (data)
 
+    async def _stop_arrays_for(self, node: Any) -> None:
+        """Software RAID arrays on disks about to be erased are stopped
+        first (they hold their members busy; the erase ends them: IPA's
+        erase steps destroy them too)."""
+        devices = await self.list_block_devices()
+        skipped = skip_list(node, devices)
+        await self.raid.stop_arrays_on(
+            d.name for d in devices if d.kind == "disk"
+            and d.name not in skipped)
+
     async def _erasable_disks(self, node: Any) -> list[BlockDevice]:
+        await self._stop_arrays_for(node)
         devices = await self.list_block_devices()
         skipped = skip_list(node, devices)
         if skipped:
             log.info("not erasing {devs} (skip_block_devices)",
                      devs=", ".join(sorted(skipped)))
-        return [d for d in devices if d.name not in skipped]
+        return [d for d in devices if d.name not in skipped
+                and d.kind == "disk"]
 
     async def _erase_disks(self, node: Any, step: str, express: bool
                            ) -> dict[str, Any]:
@@ -590,18 +646,106 @@ class GenericHardwareManager(HardwareManager):
             _step("erase_pstore", 0, abortable=True),
             _step("clean_uefi_nvram", 0, abortable=True,
                   argsinfo=CLEAN_UEFI_NVRAM_ARGSINFO),
+            _step("delete_configuration", 0, abortable=True,
+                  interface="raid"),
+            _step("create_configuration", 0, abortable=True,
+                  interface="raid"),
         ]
+
+    def _inject_priority(self) -> int:
+        agent = getattr(self, "agent", None)
+        return int(agent.config.inject_files_priority) if agent else 0
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         return [
             _step("erase_devices_metadata", 0),
+            _step("apply_configuration", 0, interface="raid",
+                  argsinfo=raid.APPLY_ARGSINFO),
             _step("clean_uefi_nvram", 0, argsinfo=CLEAN_UEFI_NVRAM_ARGSINFO),
             _step("write_image", 0),
+            _step("inject_files", self._inject_priority(),
+                  argsinfo=inject.ARGSINFO),
         ]
 
     def get_service_steps(self, node: Any, ports: Any
                           ) -> list[dict[str, Any]]:
-        return [_step("write_image", 0)]
+        return [
+            _step("delete_configuration", 0, abortable=True,
+                  interface="raid"),
+            _step("apply_configuration", 0, interface="raid",
+                  argsinfo=raid.APPLY_ARGSINFO),
+            _step("create_configuration", 0, abortable=True,
+                  interface="raid"),
+            _step("write_image", 0),
+            _step("inject_files", self._inject_priority(),
+                  argsinfo=inject.ARGSINFO),
+        ]
+
+    # ------------------------------------------------------ software RAID
+
+    def _ramdisk_boot_mode(self) -> str:
+        return "uefi" if os.path.isdir("/sys/firmware/efi") else "bios"
+
+    async def _physical_disks(self, node: Any) -> list[BlockDevice]:
+        devices = await self.list_block_devices()
+        skipped = skip_list(node, devices)
+        return [d for d in devices if d.kind == "disk"
+                and d.name not in skipped]
+
+    async def create_configuration(self, node: Any, ports: Any
+                                   ) -> dict[str, Any]:
+        """Clean and service step: the node's target_raid_config, when it
+        is a software RAID (see hardware/raid.py); {} otherwise."""
+        self.agent.cache_node(node)
+        raid_config = (node or {}).get("target_raid_config") or {}
+        if not raid_config:
+            log.info("create_configuration: no target_raid_config")
+            return {}
+        return await self._create_raid(node, raid_config)
+
+    async def _create_raid(self, node: Any, raid_config: Any
+                           ) -> dict[str, Any]:
+        if not raid.software_logical_disks(raid_config):
+            log.info("no software RAID in the RAID configuration: nothing "
+                     "to do")
+            return {}
+        roots = await self.raid.create(
+            node, raid_config, await self._physical_disks(node),
+            self._ramdisk_boot_mode())
+        self.raid_roots.update(roots)
+        return dict(raid_config)
+
+    async def delete_configuration(self, node: Any, ports: Any) -> None:
+        """Clean and service step: every software RAID on the disks
+        (see hardware/raid.py)."""
+        self.agent.cache_node(node)
+        devices = await self.list_block_devices(include_partitions=True)
+        skipped = skip_list(node, devices)
+        devices = [d for d in devices if d.name not in skipped and not any(
+            d.name.startswith(s) for s in skipped)]
+        await self.raid.delete(node, devices)
+        self.raid_roots.clear()
+
+    async def apply_configuration(self, node: Any, ports: Any,
+                                  raid_config: Any,
+                                  delete_existing: Any = True
+                                  ) -> dict[str, Any]:
+        """Deploy and service step: ``raid_config`` built (after deleting
+        what is there, unless ``delete_existing`` is false)."""
+        self.agent.cache_node(node)
+        raid.validate_config(raid_config, node,
+                             len(await self._physical_disks(node)))
+        if delete_existing:
+            await self.delete_configuration(node, ports)
+        return await self._create_raid(node, raid_config)
+
+    async def inject_files(self, node: Any, ports: Any, files: Any = None,
+                           verify_ca: Any = True) -> list[str]:
+        """Deploy and service step: files written into the deployed
+        disk's filesystems (see hardware/inject.py)."""
+        self.agent.cache_node(node)
+        return await inject.inject_files(self.agent, node, ports, files,
+                                         verify_ca)
 
     async def write_image(self, node: Any, ports: Any, image_info: Any,
                           configdrive: Any = None) -> str:

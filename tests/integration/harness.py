@@ -277,8 +277,18 @@ class IronicAPI:
                        ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last = None
+        errors = 0
         while True:
-            node = self.node(name)
+            try:
+                node = self.node(name)
+            except RuntimeError as e:
+                # a busy Ironic (sqlite) may answer 500 now and then
+                errors += 1
+                if " -> 5" not in str(e) or errors > 5:
+                    raise
+                say(f"node {name}: {e}; asking again")
+                time.sleep(1)
+                continue
             state = node["provision_state"]
             if state != last:
                 say(f"node {name}: {state}"
@@ -525,7 +535,8 @@ class Agent:
                  extra: list[str] | None = None,
                  name: str = "agent",
                  env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None,
+                 wrap: list[str] | None = None) -> None:
         self.workdir = workdir
         self.log = os.path.join(workdir, f"{name}.log")
         run_dir = os.path.join(workdir, f"{name}-run")
@@ -540,6 +551,9 @@ class Agent:
                 SANDBOX, device, stubs, "--"]
         if nofile is not None:           # soft and hard open file limit
             argv += ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
+        # a command that sets up more, inside the sandbox, then runs the
+        # agent given as its arguments (see ETC_OVERLAY)
+        argv += wrap or []
         argv += [twistd(), "--nodaemon", "--pidfile=",
                  f"--logfile={self.log}",
                  "ipa", "--device-allowlist", device,
@@ -582,6 +596,26 @@ class Agent:
                 raise RuntimeError(f"agent did not log {text!r} in "
                                    f"{timeout} s:\n" + self.read_log()[-3000:])
             time.sleep(0.1)
+
+
+#: A wrapper (``Agent(wrap=...)``) that puts a writable layer over /etc in
+#: the sandbox's private mount namespace (upper and work directories given
+#: as ``{upper}`` and ``{work}``, on this machine's filesystem, so that the
+#: test reads what the agent wrote) and adds ``{user}`` there: the agent
+#: may set passwords and make marker files in /etc; this machine's /etc
+#: never changes.
+ETC_OVERLAY = ["sh", "-c", 'set -e; mount -t overlay ipa-etc -o '
+               'lowerdir=/etc,upperdir="$1",workdir="$2" /etc; '
+               'useradd --no-create-home "$3"; shift 3; exec "$@"', "sh"]
+
+
+def etc_overlay(workdir: str, user: str) -> tuple[list[str], str]:
+    """(the ``wrap`` argv, the upper directory) of an /etc overlay."""
+    upper = os.path.join(workdir, "etc-upper")
+    work = os.path.join(workdir, "etc-work")
+    os.makedirs(upper, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    return ETC_OVERLAY + [upper, work, user], upper
 
 
 STUB = """#!/bin/sh
@@ -684,13 +718,54 @@ def debian_root() -> str:
     return tarball
 
 
+def debian_root_with_mdadm() -> str:
+    """The Debian tree of :func:`debian_root` with mdadm unpacked into it
+    (an installed system on a software RAID has it; GRUB's tools ask it
+    about arrays), kept as a tarball in the cache; its path."""
+    tarball = os.path.join(cache_dir(), "debian-bookworm-grub-pc-efi-"
+                                        "mdadm.tar")
+    if os.path.exists(tarball):
+        return tarball
+    base = debian_root()
+    with open(tarball + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(tarball):
+            return tarball
+        tmp = tempfile.mkdtemp(prefix="debian-mdadm-")
+        try:
+            tree = os.path.join(tmp, "tree")
+            os.makedirs(tree)
+            run(["tar", "-C", tree, "-xf", base])
+            say("Debian tree: adding mdadm (once)")
+            result = run(["apt-get", "download", "mdadm"], cwd=tmp,
+                         check=False)
+            debs = [n for n in os.listdir(tmp) if n.endswith(".deb")]
+            if not debs:
+                raise Unavailable(f"apt-get download mdadm failed: "
+                                  f"{result.stderr.strip()[-300:]}")
+            # unpacked over the tree's /sbin -> usr/sbin links, kept
+            # (dpkg-deb -x would make them directories)
+            data = subprocess.run(["dpkg-deb", "--fsys-tarfile",
+                                   os.path.join(tmp, debs[0])],
+                                  capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "--keep-directory-symlink", "-C",
+                            tree], input=data, check=True)
+            run(["tar", "-C", tree, "-cf", tarball + ".part", "."])
+            os.rename(tarball + ".part", tarball)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tarball
+
+
 def make_os_image(path: str, size: int,
-                  files: dict[str, bytes] | None = None) -> tuple[str, str]:
-    """An ext4 image of the Debian tree (plus ``files``, absolute path in
-    the image to content): (sha256, fs uuid)."""
+                  files: dict[str, bytes] | None = None,
+                  root: str | None = None) -> tuple[str, str]:
+    """An ext4 image of the Debian tree (``root``: another tarball of
+    one), plus ``files`` (absolute path in the image to content): (sha256,
+    fs uuid)."""
     tree = path + ".d"
     os.makedirs(tree, exist_ok=True)
-    run(["tar", "-C", tree, "-xf", debian_root()])
+    run(["tar", "-C", tree, "-xf", root or debian_root()])
     for name, text in (files or {}).items():
         target = os.path.join(tree, name.lstrip("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)

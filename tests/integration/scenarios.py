@@ -253,6 +253,46 @@ def clean_metadata(env: Environment, name: str = "e2e-clean",
             "agent_log": log, "ironic_saw": watcher.seen}
 
 
+def fill_with_data(device: str) -> int:
+    """Incompressible data over the whole device, a GPT at its start; its
+    size."""
+    size = int(h.run(["blockdev", "--getsize64", device]).stdout)
+    block = os.urandom(4 * MiB)
+    with open(device, "r+b") as f:
+        for i in range(size // len(block)):
+            f.write(i.to_bytes(8, "little") + block[8:])
+        os.fsync(f.fileno())
+    h.run(["sgdisk", "-n", "1:2048:+16M", device])
+    return size
+
+
+def manual_clean(env: Environment, name: str, steps: list[dict[str, Any]],
+                 agent_args: list[str] | None = None) -> dict[str, Any]:
+    """Manual cleaning of node ``name`` (enrolled and made manageable the
+    first time) with ``steps``, by a fresh sandboxed agent."""
+    api = env.api
+    existing = api.call("GET", f"/v1/nodes/{name}", expect=(200, 404))
+    if existing is None or "error_message" in existing:
+        env.ironic.enroll(name, {"name": env.device})
+        api.provision(name, "manage")
+        api.wait_for_state(name, {"manageable"}, 60)
+    t0 = time.monotonic()
+    api.provision(name, "clean", clean_steps=steps)
+    api.wait_for_state(name, {"clean wait"}, 60)
+    env.runs += 1
+    agent = env.agent(f"clean-agent-{env.runs}", agent_args)
+    try:
+        node = api.wait_for_state(name, {"manageable"}, 300)
+    except Exception:
+        h.say(env.logs_tail(agent))
+        raise
+    took = time.monotonic() - t0
+    h.say(f"manual clean {[s['step'] for s in steps]} done in {took:.1f} s")
+    log = agent.read_log()
+    agent.stop()
+    return {"node": node, "clean_s": took, "agent_log": log}
+
+
 def partition_table_type(device: str) -> str:
     """"gpt", "dos" or "" (none), as blkid probes the device itself."""
     result = h.run(["blkid", "--probe", "--match-tag", "PTTYPE",

@@ -201,7 +201,7 @@ class EspLinkingOutTests(_StandaloneAgent):
             # a file of the ramdisk, not of the image
             setup=f"echo {secret} > /run/ipa-ramdisk-secret\n")
         refused = "the image's /boot/efi cannot be copied: " \
-                  f"/boot/efi/EFI/BOOT/cmdline links to '/proc/cmdline'"
+                  "/boot/efi/EFI/BOOT/cmdline links to '/proc/cmdline'"
         results = []
         # twice: the failed copy left nothing behind that the second
         # try would take for an installed loader, and the agent is free

@@ -235,8 +235,15 @@ class UefiMachine:
     def __init__(self, cleanups: h.Cleanups, workdir: str, disk: str,
                  netns: str, memory_mb: int = 1536,
                  secure_boot: bool = False,
-                 devices: list[str] | None = None) -> None:
+                 devices: list[str] | None = None,
+                 more_disks: list[str] | None = None,
+                 firmware: str = "uefi") -> None:
         require_qemu()
+        #: "uefi" (OVMF, its own NVRAM) or "bios" (QEMU's SeaBIOS: it
+        #: boots the first disk's boot sector)
+        self.firmware = firmware
+        #: every virtio disk, in order (vda, vdb...): ``disk`` first
+        self.disks = [disk] + list(more_disks or [])
         #: more QEMU arguments for the ramdisk boots (disks: NVMe, SATA)
         self.devices = list(devices or [])
         self.cleanups = cleanups
@@ -257,24 +264,30 @@ class UefiMachine:
         self.boots = 0
         cleanups.add("qemu", self.stop)
 
-    def _start(self, extra: list[str]) -> None:
+    def _start(self, extra: list[str], disks: list[str] | None = None,
+               bootindex: bool = True) -> None:
         self.stop()  # one machine, one power switch
         self.boots += 1
         self.serial = os.path.join(self.workdir, f"serial-{self.boots}.log")
         machine = ["-machine", "q35,smm=on", "-global",
                    "driver=cfi.pflash01,property=secure,value=on"] \
             if self.secure_boot else ["-machine", "q35"]
+        flash = [] if self.firmware == "bios" else [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                      f"file={self.code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}"]
         argv = ["ip", "netns", "exec", self.netns,
                 "qemu-system-x86_64"] + machine + ["-accel", "tcg",
                 "-cpu", "max", "-smp", "2", "-m", str(self.memory_mb),
-                "-nodefaults", "-display", "none", "-no-reboot",
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
-                          f"file={self.code}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
-                "-drive", f"if=none,id=disk0,format=raw,file={self.disk},"
-                          f"cache=writethrough",
-                "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
-                "-serial", f"file:{self.serial}"] + extra
+                "-nodefaults", "-display", "none", "-no-reboot"] + flash + [
+                "-serial", f"file:{self.serial}"]
+        for i, disk in enumerate(self.disks if disks is None else disks):
+            argv += ["-drive", f"if=none,id=disk{i},format=raw,file={disk},"
+                               f"cache=writethrough",
+                     "-device", f"virtio-blk-pci,drive=disk{i}"
+                                + (f",bootindex={i + 1}" if bootindex
+                                   else "")]
+        argv += extra
         with open(self.serial + ".qemu", "w") as stderr:
             self.proc = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -312,9 +325,15 @@ class UefiMachine:
             "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
             + self.devices)
 
-    def boot_disk(self) -> None:
-        """Power on with no kernel: the firmware boots from NVRAM."""
-        self._start(["-nic", "none"])
+    def boot_disk(self, disks: list[str] | None = None,
+                  bootindex: bool = True) -> None:
+        """Power on with no kernel: the firmware boots from NVRAM; with
+        ``disks``, only those are attached (a machine that lost the
+        others).  Without ``bootindex`` QEMU names no boot device, so
+        that OVMF follows its NVRAM BootOrder alone (with one, OVMF puts
+        the entries of the named disk's device path first, its own
+        removable-media entry among them)."""
+        self._start(["-nic", "none"], disks, bootindex)
 
     def read_serial(self) -> str:
         try:
@@ -366,7 +385,7 @@ cd /tmp
     >/dev/null 2>&1 &
 : > /tmp/cmdline
 {twistd} --nodaemon --pidfile= --logfile=- ipa \\
-    --device-allowlist /dev/vda --cmdline-file /tmp/cmdline \\
+    --device-allowlist {allowlist} --cmdline-file /tmp/cmdline \\
     --disk-wait-attempts 2 --disk-wait-delay 1 {agent_args}
 echo "guest: the agent exited ($?)"
 echo o > /proc/sysrq-trigger
@@ -377,7 +396,7 @@ sleep 30
 def start_agent(test: Any, machine: UefiMachine, www: str,
                 agent_args: list[str], port: int,
                 restrict: bool = True, wait: bool = True,
-                setup: str = "") -> None:
+                setup: str = "", allowlist: str = "/dev/vda") -> None:
     """Boot ``machine`` as a ramdisk running our agent with ``agent_args``;
     (``wait``) returns when its plain-HTTP API answers on ``port`` (in the
     namespace).  ``setup`` is shell run in the guest before the agent
@@ -387,7 +406,8 @@ def start_agent(test: Any, machine: UefiMachine, www: str,
         f.write(GUEST.format(
             python=sys.executable, www=www,
             twistd=os.path.join(os.path.dirname(sys.executable), "twistd"),
-            agent_args=" ".join(agent_args), setup=setup))
+            agent_args=" ".join(agent_args), setup=setup,
+            allowlist=allowlist))
     start = time.monotonic()
     machine.boot_ramdisk(script, port, restrict=restrict)
     while wait and time.monotonic() - start < 300:

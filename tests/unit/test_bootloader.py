@@ -247,6 +247,9 @@ class ThreadsAtOnce:
     def getThreadPool(self) -> Any:
         return self
 
+    def seconds(self) -> float:
+        return 0.0
+
     def callInThreadWithCallback(self, onResult: Any, func: Any, *a: Any,
                                  **kw: Any) -> None:
         try:

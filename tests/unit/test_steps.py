@@ -244,14 +244,21 @@ class StepTests(SynchronousTestCase):
 
         generic = GenericHardwareManager()
 
+        from ipa_twisted.hardware import inject
+
+        from ipa_twisted.hardware import raid
+
         def step(name: str, priority: int, abortable: bool | None = None,
-                 argsinfo: bool = False) -> dict[str, object]:
+                 argsinfo: object = False, interface: str = "deploy"
+                 ) -> dict[str, object]:
             out: dict[str, object] = {"step": name, "priority": priority,
-                                      "interface": "deploy",
+                                      "interface": interface,
                                       "reboot_requested": False}
             if abortable is not None:
                 out["abortable"] = abortable
-            if argsinfo:
+            if isinstance(argsinfo, dict):
+                out["argsinfo"] = argsinfo
+            elif argsinfo:
                 out["argsinfo"] = {"match_patterns": {
                     "description": "Json blob contains a list of regex "
                     "patterns where any UEFI NVRAM entry matching that "
@@ -265,13 +272,23 @@ class StepTests(SynchronousTestCase):
             step("erase_devices_metadata", 99, True),
             step("erase_devices_express", 0, True),
             step("erase_pstore", 0, True),
-            step("clean_uefi_nvram", 0, True, argsinfo=True)])
+            step("clean_uefi_nvram", 0, True, argsinfo=True),
+            step("delete_configuration", 0, True, interface="raid"),
+            step("create_configuration", 0, True, interface="raid")])
         self.assertEqual(generic.get_deploy_steps({}, []), [
             step("erase_devices_metadata", 0),
+            step("apply_configuration", 0, interface="raid",
+                 argsinfo=raid.APPLY_ARGSINFO),
             step("clean_uefi_nvram", 0, argsinfo=True),
-            step("write_image", 0)])
-        self.assertEqual(generic.get_service_steps({}, []),
-                         [step("write_image", 0)])
+            step("write_image", 0),
+            step("inject_files", 0, argsinfo=inject.ARGSINFO)])
+        self.assertEqual(generic.get_service_steps({}, []), [
+            step("delete_configuration", 0, True, interface="raid"),
+            step("apply_configuration", 0, interface="raid",
+                 argsinfo=raid.APPLY_ARGSINFO),
+            step("create_configuration", 0, True, interface="raid"),
+            step("write_image", 0),
+            step("inject_files", 0, argsinfo=inject.ARGSINFO)])
         for kind in ("clean", "deploy", "service"):
             listed = {s["step"] for s in getattr(
                 generic, f"get_{kind}_steps")({}, [])}
