@@ -20,7 +20,6 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
@@ -32,6 +31,7 @@ from ipa_twisted.hardware import (
     ipmi,
     netif,
     system,
+    udev,
 )
 from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
@@ -222,6 +222,7 @@ class GenericHardwareManager(HardwareManager):
         self._bmc_cache: object = _UNKNOWN
         #: where erase_pstore finds the pstore mount
         self.proc_mounts = "/proc/mounts"
+        self._device_events: udev.DeviceEvents | None = None
 
     async def initialize(self, agent: Any) -> None:
         self.agent = agent
@@ -381,23 +382,43 @@ class GenericHardwareManager(HardwareManager):
                 f"No devices could be found using the root device hints "
                 f"{root_hints} because they failed to validate: {problem}")
         config = self.agent.config
-        for attempt in range(1, config.disk_wait_attempts + 1):
-            devices = await self.list_block_devices()
-            skipped = skip_list(self.agent.node, devices)
-            try:
-                dev = choose_root_device(devices, root_hints, skipped)
-            except errors.DeviceNotFound as e:
-                if attempt == config.disk_wait_attempts:
-                    raise
-                log.warn("{error}; looking again in {t} s ({n}/{total})",
-                         error=e.details, t=config.disk_wait_delay,
-                         n=attempt, total=config.disk_wait_attempts)
-                await deferLater(self.agent.reactor, config.disk_wait_delay)
-                continue
-            log.info("picked root device {dev} (hints: {hints})",
-                     dev=dev.name, hints=root_hints)
-            return dev.name
-        raise AssertionError("unreachable")
+        # watching starts before the first look: a disk udev adds between
+        # a look and the wait still ends the wait
+        watch = self.device_events().watch("block")
+        clock = self.agent.reactor
+        deadline = clock.seconds() + (config.disk_wait_attempts - 1) \
+            * config.disk_wait_delay
+        try:
+            while True:
+                devices = await self.list_block_devices()
+                skipped = skip_list(self.agent.node, devices)
+                try:
+                    dev = choose_root_device(devices, root_hints, skipped)
+                except errors.DeviceNotFound as e:
+                    left = deadline - clock.seconds()
+                    if left <= 0:
+                        raise
+                    wait = min(config.disk_wait_delay, left)
+                    if watch.event_driven:
+                        log.warn("{error}; waiting for udev to add a disk "
+                                 "(up to {t:.0f} s)", error=e.details, t=left)
+                    else:
+                        log.warn("{error}; looking again in {t} s",
+                                 error=e.details, t=wait)
+                    await watch.next(wait)
+                    continue
+                log.info("picked root device {dev} (hints: {hints})",
+                         dev=dev.name, hints=root_hints)
+                return dev.name
+        finally:
+            watch.close()
+
+    def device_events(self) -> udev.DeviceEvents:
+        """udev events on the reactor where udev runs, else polling
+        (tests set ``_device_events``)."""
+        if self._device_events is None:
+            self._device_events = udev.device_events(self.agent.reactor)
+        return self._device_events
 
     # -------------------------------------------------------------- erase
 
