@@ -1,10 +1,11 @@
 """Waiting for disks: udev events on the reactor end a wait at once;
 without udev a wait is a sleep (ipa_twisted/hardware/udev.py and its users:
-get_os_install_device)."""
+get_os_install_device, configdrive.wait_for_partitions)."""
 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -18,6 +19,7 @@ from ipa_twisted.context import AgentContext
 from ipa_twisted.hardware import udev
 from ipa_twisted.hardware.disks import BlockDevice, DeviceGuard
 from ipa_twisted.hardware.generic import GenericHardwareManager
+from ipa_twisted.image import configdrive
 from ipa_twisted.testing import FakeProcessRunner
 
 
@@ -227,3 +229,34 @@ class RootDiskWaitTests(SynchronousTestCase):
         self.failureResultOf(d, errors.DeviceNotFound)
         self.assertEqual(self.listed, 2)
 
+
+class PartitionWaitTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        process = FakeProcessRunner()
+        process.add("partprobe")
+        self.context: Any = SimpleNamespace(reactor=self.clock,
+                                            process=process)
+        self.part = os.path.abspath(self.mktemp())
+
+    def test_a_udev_event_ends_the_wait(self) -> None:
+        events = FakeEvents()
+        self.context.device_events = events
+        d = ensureDeferred(configdrive.wait_for_partitions(
+            self.context, "/dev/vdz", [self.part]))
+        self.assertNoResult(d)
+        [(timeout, wait)] = events.waits
+        open(self.part, "w").close()  # udev made the node
+        wait.callback(True)
+        self.successResultOf(d)
+        self.assertEqual(events.closed, 1)
+        self.assertEqual(self.clock.seconds(), 0)
+
+    def test_without_udev_it_polls(self) -> None:
+        d = ensureDeferred(configdrive.wait_for_partitions(
+            self.context, "/dev/vdz", [self.part]))
+        open(self.part, "w").close()
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.successResultOf(d)
