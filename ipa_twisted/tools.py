@@ -160,7 +160,11 @@ TOOLS: tuple[Tool, ...] = (
 
 #: Packages the tests need that are not a tool on PATH (files, libraries).
 TEST_PACKAGES: tuple[str, ...] = ("ovmf", "libc6-dev", "python3-venv",
-                                  "python3-pip")
+                                  "python3-pip",
+                                  # network boot (tests/vm): iPXE for
+                                  # plain PXE ROMs, pxelinux and its
+                                  # ldlinux.c32 for the pxe interface
+                                  "ipxe", "pxelinux", "syslinux-common")
 
 #: Where tools are looked for, whatever PATH the caller has (a ramdisk's
 #: init or a user shell may lack the sbin directories).

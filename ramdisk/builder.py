@@ -195,10 +195,13 @@ def base_packages(args: argparse.Namespace) -> list[str]:
     return sorted(packages)
 
 
-def build_base(args: argparse.Namespace, cache: str) -> str:
+def build_base(args: argparse.Namespace, cache: str,
+               packages: list[str] | None = None) -> str:
     """The Debian root as a tarball and the kernel .deb, in a cache
-    directory named by their key; returns that directory."""
-    packages = base_packages(args)
+    directory named by their key; returns that directory.  ``packages``:
+    another list than the agent's (benchmarks/netboot.py's IPA
+    reference)."""
+    packages = sorted(packages) if packages else base_packages(args)
     key = digest([f"base {BASE_RECIPE} {SUITE} {args.mirror}".encode(),
                   " ".join(packages).encode(),
                   " ".join(DPKG_EXCLUDES + DPKG_INCLUDES + PURGE).encode(),

@@ -9,9 +9,10 @@ network namespace the test makes.
         HTTP (Ironic's http_root)  192.0.2.1:8089   boot.ipxe, per-MAC
                                    iPXE configs, deploy kernel/ramdisk,
                                    images/
-        dnsmasq                    DHCP 192.0.2.100-200 (iPXE clients get
-                                   http://192.0.2.1:8089/boot.ipxe, others
-                                   undionly.kpxe), TFTP of Ironic's
+        dnsmasq                    DHCP 192.0.2.100-200 (``ipxe``: iPXE
+                                   clients get http://192.0.2.1:8089/
+                                   boot.ipxe, others undionly.kpxe;
+                                   ``pxe``: pxelinux.0), TFTP of Ironic's
                                    tftp_root, IPv6 router advertisements
         tapvm ── QEMU's virtio NIC (its option ROM is iPXE)
 
@@ -19,10 +20,10 @@ Power: Ironic's ``fake`` power interface, followed by the test
 (:class:`PowerFollower` reads Ironic's log: "Successfully set node ...
 power state to power on|off"): power off stops QEMU, power on starts it,
 from the network while Ironic's per-MAC boot config exists, from its disk
-otherwise (what a BMC's boot device does on a real machine).  Why not
-Redfish (sushy-tools) or IPMI (virtualbmc): both drive libvirt, and
-libvirtd is not run on these machines (the tests run on a Firecracker
-guest, TCG only, where CI starts no system services); see docs/ramdisk.md.
+otherwise (what a BMC's boot device does on a real machine).  Not yet
+Redfish (sushy-tools) or IPMI (virtualbmc): both drive libvirt, so the
+test would have to start libvirtd itself (CI starts no services) with
+TCG domains; that is left for later (docs/ramdisk.md).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def ramdisk() -> dict[str, Any]:
         if subprocess.run(["sh", "-c", f"command -v {tool}"],
                           capture_output=True).returncode != 0:
             raise h.Unavailable(f"needs {tool} (tools/setup-host.sh)")
+    for path in TFTP_FILES.values():
+        if not os.path.exists(path):
+            raise h.Unavailable(f"needs {path} (apt install ipxe pxelinux "
+                                f"syslinux-common: tools/setup-host.sh)")
     out = os.path.join(h.cache_dir(), "ramdisk-out")
     t0 = time.monotonic()
     result = subprocess.run([os.path.join(TOP, "ramdisk", "build"),
@@ -158,26 +163,40 @@ dhcp-leasefile={workdir}/dnsmasq.leases
 dhcp-authoritative
 log-dhcp
 log-facility={workdir}/dnsmasq.log
-# Ironic's iPXE chain-load rules: iPXE (DHCP option 175) gets Ironic's
-# boot.ipxe over HTTP; a plain PXE ROM gets iPXE itself over TFTP first
-dhcp-match=set:ipxe,175
-dhcp-boot=tag:ipxe,http://{host}:{port}/boot.ipxe
-dhcp-boot=tag:!ipxe,undionly.kpxe
 enable-tftp
 tftp-root={tftp}
 """
+#: Ironic's iPXE chain-load rules: iPXE (DHCP option 175) gets Ironic's
+#: boot.ipxe over HTTP; a plain PXE ROM gets iPXE itself over TFTP first
+IPXE_RULES = """\
+dhcp-match=set:ipxe,175
+dhcp-boot=tag:ipxe,http://{host}:{port}/boot.ipxe
+dhcp-boot=tag:!ipxe,undionly.kpxe
+"""
+#: the ``pxe`` boot interface (BIOS): pxelinux over TFTP for every client;
+#: it reads Ironic's pxelinux.cfg/01-<mac> and loads the kernel and the
+#: initramfs over TFTP
+PXE_RULES = """\
+dhcp-boot=pxelinux.0
+"""
+TFTP_FILES = {"undionly.kpxe": "/usr/lib/ipxe/undionly.kpxe",
+              "pxelinux.0": "/usr/lib/PXELINUX/pxelinux.0",
+              "ldlinux.c32": "/usr/lib/syslinux/modules/bios/ldlinux.c32"}
 
 
 def start_dnsmasq(cleanups: h.Cleanups, netns: str, workdir: str,
-                  tftp: str) -> None:
-    conf = os.path.join(workdir, "dnsmasq.conf")
+                  tftp: str, mode: str = "ipxe") -> subprocess.Popen[bytes]:
+    """dnsmasq on the bridge: DHCP with the rules of ``mode`` (ipxe or
+    pxe), TFTP of Ironic's tftp_root, router advertisements."""
+    conf = os.path.join(workdir, f"dnsmasq-{mode}.conf")
+    rules = IPXE_RULES if mode == "ipxe" else PXE_RULES
     with open(conf, "w") as f:
-        f.write(DNSMASQ.format(bridge=BRIDGE, first="192.0.2.100",
-                               last="192.0.2.200", prefix="fd00:ab::",
-                               workdir=workdir, host=HOST_IP, port=HTTP_PORT,
-                               tftp=tftp))
-    for name in ("undionly.kpxe",):
-        source = os.path.join("/usr/lib/ipxe", name)
+        f.write((DNSMASQ + rules).format(
+            bridge=BRIDGE, first="192.0.2.100", last="192.0.2.200",
+            prefix="fd00:ab::", workdir=workdir, host=HOST_IP,
+            port=HTTP_PORT, tftp=tftp))
+    os.makedirs(tftp, exist_ok=True)
+    for name, source in TFTP_FILES.items():
         if os.path.exists(source):
             with open(source, "rb") as src, \
                     open(os.path.join(tftp, name), "wb") as dst:
@@ -192,6 +211,7 @@ def start_dnsmasq(cleanups: h.Cleanups, netns: str, workdir: str,
     if proc.poll() is not None:
         with open(os.path.join(workdir, "dnsmasq.stderr")) as f:
             raise RuntimeError(f"dnsmasq exited: {f.read()[-500:]}")
+    return proc
 
 
 def set_options(path: str, options: dict[str, dict[str, str]]) -> None:
@@ -213,23 +233,26 @@ class Netboot:
     and dnsmasq; ``close()`` undoes it all."""
 
     def __init__(self, kernel_params: str = "",
-                 heartbeat_timeout: int = 30) -> None:
+                 heartbeat_timeout: int = 30,
+                 automated_clean: bool = True) -> None:
         h.require_prerequisites()
         self.cleanups = h.Cleanups()
         try:
-            self._start(kernel_params, heartbeat_timeout)
+            self._start(kernel_params, heartbeat_timeout, automated_clean)
         except BaseException:
             self.cleanups.run()
             raise
 
-    def _start(self, kernel_params: str, heartbeat_timeout: int) -> None:
+    def _start(self, kernel_params: str, heartbeat_timeout: int,
+               automated_clean: bool) -> None:
         self.workdir = h.workdir(self.cleanups,
                                  keep=os.environ.get("IPA_TWISTED_KEEP") == "1")
         h.say(f"work directory {self.workdir}")
         self.netns = make_network(self.cleanups)
         self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
                                heartbeat_timeout=heartbeat_timeout,
-                               listen=HOST_IP, automated_clean=True)
+                               listen=HOST_IP,
+                               automated_clean=automated_clean)
         self.httpboot = os.path.join(self.workdir, "httpboot")
         self.tftp = os.path.join(self.workdir, "tftp")
         os.makedirs(os.path.join(self.httpboot, "images"), exist_ok=True)
@@ -247,7 +270,7 @@ class Netboot:
                     "kernel_append_params":
                         f"console=ttyS0,115200n8 {kernel_params}".strip()},
             "conductor": {"disable_zstandard_decompression": "true",
-                          "automated_clean": "true",
+                          "automated_clean": str(automated_clean).lower(),
                           "deploy_callback_timeout": "600"},
             "inspector": {"power_off": "true"},
         })
@@ -260,7 +283,15 @@ class Netboot:
         h.serve_http(self.cleanups, self.netns, HTTP_PORT, argv=[
             sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
             str(HTTP_PORT), "--directory", self.httpboot])
-        start_dnsmasq(self.cleanups, self.netns, self.workdir, self.tftp)
+        self.dhcp = start_dnsmasq(self.cleanups, self.netns, self.workdir,
+                                  self.tftp)
+
+    def dhcp_for(self, mode: str) -> None:
+        """DHCP boot rules for Ironic's ``ipxe`` or ``pxe`` interface."""
+        h.stop_process(self.dhcp)
+        self.dhcp = start_dnsmasq(self.cleanups, self.netns, self.workdir,
+                                  self.tftp, mode)
+        h.say(f"dnsmasq: {mode} boot rules")
 
     def url(self, name: str) -> str:
         return f"http://{HOST_IP}:{HTTP_PORT}/{name}"
@@ -327,9 +358,11 @@ class Machine:
 
     def __init__(self, cleanups: h.Cleanups, netns: str, workdir: str,
                  mac: str, disks: list[Disk], memory_mb: int = 2048,
-                 cpus: int = 2, smbios: dict[str, str] | None = None
-                 ) -> None:
+                 cpus: int = 2, smbios: dict[str, str] | None = None,
+                 markers: dict[str, str] | None = None) -> None:
         self.netns = netns
+        #: console lines whose first appearance each boot records
+        self.markers = markers or MARKERS
         self.workdir = workdir
         self.mac = mac
         self.disks = list(disks)
@@ -339,6 +372,10 @@ class Machine:
         self.cpus = cpus
         self.smbios = smbios or {}
         self.monitor = os.path.join(workdir, "qemu-monitor.sock")
+        #: the disk booted from when not from the network (what a BMC's
+        #: boot device does; SeaBIOS tries no further disk after an empty
+        #: first one)
+        self.boot_disk_serial: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.boots: list[Boot] = []
         self.lock = threading.RLock()
@@ -369,7 +406,9 @@ class Machine:
                                f"{net_boot}",
                     "-serial", f"file:{boot.serial}",
                     "-monitor", f"unix:{self.monitor},server=on,wait=off"]
-            for i, disk in enumerate(self.disks):
+            disks = sorted(self.disks, key=lambda d: d.serial !=
+                           self.boot_disk_serial)
+            for i, disk in enumerate(disks):
                 index = i + 2 if from_network else i + 1
                 argv += ["-drive", f"if=none,id={disk.ident},format=raw,"
                                    f"file={disk.path},cache=unsafe",
@@ -446,11 +485,11 @@ class Machine:
         while not self._stop.wait(0.2):
             with self.lock:
                 boot = self.boots[-1] if self.boots else None
-            if boot is None or len(boot.seen) == len(MARKERS):
+            if boot is None or len(boot.seen) == len(self.markers):
                 continue
             text = self.read_serial(boot)
             now = time.monotonic()
-            for name, marker in MARKERS.items():
+            for name, marker in self.markers.items():
                 if name not in boot.seen and marker in text:
                     boot.seen[name] = now - boot.started
 
