@@ -36,12 +36,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(TOP, "ipa_twisted"))
-import tools as agent_tools  # noqa: E402  (ipa_twisted/tools.py, stdlib)
+
+def _load_tools() -> Any:
+    """ipa_twisted/tools.py (standard library only), without importing the
+    agent's package or putting its directory on sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_ipa_twisted_tools", os.path.join(TOP, "ipa_twisted", "tools.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # NamedTuple needs its module
+    spec.loader.exec_module(module)
+    return module
+
+
+agent_tools = _load_tools()
 
 #: Changing the recipe of a stage: bump its version (the cache key).
 BASE_RECIPE = 3
