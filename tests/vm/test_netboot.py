@@ -114,7 +114,10 @@ class NetbootTests(SynchronousTestCase):
                             inventory["interfaces"]])
         self.assertEqual(inventory["cpu"]["count"], 2)
         self.assertEqual(inventory["memory"]["physical_mb"], 2048)
-        self.assertFalse(machine.running())
+        # Ironic powers the machine off as inspection ends (its log may
+        # say so just after the node is manageable)
+        nb.wait_for(lambda: not machine.running(), 60,
+                    "Ironic powers the machine off after inspection")
         # pxelinux fetched Ironic's config and the ramdisk over TFTP
         with open(os.path.join(env.workdir, "dnsmasq.log")) as f:
             tftp = f.read()
