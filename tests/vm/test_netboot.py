@@ -186,7 +186,8 @@ class NetbootTests(SynchronousTestCase):
         self.report["undeploy_s"] = round(time.monotonic() - t0, 1)
         with open(late.path, "rb") as f:
             self.assertEqual(f.read(512)[510:], b"\0\0")  # MBR erased
-        self.assertEqual([a[1:] for a in follower.actions][-1],
-                         ("power off", "power off"))
+        nb.wait_for(lambda: not machine.running(), 60,
+                    "Ironic powers the machine off after cleaning")
+        self.assertEqual(follower.actions[-1][1], "power off")
         h.say("netboot report: " + json.dumps(self.report))
 
