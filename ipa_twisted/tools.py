@@ -118,10 +118,13 @@ TOOLS: tuple[Tool, ...] = (
     Tool("busybox", "busybox-static", "the UEFI test machine's initramfs",
          TEST),
     Tool("cat", "coreutils", "process tests", TEST),
+    Tool("cpio", "cpio", "packing the ramdisk (ramdisk/build)", TEST),
     Tool("cc", "gcc", "the loop-device geometry shim of the GRUB tests",
          TEST),
     Tool("curl", "curl", "the deploy benchmark", TEST),
     Tool("dd", "coreutils", "test images", TEST),
+    Tool("dnsmasq", "dnsmasq-base", "DHCP and TFTP for the network-boot "
+         "test machine (tests/vm)", TEST),
     Tool("debootstrap", "debootstrap", "the Debian partition image of the "
          "bootloader tests", TEST),
     Tool("debugfs", "e2fsprogs", "reading deployed filesystems", TEST),
@@ -135,6 +138,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ldd", "libc-bin", "the UEFI test machine's initramfs", TEST),
     Tool("losetup", "mount", "loop devices as disks", TEST),
     Tool("mdir", "mtools", "reading ESPs and config drives", TEST),
+    Tool("mmdebstrap", "mmdebstrap", "the ramdisk's Debian root "
+         "(ramdisk/build)", TEST),
     Tool("minfo", "mtools", "checking an ESP is a FAT filesystem", TEST),
     Tool("mmd", "mtools", "making ESPs", TEST),
     Tool("mtype", "mtools", "reading ESPs", TEST),
@@ -154,16 +159,25 @@ TOOLS: tuple[Tool, ...] = (
          TEST),
     Tool("sh", "dash", "process tests", TEST),
     Tool("sleep", "coreutils", "process tests", TEST),
+    Tool("strip", "binutils", "smaller libraries in the ramdisk "
+         "(ramdisk/build)", TEST),
     Tool("tar", "tar", "cached test images", TEST),
     Tool("unshare", "util-linux", "the sandbox of every agent under test",
          TEST),
     Tool("useradd", "passwd", "the rescue user of the rescue test (in the "
          "sandbox's own /etc)", TEST),
+    Tool("xz", "xz-utils", "ramdisk/build --compress xz", TEST),
+    Tool("zstd", "zstd", "compressing the ramdisk and its kernel modules "
+         "(ramdisk/build)", TEST),
 )
 
 #: Packages the tests need that are not a tool on PATH (files, libraries).
 TEST_PACKAGES: tuple[str, ...] = ("ovmf", "libc6-dev", "python3-venv",
-                                  "python3-pip")
+                                  "python3-pip",
+                                  # network boot (tests/vm): iPXE for
+                                  # plain PXE ROMs, pxelinux and its
+                                  # ldlinux.c32 for the pxe interface
+                                  "ipxe", "pxelinux", "syslinux-common")
 
 #: Where tools are looked for, whatever PATH the caller has (a ramdisk's
 #: init or a user shell may lack the sbin directories).

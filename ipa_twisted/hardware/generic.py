@@ -34,12 +34,12 @@ from ipa_twisted.hardware import (
     netif,
     raid,
     system,
+    udev,
 )
 from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
 from ipa_twisted.process import ProcessError
-from ipa_twisted.retry import GaveUp, constant, retry
 
 if TYPE_CHECKING:
     from ipa_twisted.context import RunningAgent
@@ -229,6 +229,7 @@ class GenericHardwareManager(HardwareManager):
         #: is_root_volume marked: {md device: is it the root?}
         self.raid_roots: dict[str, bool] = {}
         self._raid: raid.SoftwareRAID | None = None
+        self._device_events: udev.DeviceEvents | None = None
 
     @property
     def raid(self) -> raid.SoftwareRAID:
@@ -417,29 +418,44 @@ class GenericHardwareManager(HardwareManager):
                      "configuration", md=roots[0])
             return roots[0]
         config = self.agent.config
-
-        async def choose() -> BlockDevice:
-            devices = self._not_root_volumes(
-                await self.list_block_devices())
-            skipped = skip_list(self.agent.node, devices)
-            return choose_root_device(devices, root_hints, skipped)
-
-        def looking_again(n: int, e: BaseException, pause: float) -> None:
-            log.warn("{error}; looking again in {t} s ({n}/{total})",
-                     error=getattr(e, "details", e), t=pause, n=n,
-                     total=config.disk_wait_attempts)
-
+        # watching starts before the first look: a disk udev adds between
+        # a look and the wait still ends the wait
+        watch = self.device_events().watch("block")
+        clock = self.agent.reactor
+        deadline = clock.seconds() + (config.disk_wait_attempts - 1) \
+            * config.disk_wait_delay
         try:
-            dev = await retry(
-                self.agent.reactor, choose, constant(config.disk_wait_delay),
-                attempts=config.disk_wait_attempts,
-                retryable=lambda e: isinstance(e, errors.DeviceNotFound),
-                on_retry=looking_again)
-        except GaveUp as e:
-            raise e.last from None
-        log.info("picked root device {dev} (hints: {hints})",
-                 dev=dev.name, hints=root_hints)
-        return dev.name
+            while True:
+                devices = self._not_root_volumes(
+                    await self.list_block_devices())
+                skipped = skip_list(self.agent.node, devices)
+                try:
+                    dev = choose_root_device(devices, root_hints, skipped)
+                except errors.DeviceNotFound as e:
+                    left = deadline - clock.seconds()
+                    if left <= 0:
+                        raise
+                    wait = min(config.disk_wait_delay, left)
+                    if watch.event_driven:
+                        log.warn("{error}; waiting for udev to add a disk "
+                                 "(up to {t:.0f} s)", error=e.details, t=left)
+                    else:
+                        log.warn("{error}; looking again in {t} s",
+                                 error=e.details, t=wait)
+                    await watch.next(wait)
+                    continue
+                log.info("picked root device {dev} (hints: {hints})",
+                         dev=dev.name, hints=root_hints)
+                return dev.name
+        finally:
+            watch.close()
+
+    def device_events(self) -> udev.DeviceEvents:
+        """udev events on the reactor where udev runs, else polling
+        (tests set ``_device_events``)."""
+        if self._device_events is None:
+            self._device_events = udev.device_events(self.agent.reactor)
+        return self._device_events
 
     def _not_root_volumes(self, devices: list[BlockDevice]
                           ) -> list[BlockDevice]:

@@ -30,8 +30,8 @@ from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.confined import OutsideTree, check_extracted
+from ipa_twisted.hardware import blockio, udev
 from ipa_twisted.httpfetch import BodyTooLarge, describe, get_bytes
-from ipa_twisted.hardware import blockio
 from ipa_twisted.process import ProcessError
 
 log = Logger()
@@ -276,14 +276,25 @@ async def add_to_whole_disk(context: Any, device: str, image: bytes) -> str:
 
 async def wait_for_partitions(context: Any, device: str, parts: list[str],
                               attempts: int = 15) -> None:
-    """Until every partition node exists (re-reading the table)."""
-    from twisted.internet.task import deferLater
-
-    for _ in range(attempts):
-        missing = [p for p in parts if not os.path.exists(p)]
-        if not missing:
-            return
-        await _run(context, ["partprobe", device], check=False)
-        await deferLater(context.reactor, 0.5)
+    """Until every partition node exists (re-reading the table): each
+    wait ends when udev reports a block device (where udev runs), or after
+    half a second."""
+    events = getattr(context, "device_events", None) \
+        or udev.device_events(context.reactor)
+    watch = events.watch("block")
+    try:
+        for _ in range(attempts):
+            missing = [p for p in parts if not os.path.exists(p)]
+            if not missing:
+                return
+            await _run(context, ["partprobe", device], check=False)
+            if not [p for p in parts if not os.path.exists(p)]:
+                return
+            await watch.next(0.5)
+    finally:
+        watch.close()
+    missing = [p for p in parts if not os.path.exists(p)]
+    if not missing:
+        return
     raise errors.DeploymentError(
         f"partitions did not appear on {device}: {', '.join(missing)}")

@@ -291,7 +291,8 @@ class TestToolsTests(SynchronousTestCase):
 
     def test_every_tool_the_tests_run_is_listed(self) -> None:
         found = Scan(scan_tree(os.path.join(TOP, "tests")).modules
-                     + scan_tree(os.path.join(TOP, "benchmarks")).modules)
+                     + scan_tree(os.path.join(TOP, "benchmarks")).modules
+                     + scan_tree(os.path.join(TOP, "ramdisk")).modules)
         names = {t.name for t in tools.of_scope(tools.TEST)}
         # argument lists and a tool that must not exist
         ignored = {"no-such-tool-ipa-twisted"}

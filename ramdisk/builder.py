@@ -1,0 +1,740 @@
+"""Build the ipa-twisted ramdisk (``ramdisk/build``; docs/ramdisk.md).
+
+Two stages, each cached by the hash of what goes into it:
+
+1. **base**: a Debian root (mmdebstrap, variant ``essential``) with
+   python3, udev, busybox (its DHCP client), kmod and the Debian package
+   of every tool the agent runs (``ipa_twisted/tools.py``, scope agent),
+   no docs, man pages or locales; and the Debian kernel package, as a
+   ``.deb`` beside it.  Keyed by the package list, the suite and this
+   stage's recipe; a cold base is the slow part (downloads).
+2. **ramdisk**: the base unpacked; the kernel's modules that servers need
+   (storage, NICs, virtio, md, dm, nvme, ipmi, the filesystems the agent
+   makes) and what they depend on; the agent's dependencies installed by
+   pip from pinned wheels (``ramdisk/requirements.txt``, hashes checked,
+   no index) and the agent as a wheel built from this checkout; bytecode
+   compiled with hashes (no timestamps); ``/init``; then every listed
+   agent tool is checked to be there, every mtime set to
+   ``SOURCE_DATE_EPOCH`` and the tree packed as a sorted newc cpio,
+   compressed.  Keyed by the base, the wheels, the agent's sources, the
+   init and the flags: a rebuild with nothing changed copies the result
+   from the cache.
+
+Standard library only; runs as root (mmdebstrap's root mode, chroot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+
+def _load_tools() -> Any:
+    """ipa_twisted/tools.py (standard library only), without importing the
+    agent's package or putting its directory on sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_ipa_twisted_tools", os.path.join(TOP, "ipa_twisted", "tools.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # NamedTuple needs its module
+    spec.loader.exec_module(module)
+    return module
+
+
+agent_tools = _load_tools()
+
+#: Changing the recipe of a stage: bump its version (the cache key).
+BASE_RECIPE = 3
+RAMDISK_RECIPE = 4
+
+SUITE = "bookworm"
+#: 2026-01-01: the default SOURCE_DATE_EPOCH (mtimes in the ramdisk)
+EPOCH = 1767225600
+KERNEL_PACKAGE = "linux-image-amd64"
+PIP_WHEEL = ("pip-26.3-py3-none-any.whl",
+             "f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13")
+
+#: Debian packages besides those of the agent's tools: the interpreter,
+#: udev and module loading for /init, busybox for udhcpc, CA certificates
+#: for HTTPS to Ironic and image servers, agetty for the debug console
+#: (util-linux).
+BASE_PACKAGES = ["python3", "udev", "kmod", "busybox", "ca-certificates",
+                 "iproute2", "util-linux"]
+#: mmdebstrap's essential variant brings usrmerge, which brings perl
+#: (30 MB); the merged /usr is made by then, so they go.
+PURGE = ["usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl",
+         "libtext-glob-perl", "perl", "perl-modules-5.36", "libperl5.36"]
+FIRMWARE_PACKAGES = ["firmware-linux-free", "firmware-misc-nonfree",
+                     "firmware-bnx2", "firmware-bnx2x", "firmware-qlogic",
+                     "firmware-realtek", "firmware-netronome",
+                     "firmware-intel-misc"]
+DEBUG_SSH_PACKAGES = ["dropbear-bin"]
+
+#: dpkg never unpacks these (size; not used in a ramdisk); the copyright
+#: files stay.
+DPKG_EXCLUDES = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
+                 "/usr/share/locale/*", "/usr/share/lintian/*",
+                 "/usr/share/linda/*", "/usr/share/bug/*",
+                 "/usr/share/i18n/*"]
+DPKG_INCLUDES = ["/usr/share/doc/*/copyright"]
+
+#: Kernel modules kept (paths under lib/modules/VERSION/kernel; the
+#: modules these need are added from modules.dep): storage controllers,
+#: NICs, virtio, md/dm, NVMe (and Intel VMD), IPMI, USB storage (virtual
+#: media), VLANs and bonds, the filesystems the agent reads or makes, and
+#: the crypto/lib helpers those load by name (crc32c for ext4/xfs).
+MODULES = [
+    "drivers/ata/*", "drivers/scsi/*", "drivers/nvme/*", "drivers/md/*",
+    "drivers/block/*", "drivers/virtio/*", "drivers/net/ethernet/*",
+    "drivers/net/virtio_net.ko*", "drivers/net/net_failover.ko*",
+    "drivers/net/mii.ko*", "drivers/net/mdio*", "drivers/net/phy/*",
+    "drivers/net/bonding/*", "drivers/char/ipmi/*", "drivers/message/*",
+    "drivers/usb/storage/*", "drivers/usb/host/*", "drivers/cdrom/*",
+    "drivers/pci/controller/vmd.ko*", "drivers/char/virtio_console.ko*",
+    "drivers/char/hw_random/virtio-rng.ko*",
+    "fs/ext4/*", "fs/jbd2/*", "fs/mbcache.ko*", "fs/xfs/*", "fs/fat/*",
+    "fs/isofs/*", "fs/udf/*", "fs/nls/*", "fs/efivarfs/*",
+    "fs/overlayfs/*", "fs/squashfs/*",
+    "net/8021q/*", "net/802/*", "net/llc/*", "net/packet/*",
+    "lib/*", "crypto/*", "arch/x86/crypto/*",
+]
+#: Python's own test suite and tools that nothing in the agent imports.
+PRUNE = ["usr/lib/python3.11/test", "usr/lib/python3.11/idlelib",
+         "usr/lib/python3.11/tkinter", "usr/lib/python3.11/turtledemo",
+         "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/ensurepip",
+         "usr/lib/python3.11/pydoc_data", "usr/share/python3/debian_defaults",
+         "var/cache/apt", "var/lib/apt", "var/cache/ldconfig",
+         "var/cache/debconf/templates.dat-old", "boot",
+         # hardware names for udev properties nothing here reads (12 MB)
+         "usr/lib/udev/hwdb.bin", "etc/udev/hwdb.bin",
+         "etc/machine-id", "var/lib/dbus/machine-id"]
+#: In the installed wheels: test suites, zstandard's cffi backend (the C
+#: one is used), type stubs.
+PRUNE_PYTHON = ["*/test", "*/tests", "zstandard/_cffi.*",
+                "zstandard/backend_cffi.py", "*.pyi"]
+STATE_FILES = ["var/log", "var/lib/dpkg/status-old",
+               "var/lib/dpkg/available-old", "var/cache/debconf/config.dat-old"]
+
+#: The agent's sources: what goes into its wheel (and the cache key).
+AGENT_SOURCES = ["ipa_twisted", "twisted/plugins", "setup.cfg",
+                 "pyproject.toml", "README.md"]
+RAMDISK_FILES = ["builder.py", "init", "udhcpc", "requirements.txt"]
+
+MiB = 1024 ** 2
+
+
+def say(text: str) -> None:
+    print(f"ramdisk: {text}", flush=True)
+
+
+def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, **kw)
+    if result.returncode != 0:
+        raise SystemExit(f"ramdisk: {' '.join(argv[:6])} ... failed "
+                         f"({result.returncode})")
+    return result
+
+
+def cache_dir(given: str | None) -> str:
+    path = given or os.path.join(
+        os.environ.get("IPA_TWISTED_CACHE")
+        or os.path.expanduser("~/.cache/ipa-twisted"), "ramdisk")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def digest(parts: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_files(paths: list[str]) -> list[str]:
+    """The files under ``paths`` (relative to the checkout), sorted;
+    caches and bytecode left out."""
+    found = []
+    for rel in paths:
+        full = os.path.join(TOP, rel)
+        if os.path.isfile(full):
+            found.append(rel)
+            continue
+        for root, dirs, files in os.walk(full):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in files:
+                if name.endswith((".pyc", ".pyo")) or name == "dropin.cache":
+                    continue
+                found.append(os.path.relpath(os.path.join(root, name), TOP))
+    return sorted(found)
+
+
+def agent_packages() -> list[str]:
+    """The Debian packages of the agent's tools (optional ones and those
+    Debian does not ship left out)."""
+    return sorted({t.package for t in agent_tools.of_scope(agent_tools.AGENT)
+                   if t.package and not t.optional})
+
+
+# ------------------------------------------------------------- stage 1
+
+def base_packages(args: argparse.Namespace) -> list[str]:
+    packages = set(BASE_PACKAGES) | set(agent_packages())
+    if args.firmware:
+        packages |= set(FIRMWARE_PACKAGES)
+    if args.ssh_key:
+        packages |= set(DEBUG_SSH_PACKAGES)
+    packages |= set(args.extra_package)
+    return sorted(packages)
+
+
+def build_base(args: argparse.Namespace, cache: str,
+               packages: list[str] | None = None) -> str:
+    """The Debian root as a tarball and the kernel .deb, in a cache
+    directory named by their key; returns that directory.  ``packages``:
+    another list than the agent's (benchmarks/netboot.py's IPA
+    reference)."""
+    packages = sorted(packages) if packages else base_packages(args)
+    key = digest([f"base {BASE_RECIPE} {SUITE} {args.mirror}".encode(),
+                  " ".join(packages).encode(),
+                  " ".join(DPKG_EXCLUDES + DPKG_INCLUDES + PURGE).encode(),
+                  str(args.epoch).encode()])[:16]
+    out = os.path.join(cache, f"base-{key}")
+    if os.path.exists(os.path.join(out, "done")):
+        say(f"Debian base {key}: cached")
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    components = "main,non-free-firmware" if args.firmware else "main"
+    say(f"Debian base {key}: mmdebstrap {SUITE} with {len(packages)} "
+        f"packages (+ {KERNEL_PACKAGE})")
+    t0 = time.monotonic()
+    hook = (f'cd {out} && APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" sh -c '
+            f'\'apt-get download -q "$(apt-cache depends {KERNEL_PACKAGE} '
+            f'| sed -n "s/ *Depends: \\(linux-image-[0-9].*\\)/\\1/p" '
+            f'| head -n 1)"\'')
+    argv = ["mmdebstrap", "--variant=essential", "--mode=root",
+            f"--components={components}",
+            "--include=" + ",".join(packages),
+            "--aptopt=Acquire::Retries \"3\"",
+            f"--customize-hook={hook}",
+            "--customize-hook=chroot \"$1\" dpkg --purge --force-depends "
+            + " ".join(PURGE)]
+    argv += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
+    argv += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
+    argv += [SUITE, os.path.join(out, "root.tar")]
+    if args.mirror:
+        argv.append(args.mirror)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(args.epoch)}
+    run(argv, env=env, stdin=subprocess.DEVNULL,
+        stdout=None if args.verbose else subprocess.DEVNULL)
+    debs = [n for n in os.listdir(out) if n.endswith(".deb")]
+    if len(debs) != 1:
+        raise SystemExit(f"ramdisk: expected one kernel package, got {debs}")
+    with open(os.path.join(out, "packages"), "w") as f:
+        f.write("\n".join(packages) + "\n")
+    with open(os.path.join(out, "done"), "w") as f:
+        f.write(f"{time.monotonic() - t0:.0f} s\n")
+    say(f"Debian base {key}: {time.monotonic() - t0:.0f} s")
+    return out
+
+
+# ------------------------------------------------------------- wheels
+
+def wheelhouse(cache: str) -> str:
+    """The pinned wheels (requirements.txt, hashes checked) and pip's own,
+    downloaded once into the cache."""
+    lock = os.path.join(HERE, "requirements.txt")
+    key = file_sha256(lock)[:16]
+    out = os.path.join(cache, f"wheels-{key}")
+    if os.path.exists(os.path.join(out, "done")):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    say("downloading the pinned wheels (once)")
+    platform = ["--only-binary", ":all:", "--platform", "manylinux2014_x86_64",
+                "--platform", "manylinux_2_28_x86_64",
+                "--python-version", "3.11", "--implementation", "cp",
+                "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+         "--require-hashes", "-r", lock, "-d", out] + platform)
+    name, want = PIP_WHEEL
+    pip_version = name.split("-")[1]
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+         f"pip=={pip_version}", "-d", out] + platform)
+    if file_sha256(os.path.join(out, name)) != want:
+        raise SystemExit(f"ramdisk: {name} does not have the pinned sha256")
+    open(os.path.join(out, "done"), "w").close()
+    return out
+
+
+def agent_wheel(work: str, epoch: int) -> str:
+    """The agent as a wheel built from a copy of the checkout's sources."""
+    src = os.path.join(work, "src")
+    for rel in source_files(AGENT_SOURCES):
+        target = os.path.join(src, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(os.path.join(TOP, rel), target)
+    dist = os.path.join(work, "dist")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+         "-w", dist, src], env=env,
+        stdout=subprocess.DEVNULL)
+    wheels = os.listdir(dist)
+    if len(wheels) != 1:
+        raise SystemExit(f"ramdisk: expected one agent wheel, got {wheels}")
+    return os.path.join(dist, wheels[0])
+
+
+# ------------------------------------------------------------- stage 2
+
+def module_closure(moddir: str) -> list[str]:
+    """The modules matching MODULES and every module they depend on
+    (paths relative to ``moddir``)."""
+    deps: dict[str, list[str]] = {}
+    with open(os.path.join(moddir, "modules.dep")) as f:
+        for line in f:
+            mod, _, rest = line.partition(":")
+            deps[mod] = rest.split()
+    wanted = [m for m in deps if any(fnmatch.fnmatch(m, "kernel/" + p)
+                                     for p in MODULES)]
+    keep: set[str] = set()
+    stack = list(wanted)
+    while stack:
+        mod = stack.pop()
+        if mod in keep:
+            continue
+        keep.add(mod)
+        stack.extend(deps.get(mod, []))
+    return sorted(keep)
+
+
+def install_kernel(base: str, root: str, work: str) -> tuple[str, str]:
+    """Unpack the kernel package; copy the chosen modules into ``root``;
+    depmod.  Returns (vmlinuz path, version)."""
+    deb = [n for n in os.listdir(base) if n.endswith(".deb")][0]
+    kdir = os.path.join(work, "kernel")
+    run(["dpkg-deb", "-x", os.path.join(base, deb), kdir])
+    mods = os.path.join(kdir, "lib", "modules")
+    version = os.listdir(mods)[0]
+    moddir = os.path.join(mods, version)
+    run(["depmod", "-b", kdir, version])  # the package has no modules.dep
+    keep = module_closure(moddir)
+    target = os.path.join(root, "lib", "modules", version)
+    os.makedirs(target, exist_ok=True)
+    for name in ("modules.order", "modules.builtin",
+                 "modules.builtin.modinfo"):
+        if os.path.exists(os.path.join(moddir, name)):
+            shutil.copy2(os.path.join(moddir, name), target)
+    for mod in keep:
+        dest = os.path.join(target, mod)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(os.path.join(moddir, mod), dest)
+    # each module compressed (kmod unpacks the few it loads): the
+    # initramfs the kernel unpacks at boot is smaller by ~70 MB
+    plain = [os.path.join(target, m) for m in keep if m.endswith(".ko")]
+    for i in range(0, len(plain), 100):
+        run(["zstd", "-q", "--rm", "-15"] + plain[i:i + 100])
+    order = os.path.join(target, "modules.order")
+    if os.path.exists(order):
+        with open(order) as f:
+            text = f.read()
+        with open(order, "w") as f:
+            f.write(re.sub(r"\.ko$", ".ko.zst", text, flags=re.M))
+    run(["depmod", "-b", root, version])
+    say(f"kernel {version}: {len(keep)} modules kept")
+    return os.path.join(kdir, "boot", f"vmlinuz-{version}"), version
+
+
+def chroot(root: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                   "/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
+           "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "0"),
+           "PYTHONHASHSEED": "0"}
+    return run(["chroot", root] + argv, env=env, **kw)
+
+
+def install_python(root: str, wheels: str, own: str) -> None:
+    inside = os.path.join(root, "tmp", "wheels")
+    shutil.copytree(wheels, inside)
+    shutil.copy(own, inside)
+    shutil.copy(os.path.join(HERE, "requirements.txt"), inside)
+    pip = ["python3", f"/tmp/wheels/{PIP_WHEEL[0]}/pip", "install", "-q",
+           "--no-index", "--find-links", "/tmp/wheels", "--no-compile",
+           "--no-cache-dir", "--break-system-packages",
+           "--root-user-action=ignore", "--disable-pip-version-check"]
+    chroot(root, pip + ["--require-hashes", "-r",
+                        "/tmp/wheels/requirements.txt"])
+    chroot(root, pip + ["--no-deps", "/tmp/wheels/" + os.path.basename(own)])
+    shutil.rmtree(inside)
+    prune_python(os.path.join(root, SITE))
+    # twistd's plugin cache made now rather than at every boot; then
+    # bytecode without timestamps for everything (-f: also over what the
+    # imports just wrote), as the ramdisk imports and never recompiles
+    chroot(root, ["python3", "-c",
+                  "from twisted.plugin import IPlugin, getPlugins\n"
+                  "import twisted.plugins\n"
+                  "list(getPlugins(IPlugin, twisted.plugins))"])
+    chroot(root, ["python3", "-m", "compileall", "-q", "-f", "-j", "1",
+                  "--invalidation-mode", "unchecked-hash", "/" + SITE])
+
+
+SITE = "usr/local/lib/python3.11/dist-packages"
+
+
+def prune_python(site: str) -> None:
+    """Remove PRUNE_PYTHON from the wheels; strip their libraries."""
+    for top, dirs, files in os.walk(site, topdown=True):
+        rel = os.path.relpath(top, site)
+        for d in list(dirs):
+            if any(fnmatch.fnmatch(os.path.join(rel, d), p)
+                   for p in PRUNE_PYTHON):
+                shutil.rmtree(os.path.join(top, d))
+                dirs.remove(d)
+        for name in files:
+            path = os.path.join(top, name)
+            if any(fnmatch.fnmatch(os.path.normpath(os.path.join(rel, name)),
+                                   p) for p in PRUNE_PYTHON):
+                os.unlink(path)
+            elif ".so" in name and shutil.which("strip"):
+                run(["strip", "--strip-unneeded", path])
+
+
+def check_tools(root: str) -> None:
+    """Fail the build when a listed, non-optional agent tool is missing."""
+    dirs = ["usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin",
+            "sbin", "bin"]
+    missing = []
+    for tool in agent_tools.of_scope(agent_tools.AGENT):
+        if tool.optional:
+            continue
+        if not any(os.path.lexists(os.path.join(root, d, tool.name))
+                   for d in dirs):
+            missing.append(f"{tool.name} ({tool.package}: "
+                           f"{tool.needed_for})")
+    for name in ("twistd", "python3"):
+        if not any(os.path.lexists(os.path.join(root, d, name))
+                   for d in dirs):
+            missing.append(name)
+    if missing:
+        raise SystemExit("ramdisk: tools missing from the image:\n  "
+                         + "\n  ".join(missing))
+
+
+def configure(root: str, args: argparse.Namespace, build_id: str) -> None:
+    """/init, the DHCP script, /etc files, debug access, config files."""
+    shutil.copy(os.path.join(HERE, "init"), os.path.join(root, "init"))
+    os.chmod(os.path.join(root, "init"), 0o755)
+    share = os.path.join(root, "usr", "share", "ipa-twisted")
+    os.makedirs(share, exist_ok=True)
+    shutil.copy(os.path.join(HERE, "udhcpc"), os.path.join(share, "udhcpc"))
+    os.chmod(os.path.join(share, "udhcpc"), 0o755)
+    etc = os.path.join(root, "etc")
+    for name, text in (("hostname", "ipa-twisted\n"),
+                       ("hosts", "127.0.0.1 localhost ipa-twisted\n"
+                                 "::1 localhost ip6-localhost\n"),
+                       ("fstab", ""), ("machine-id", "")):
+        with open(os.path.join(etc, name), "w") as f:
+            f.write(text)
+    resolv = os.path.join(etc, "resolv.conf")
+    if os.path.lexists(resolv):
+        os.unlink(resolv)
+    os.symlink("../run/resolv.conf", resolv)
+    ipa = os.path.join(etc, "ipa-twisted")
+    os.makedirs(os.path.join(ipa, "agent.d"), exist_ok=True)
+    with open(os.path.join(ipa, "build-id"), "w") as f:
+        f.write(build_id + "\n")
+    for path in args.config:
+        shutil.copy(path, os.path.join(ipa, "agent.d",
+                                       os.path.basename(path)))
+    if args.ssh_key:
+        ssh = os.path.join(root, "root", ".ssh")
+        os.makedirs(ssh, mode=0o700, exist_ok=True)
+        with open(args.ssh_key) as src, \
+                open(os.path.join(ssh, "authorized_keys"), "w") as dst:
+            dst.write(src.read())
+        os.chmod(os.path.join(ssh, "authorized_keys"), 0o600)
+    if args.debug_password:
+        set_root_password(root, args.debug_password)
+        open(os.path.join(ipa, "debug-console"), "w").close()
+
+
+def set_root_password(root: str, password: str) -> None:
+    # a salt derived from the password keeps the build reproducible
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    salt = "$6$" + hashlib.sha256(b"ipa-twisted" + password.encode()
+                                  ).hexdigest()[:16]
+    hashed = crypt.crypt(password, salt)
+    path = os.path.join(root, "etc", "shadow")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    with open(path, "w") as f:
+        for line in lines:
+            fields = line.split(":")
+            if fields[0] == "root":
+                fields[1] = hashed
+            f.write(":".join(fields) + "\n")
+
+
+def prune(root: str) -> None:
+    for rel in PRUNE:
+        path = os.path.join(root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    for rel in STATE_FILES:
+        path = os.path.join(root, rel)
+        if os.path.isdir(path):
+            for name in os.listdir(path):
+                sub = os.path.join(path, name)
+                if os.path.isdir(sub) and not os.path.islink(sub):
+                    shutil.rmtree(sub)
+                else:
+                    os.unlink(sub)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    # bytecode of pruned modules, caches of tools run during the build
+    for top, dirs, files in os.walk(os.path.join(root, "root")):
+        for d in list(dirs):
+            if d == ".cache":
+                shutil.rmtree(os.path.join(top, d))
+                dirs.remove(d)
+
+
+def pack(root: str, path: str, epoch: int, compress: list[str]) -> int:
+    """Every mtime set to ``epoch``; a newc cpio of the tree in byte
+    order; compressed.  Returns the unpacked size in bytes."""
+    names: list[bytes] = []
+    size = 0
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = os.path.join(top, name)
+            names.append(os.path.relpath(full, root).encode())
+            st = os.lstat(full)
+            size += st.st_size
+            os.utime(full, (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))
+    names.sort()
+    with open(path, "wb") as out:
+        cpio = subprocess.Popen(
+            ["cpio", "--quiet", "-o", "-H", "newc", "--null",
+             "--reproducible", "-R", "0:0"], cwd=root,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        comp = subprocess.Popen(compress, stdin=cpio.stdout, stdout=out)
+        assert cpio.stdin is not None and cpio.stdout is not None
+        cpio.stdout.close()
+        cpio.stdin.write(b".\0" + b"\0".join(names) + b"\0")
+        cpio.stdin.close()
+        if cpio.wait() != 0 or comp.wait() != 0:
+            raise SystemExit("ramdisk: packing the initramfs failed")
+    return size
+
+
+COMPRESSORS = {
+    # the kernel unpacks each of these; zstd is the fastest to unpack
+    "zstd": ["zstd", "-q", "-12", "-T1", "-c"],
+    "gzip": ["gzip", "-n", "-9", "-c"],
+    "xz": ["xz", "--check=crc32", "-6", "-T1", "-c"],
+    "none": ["cat"],
+}
+
+
+def build_ramdisk(args: argparse.Namespace, cache: str, base: str,
+                  wheels: str) -> str:
+    sources = source_files(AGENT_SOURCES)
+    parts = [f"ramdisk {RAMDISK_RECIPE} {args.epoch} {args.compress}".encode(),
+             os.path.basename(base).encode(), os.path.basename(wheels).encode()]
+    for rel in sources:
+        with open(os.path.join(TOP, rel), "rb") as f:
+            parts.append(rel.encode() + b"\0" + f.read())
+    for name in RAMDISK_FILES:
+        with open(os.path.join(HERE, name), "rb") as f:
+            parts.append(name.encode() + b"\0" + f.read())
+    for path in args.config + ([args.ssh_key] if args.ssh_key else []):
+        with open(path, "rb") as f:
+            parts.append(b"file\0" + f.read())
+    parts.append((args.debug_password or "").encode())
+    key = digest(parts)[:16]
+    out = os.path.join(cache, f"ramdisk-{key}")
+    if os.path.exists(os.path.join(out, "done")) and not args.no_cache:
+        say(f"ramdisk {key}: cached")
+        return out
+    if args.no_cache:
+        out = tempfile.mkdtemp(prefix=f"ramdisk-{key}-", dir=cache)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+    t0 = time.monotonic()
+    work = tempfile.mkdtemp(prefix="ipa-ramdisk-", dir=cache)
+    try:
+        os.environ["SOURCE_DATE_EPOCH"] = str(args.epoch)
+        root = os.path.join(work, "root")
+        os.makedirs(root)
+        run(["tar", "-C", root, "--numeric-owner", "-xpf",
+             os.path.join(base, "root.tar")])
+        vmlinuz, version = install_kernel(base, root, work)
+        own = agent_wheel(work, args.epoch)
+        install_python(root, wheels, own)
+        configure(root, args, key)
+        prune(root)
+        check_tools(root)
+        shutil.copy(vmlinuz, os.path.join(out, "ipa-twisted.kernel"))
+        os.utime(os.path.join(out, "ipa-twisted.kernel"),
+                 (args.epoch, args.epoch))
+        initramfs = os.path.join(out, "ipa-twisted.initramfs")
+        unpacked = pack(root, initramfs, args.epoch,
+                        COMPRESSORS[args.compress])
+        info = {"key": key, "kernel_version": version,
+                "unpacked_bytes": unpacked, "compression": args.compress,
+                "build_seconds": round(time.monotonic() - t0, 1),
+                "agent_wheel": os.path.basename(own)}
+        with open(os.path.join(out, "build-info.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        open(os.path.join(out, "done"), "w").close()
+        say(f"ramdisk {key}: built in {time.monotonic() - t0:.0f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def relock() -> None:
+    """Resolve setup.cfg's install_requires again; rewrite the lock."""
+    import configparser
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(TOP, "setup.cfg"))
+    requires = [r.strip() for r in parser["options"]["install_requires"]
+                .splitlines() if r.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        run([sys.executable, "-m", "pip", "download", "-q", "-d", tmp,
+             "--only-binary", ":all:", "--platform", "manylinux2014_x86_64",
+             "--platform", "manylinux_2_28_x86_64", "--python-version",
+             "3.11", "--implementation", "cp", "--abi", "cp311", "--abi",
+             "abi3", "--abi", "none"] + requires)
+        lines = []
+        for name in sorted(os.listdir(tmp)):
+            project, version = name.split("-")[:2]
+            project = re.sub(r"[-_.]+", "-", project).lower()
+            lines.append(f"{project}=={version} --hash=sha256:"
+                         f"{file_sha256(os.path.join(tmp, name))}")
+    path = os.path.join(HERE, "requirements.txt")
+    with open(path) as f:
+        header = [ln for ln in f.read().splitlines() if ln.startswith("#")]
+    with open(path, "w") as f:
+        f.write("\n".join(header + sorted(lines)) + "\n")
+    say(f"{path}: {len(lines)} pins")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ramdisk/build",
+        description="Build ipa-twisted.kernel and ipa-twisted.initramfs "
+                    "(Debian packages, the agent from this checkout).")
+    parser.add_argument("-o", "--output", default=".",
+                        help="directory for the kernel and initramfs "
+                             "(default: the current one)")
+    parser.add_argument("--cache-dir", help="build cache (default: "
+                        "$IPA_TWISTED_CACHE/ramdisk or "
+                        "~/.cache/ipa-twisted/ramdisk)")
+    parser.add_argument("--mirror", default="",
+                        help="Debian mirror (default: mmdebstrap's, "
+                             "deb.debian.org)")
+    parser.add_argument("--firmware", action="store_true",
+                        help="add Debian's firmware packages (NICs, "
+                             "storage: non-free-firmware)")
+    parser.add_argument("--ssh-key", metavar="FILE",
+                        help="debug: root may log in over SSH (dropbear) "
+                             "with this public key")
+    parser.add_argument("--debug-password", metavar="PASSWORD",
+                        help="debug: root's password, and a login prompt "
+                             "on the serial console")
+    parser.add_argument("--config", metavar="FILE", action="append",
+                        default=[], help="an agent config file ([DEFAULT] "
+                        "section) put in /etc/ipa-twisted/agent.d "
+                        "(repeatable)")
+    parser.add_argument("--extra-package", metavar="PKG", action="append",
+                        default=[], help="another Debian package to "
+                        "install (repeatable)")
+    parser.add_argument("--compress", choices=sorted(COMPRESSORS),
+                        default="zstd")
+    parser.add_argument("--epoch", type=int, default=int(
+        os.environ.get("SOURCE_DATE_EPOCH", EPOCH)),
+        help="mtime of every file (default: $SOURCE_DATE_EPOCH or "
+             f"{EPOCH})")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="build the ramdisk stage again even if cached "
+                             "(the Debian base stays cached)")
+    parser.add_argument("--check-reproducible", action="store_true",
+                        help="build the ramdisk stage twice, compare sha256")
+    parser.add_argument("--relock", action="store_true",
+                        help="re-resolve ramdisk/requirements.txt and exit")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.relock:
+        relock()
+        return 0
+    if os.geteuid() != 0:
+        print("ramdisk: run as root (mmdebstrap, chroot)", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    cache = cache_dir(args.cache_dir)
+    base = build_base(args, cache)
+    wheels = wheelhouse(cache)
+    result = build_ramdisk(args, cache, base, wheels)
+    if args.check_reproducible:
+        args.no_cache = True
+        again = build_ramdisk(args, cache, base, wheels)
+        try:
+            for name in ("ipa-twisted.kernel", "ipa-twisted.initramfs"):
+                a = file_sha256(os.path.join(result, name))
+                b = file_sha256(os.path.join(again, name))
+                if a != b:
+                    print(f"ramdisk: NOT reproducible: {name} {a} != {b} "
+                          f"(kept: {again})", file=sys.stderr)
+                    again = ""
+                    return 1
+                say(f"reproducible: {name} sha256 {a} (twice)")
+        finally:
+            if again:
+                shutil.rmtree(again, ignore_errors=True)
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(result, "build-info.json")) as f:
+        info = json.load(f)
+    for name in ("ipa-twisted.kernel", "ipa-twisted.initramfs"):
+        target = os.path.join(args.output, name)
+        shutil.copy2(os.path.join(result, name), target)
+        size = os.path.getsize(target)
+        say(f"{target}: {size / MiB:.1f} MiB ({size} bytes), sha256 "
+            f"{file_sha256(target)}")
+    say(f"initramfs unpacked: {info['unpacked_bytes'] / MiB:.1f} MiB; "
+        f"kernel {info['kernel_version']}; done in "
+        f"{time.monotonic() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

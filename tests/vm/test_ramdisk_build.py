@@ -1,0 +1,78 @@
+"""ramdisk/build: what it makes, that a rebuild is cached, and that two
+builds of the ramdisk stage are the same bytes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipa_twisted import tools
+from tests.integration import harness as h
+from tests.integration.base import unavailable
+from tests.vm import netboot as nb
+
+MiB = 1024 ** 2
+BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin",
+            "sbin", "bin")
+
+
+class RamdiskBuildTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        try:
+            self.built = nb.ramdisk()
+        except h.Unavailable as e:
+            unavailable(e)
+
+    def test_contents(self) -> None:
+        initramfs = self.built["initramfs"]
+        size = os.path.getsize(initramfs)
+        h.say(f"initramfs {size / MiB:.1f} MiB, kernel "
+              f"{os.path.getsize(self.built['kernel']) / MiB:.1f} MiB")
+        self.assertLessEqual(size, 100 * MiB)
+        with open(self.built["kernel"], "rb") as f:
+            self.assertEqual(f.read(0x206)[0x202:], b"HdrS")  # bzImage
+        listing = subprocess.run(
+            f"zstd -dc {initramfs} | cpio -t --quiet", shell=True,
+            capture_output=True, text=True, check=True).stdout.split("\n")
+        names = set(listing)
+        self.assertEqual(listing[:2], [".", "bin"])  # sorted
+        for path in ("init", "usr/share/ipa-twisted/udhcpc",
+                     "etc/ipa-twisted/build-id"):
+            self.assertTrue(path in names, path)
+        wanted = ["twistd", "python3", "udevadm", "busybox"] + [
+            t.name for t in tools.of_scope(tools.AGENT) if not t.optional]
+        missing = [name for name in wanted
+                   if not any(f"{d}/{name}" in names for d in BIN_DIRS)]
+        self.assertEqual(missing, [])
+        # only the modules servers need: no sound, graphics or wireless
+        modules = [n for n in names if n.endswith(".ko.zst")]
+        self.assertTrue(any("/virtio_blk.ko" in m for m in modules))
+        self.assertTrue(any("/nvme.ko" in m for m in modules))
+        self.assertFalse([m for m in modules if "/sound/" in m
+                          or "/gpu/" in m or "/wireless/" in m])
+
+    def test_cached_and_reproducible(self) -> None:
+        out = self.mktemp()
+        t0 = time.monotonic()
+        result = subprocess.run(
+            [os.path.join(nb.TOP, "ramdisk", "build"), "-o", out],
+            capture_output=True, text=True)
+        took = time.monotonic() - t0
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        self.assertIn("cached", result.stdout)
+        h.say(f"cached rebuild: {took:.1f} s")
+        self.assertLess(took, 60)
+        self.assertEqual(h.file_sha256(os.path.join(out,
+                                                    "ipa-twisted.initramfs")),
+                         h.file_sha256(self.built["initramfs"]))
+        # the ramdisk stage once more, from the same Debian base
+        result = subprocess.run(
+            [os.path.join(nb.TOP, "ramdisk", "build"), "-o", out,
+             "--check-reproducible"], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0,
+                         result.stdout[-2000:] + result.stderr[-2000:])
+        self.assertEqual(result.stdout.count("reproducible: "), 2)
