@@ -79,10 +79,6 @@ class RunningAgent:
         lambda progress: None
     #: The agent token in force (configured, or handed out by Ironic).
     current_token: Callable[[], str | None] = lambda: None
-    #: Stop serving the API / stop heartbeating (lockdown, rescue); each
-    #: fires once done.
-    stop_api: Callable[[], "Deferred[None]"] = lambda: succeed(None)
-    stop_heartbeats: Callable[[], "Deferred[None]"] = lambda: succeed(None)
     #: How :meth:`in_thread` runs blocking work (None: a thread of the
     #: disk pool; tests run it at once).
     thread_runner: Callable[..., "Deferred[Any]"] | None = None
