@@ -708,14 +708,8 @@ def partition_number(kname: str) -> str:
 
 def partitions_of(disk: str) -> list[str]:
     """The kernel names of ``disk``'s own partitions (not of holders
-    built on it)."""
-    base = os.path.join(SYS_BLOCK, disk)
-    try:
-        names = sorted(os.listdir(base))
-    except OSError:
-        return []
-    return [n for n in names
-            if os.path.exists(os.path.join(base, n, "partition"))]
+    built on it), by number."""
+    return [name for _, name in partinfo.partition_names(disk, SYS_BLOCK)]
 
 
 def device_number(name: str) -> tuple[int, int]:
