@@ -185,8 +185,6 @@ SEARCH_PATH = os.pathsep.join([
     os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/local/bin",
     "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
 
-BY_NAME = {tool.name: tool for tool in TOOLS}
-
 
 def of_scope(scope: str) -> list[Tool]:
     """The tools ``scope`` needs: the tests need the agent's too."""
