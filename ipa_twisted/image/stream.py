@@ -305,7 +305,7 @@ async def stream_body(
     if offset and response.code == 206:
         m = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
         if not m or int(m.group(1)) != offset:
-            response.deliverBody(Protocol())
+            discard_body(response)  # (read none of it: close)
             raise errors.ImageDownloadError(
                 image_id, f"{url} answered a range that does not start at "
                 f"byte {offset}: {_header(response, b'content-range')}")
@@ -318,12 +318,12 @@ async def stream_body(
                      "of a full copy", url=url, n=offset)
             target = _Skip(consumer, offset)
     elif 400 <= response.code < 500:
-        response.deliverBody(Protocol())
+        discard_body(response)  # (read none of it: close)
         raise errors.ImageDownloadFatalError(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
     else:
-        response.deliverBody(Protocol())
+        discard_body(response)  # (read none of it: close)
         raise errors.ImageDownloadError(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
@@ -399,8 +399,7 @@ async def stream_body(
             f"{_describe(Failure(e))}",
         ) from None
     finally:
-        if check.running:
-            check.stop()
+        check.stop()
     if length is not None and received != length:
         raise errors.ImageDownloadError(
             image_id, f"{url}: got {received} of {length} bytes"
