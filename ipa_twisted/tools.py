@@ -57,6 +57,8 @@ TOOLS: tuple[Tool, ...] = (
          "the inventory"),
     Tool("blkdiscard", "util-linux", "erase_devices on disks whose "
          "discarded blocks read back as zeroes"),
+    Tool("fio", "fio", "burnin_disk (the disks' read/write/verify run), "
+         "burnin_network (fio's net engine between two nodes)"),
     Tool("efibootmgr", "efibootmgr", "UEFI boot entries (install_bootloader "
          "on UEFI machines, clean_uefi_nvram)"),
     Tool("hdparm", "hdparm", "erase_devices on ATA disks (security erase, "
@@ -100,6 +102,7 @@ TOOLS: tuple[Tool, ...] = (
          "that a timeout or a cancel stops all it started"),
     Tool("smartctl", "smartmontools", "erase_devices on ATA disks (can ATA "
          "security commands reach the drive)"),
+    Tool("stress-ng", "stress-ng", "burnin_cpu and burnin_memory"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "
          "header), config drives on GPT disks"),
     Tool("sync", "coreutils", "flushing disks before power off"),
