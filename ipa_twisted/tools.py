@@ -57,6 +57,8 @@ TOOLS: tuple[Tool, ...] = (
          "the inventory"),
     Tool("blkdiscard", "util-linux", "erase_devices on disks whose "
          "discarded blocks read back as zeroes"),
+    Tool("env", "coreutils", "burnin_gpu (gpu_burn runs in its install "
+         "directory); the deploy benchmark"),
     Tool("fio", "fio", "burnin_disk (the disks' read/write/verify run), "
          "burnin_network (fio's net engine between two nodes)"),
     Tool("efibootmgr", "efibootmgr", "UEFI boot entries (install_bootloader "
@@ -135,7 +137,6 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dpkg-deb", "dpkg", "the UEFI test machine (unpacking packages)",
          TEST),
     Tool("gcc", "gcc", "the loop-device geometry shim", TEST),
-    Tool("env", "coreutils", "the deploy benchmark", TEST),
     Tool("genisoimage", "genisoimage", "config drives", TEST),
     Tool("gzip", "gzip", "compressed images", TEST),
     Tool("ldd", "libc-bin", "the UEFI test machine's initramfs", TEST),
