@@ -270,7 +270,8 @@ class Burnin:
                 _log_output(self.step, e.result.err + e.result.out)
             code = e.result.exit_code if isinstance(e, ProcessFailed) \
                 and e.result is not None else None
-            raise BurninError(f"{what} failed: {e.reason}"
+            reason = f"exit code {code}" if code is not None else e.reason
+            raise BurninError(f"{what} failed: {reason}"
                               + (f": {tail}" if tail else ""),
                               exit_code=code) from None
         _log_output(self.step, result.err + result.out)

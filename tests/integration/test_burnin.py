@@ -1,0 +1,203 @@
+"""The burn-in steps for real: a sandboxed standalone agent runs stress-ng
+(cpu, vm) and fio (on its loop device, the only disk it may see) through
+its API, as Ironic's manual cleaning would; short runs, few bytes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Any
+
+from tests.integration import agent_api
+from tests.integration import harness as h
+from tests.integration.base import SandboxTestCase
+
+TOKEN = "b" * 40
+MiB = 1024 ** 2
+
+
+class LoopBurninTests(SandboxTestCase):
+    disk_size = 64 * MiB
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.agent = h.Agent(self.cleanups, self.netns, self.workdir,
+                             self.device, None,
+                             ["--standalone", "--agent-token", TOKEN,
+                              "--listen-host", "127.0.0.1"])
+        self.agent.wait_for_log("agent API listening", 60)
+        steps = agent_api.command(self.netns, TOKEN, "clean.get_clean_steps",
+                                  node={}, ports=[])
+        self.versions = steps["command_result"]["hardware_manager_version"]
+        self.steps = {s["step"]: s for s in steps["command_result"][
+            "clean_steps"]["GenericHardwareManager"]}
+
+    def start(self, step: str, info: dict[str, Any]) -> str:
+        status, _, body = agent_api.call(
+            self.netns, "POST", f"/v1/commands/?agent_token={TOKEN}",
+            {"name": "clean.execute_clean_step", "params": {
+                "step": {"step": step, "interface": "deploy"},
+                "node": {"uuid": "n", "driver_info": info},
+                "ports": [], "clean_version": self.versions}})
+        self.assertEqual(status, 200, body)
+        return str(body["id"])
+
+    def wait(self, command_id: str, timeout: float = 120
+             ) -> tuple[dict[str, Any], list[Any]]:
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            _, _, body = agent_api.call(
+                self.netns, "GET",
+                f"/v1/commands/{command_id}?agent_token={TOKEN}")
+            if body["command_status"] != "RUNNING":
+                return body, seen
+            if body["command_result"]:
+                seen.append(body["command_result"]["progress"])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still running: {body}")
+            time.sleep(0.3)
+
+    def test_burnin_cpu_and_memory(self) -> None:
+        for name in ("burnin_cpu", "burnin_memory", "burnin_disk",
+                     "burnin_network", "burnin_gpu"):
+            self.assertEqual(self.steps[name]["priority"], 0)
+            self.assertTrue(self.steps[name]["abortable"])
+        t0 = time.monotonic()
+        done, seen = self.wait(self.start("burnin_cpu", {
+            "agent_burnin_cpu_timeout": 2, "agent_burnin_cpu_cpu": 1}))
+        took = time.monotonic() - t0
+        self.assertEqual(done["command_status"], "SUCCEEDED", done)
+        metrics = done["command_result"]["clean_result"]["metrics"]
+        h.say(f"burnin_cpu 2 s: {took:.1f} s; {metrics}; progress seen: "
+              f"{seen[-1] if seen else None}")
+        self.assertGreater(metrics["cpu"]["bogo_ops"], 0)
+        self.assertGreaterEqual(metrics["cpu"]["real_time_s"], 1.9)
+        self.assertIn("stress-ng (cpu) running",
+                      {p["phase"] for p in seen})
+
+        done, _ = self.wait(self.start("burnin_memory", {
+            "agent_burnin_vm_timeout": "2", "agent_burnin_vm_vm": 1,
+            "agent_burnin_vm_vm-bytes": "16M"}))
+        self.assertEqual(done["command_status"], "SUCCEEDED", done)
+        metrics = done["command_result"]["clean_result"]["metrics"]
+        h.say(f"burnin_memory 2 s, 16M: {metrics}")
+        self.assertGreater(metrics["vm"]["bogo_ops"], 0)
+        log = self.agent.read_log()
+        self.assertIn("stress-ng --vm 1 --timeout 2 --vm-bytes 16M "
+                      "--metrics-brief", log)
+        self.assertIn("successful run completed", log)
+
+        # a value stress-ng cannot use: FAILED, in stress-ng's words
+        done, _ = self.wait(self.start("burnin_memory", {
+            "agent_burnin_vm_timeout": "2", "agent_burnin_vm_vm": 1,
+            "agent_burnin_vm_vm-bytes": "99999T"}))
+        self.assertEqual(done["command_status"], "FAILED", done)
+        error = done["command_error"]
+        h.say(f"burnin_memory with 99999T: {error}")
+        self.assertEqual(error["type"], "CommandExecutionError")
+        self.assertIn("stress-ng (vm) failed", error["details"])
+
+    def test_burnin_disk_on_the_loop_device(self) -> None:
+        with open(self.device, "rb") as f:
+            before = f.read(MiB)
+        t0 = time.monotonic()
+        done, _ = self.wait(self.start("burnin_disk", {
+            "agent_burnin_fio_disk_loops": 1}))
+        took = time.monotonic() - t0
+        self.assertEqual(done["command_status"], "SUCCEEDED", done)
+        devices = done["command_result"]["clean_result"]["devices"]
+        h.say(f"burnin_disk of {self.disk_size // MiB} MiB, 1 loop: "
+              f"{took:.1f} s; {devices}")
+        # only the allow-listed loop device, nothing of this machine's
+        self.assertEqual(list(devices), [self.device])
+        self.assertEqual((devices[self.device]["err"],
+                          devices[self.device]["io_errors"]), (0, 0))
+        self.assertIn("write", devices[self.device])
+        with open(self.device, "rb") as f:
+            self.assertNotEqual(f.read(MiB), before)   # fio wrote it
+        self.assertIn(f"--name {self.device} --filename {self.device}",
+                      self.agent.read_log())
+
+    def test_burnin_disk_fails_on_a_read_only_disk(self) -> None:
+        subprocess.run(["blockdev", "--setro", self.device], check=True)
+        self.addCleanup(subprocess.run, ["blockdev", "--setrw", self.device],
+                        check=True)
+        done, _ = self.wait(self.start("burnin_disk", {
+            "agent_burnin_fio_disk_loops": 1}))
+        self.assertEqual(done["command_status"], "FAILED", done)
+        error = done["command_error"]
+        h.say(f"burnin_disk on a read-only disk: {error['details'][:300]}")
+        self.assertEqual(error["type"], "CommandExecutionError")
+        self.assertIn("fio (disk) failed", error["details"])
+        self.assertTrue(os.path.exists(self.device))
+
+
+class NetworkBurninTests(SandboxTestCase):
+    """Two sandboxed agents in one network namespace, paired statically
+    (``agent_burnin_fio_network_config``) over loopback: each writes, then
+    reads (the roles swap)."""
+
+    disk_size = 16 * MiB
+
+    def agent(self, name: str, port: int) -> None:
+        h.Agent(self.cleanups, self.netns, self.workdir, self.device, None,
+                ["--standalone", "--agent-token", TOKEN, "--listen-host",
+                 "127.0.0.1", "--listen-port", str(port)], name=name
+                ).wait_for_log("agent API listening", 60)
+
+    def start(self, port: int, role: str) -> str:
+        steps = agent_api.call(
+            self.netns, "POST", f"/v1/commands/?wait=true&agent_token={TOKEN}",
+            {"name": "clean.get_clean_steps", "params": {
+                "node": {}, "ports": []}}, port=port)[2]
+        status, _, body = agent_api.call(
+            self.netns, "POST", f"/v1/commands/?agent_token={TOKEN}",
+            {"name": "clean.execute_clean_step", "params": {
+                "step": {"step": "burnin_network", "interface": "deploy"},
+                "node": {"uuid": role, "driver_info": {
+                    "agent_burnin_fio_network_runtime": 2,
+                    "agent_burnin_fio_network_pairing_timeout": 120,
+                    "agent_burnin_fio_network_config": {
+                        "role": role, "partner": "127.0.0.1"}}},
+                "ports": [], "clean_version": steps["command_result"][
+                    "hardware_manager_version"]}}, port=port)
+        self.assertEqual(status, 200, body)
+        return str(body["id"])
+
+    def wait(self, port: int, command_id: str, timeout: float = 180
+             ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            _, _, body = agent_api.call(
+                self.netns, "GET",
+                f"/v1/commands/{command_id}?agent_token={TOKEN}", port=port)
+            if body["command_status"] != "RUNNING":
+                return dict(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still running: {body}")
+            time.sleep(0.5)
+
+    def test_two_agents_write_and_read_each_way(self) -> None:
+        self.agent("writer", 9999)
+        self.agent("reader", 9998)
+        t0 = time.monotonic()
+        writer = self.start(9999, "writer")
+        reader = self.start(9998, "reader")
+        done = {role: self.wait(port, command) for role, port, command in (
+            ("writer", 9999, writer), ("reader", 9998, reader))}
+        took = time.monotonic() - t0
+        for role, body in done.items():
+            self.assertEqual(body["command_status"], "SUCCEEDED", body)
+        first = done["writer"]["command_result"]["clean_result"]
+        second = done["reader"]["command_result"]["clean_result"]
+        h.say(f"burnin_network 2 s each way on loopback: {took:.1f} s; "
+              f"writer-first agent: {first}; reader-first agent: {second}")
+        self.assertEqual((first["role"], second["role"]),
+                         ("writer", "reader"))
+        self.assertEqual(first["first"]["writer"]["err"], 0)
+        self.assertEqual(first["second"]["reader"]["err"], 0)
+        self.assertEqual(second["first"]["reader"]["err"], 0)
+        self.assertEqual(second["second"]["writer"]["err"], 0)
+        self.assertIn("BW=", second["first"]["reader"]["read"])
