@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from typing import Any
+from unittest import SkipTest
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.integration import agent_api
 from tests.integration import harness as h
@@ -261,3 +265,69 @@ class ToozPairingTests(SynchronousTestCase):
         first, second = self.pair(("ours", "node-a"), ("ours", "node-b"))
         self.assertEqual(first, {"partner": "node-b", "role": "writer"})
         self.assertEqual(second, {"partner": "node-a", "role": "reader"})
+
+
+def stress_ng_pids() -> set[int]:
+    """Live (not zombie) processes whose name starts with stress-ng (the
+    workers rename themselves: stress-ng-cpu ...)."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if comm.startswith("stress-ng") and state != "Z":
+            found.add(int(name))
+    return found
+
+
+class CancelBurninTests(TestCase):
+    """Cancelling a running burn-in (the agent stopping, the command
+    cancelled) ends stress-ng and the workers it forked, at once: real
+    reactor, real process runner, no sandbox needed (no disk)."""
+
+    timeout = 60
+
+    async def test_cancel_stops_stress_ng_and_its_workers(self) -> None:
+        from twisted.internet import reactor
+
+        from ipa_twisted.config import load_config
+        from ipa_twisted.context import RunningAgent
+        from ipa_twisted.hardware import burnin
+        from ipa_twisted.hardware.disks import DeviceGuard
+        from ipa_twisted.process import ProcessRunner
+
+        if shutil.which("stress-ng") is None:
+            raise SkipTest("stress-ng is not installed")
+        runner = ProcessRunner(reactor, reactor)
+        self.addCleanup(runner.stop)
+        agent = RunningAgent(config=load_config(), reactor=reactor,
+                             process=runner, guard=DeviceGuard([]))
+        before = stress_ng_pids()
+        d = ensureDeferred(burnin.stress_ng(agent, {"driver_info": {
+            "agent_burnin_cpu_cpu": 2, "agent_burnin_cpu_timeout": 600}},
+            "burnin_cpu", "cpu"))
+        t0 = time.monotonic()
+        while len(stress_ng_pids() - before) < 3:      # parent + 2 workers
+            if time.monotonic() - t0 > 20:
+                self.fail(f"stress-ng did not start: {stress_ng_pids()}")
+            await deferLater(reactor, 0.05)
+        started = stress_ng_pids() - before
+        t0 = time.monotonic()
+        d.cancel()
+        with self.assertRaises(CancelledError):
+            await d
+        while stress_ng_pids() & started:
+            if time.monotonic() - t0 > 5:
+                self.fail(f"left running: {stress_ng_pids() & started}")
+            await deferLater(reactor, 0.05)
+        took = time.monotonic() - t0
+        h.say(f"burnin_cpu cancelled: {len(started)} stress-ng processes "
+              f"gone in {took:.2f} s")
+        self.assertEqual(agent.progress.text(),  # type: ignore[union-attr]
+                         "burnin_cpu cancelled")
