@@ -145,9 +145,19 @@ class PipelineTests(_PipelineBase):
                          ("raw", len(RAW), 1))
         self.assertEqual(self.disk_bytes(len(RAW)), RAW)
 
+    #: qemu-img's output for RAW, by its options: made once per process
+    #: (RAW does not change), as several tests ask for the same image
+    made: dict[tuple[tuple[str, ...], bool], bytes] = {}
+
     def qcow2(self, *options: str, grow: bool = False) -> bytes:
         if shutil.which("qemu-img") is None:
             unavailable(h.Unavailable("needs qemu-img (qemu-utils)"))
+        key = (options, grow)
+        if key not in self.made:
+            self.made[key] = self._qemu_img(options, grow)
+        return self.made[key]
+
+    def _qemu_img(self, options: tuple[str, ...], grow: bool) -> bytes:
         raw = os.path.abspath(self.mktemp())
         image = raw + ".qcow2"
         with open(raw, "wb") as f:
