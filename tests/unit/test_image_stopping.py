@@ -381,7 +381,13 @@ class StalledDiskCommandTests(_Base):
         result = runner.execute("standby.prepare_image",
                                 {"image_info": info})
         self.assertEqual(result.status, "RUNNING")
-        await self.until(lambda: result.status != "RUNNING", clock, 0.5)
+        # half a second a turn while the download runs and stalls, up to
+        # the writer leaving its stuck threads; from there on only the
+        # wipe's 60 s timeout is awaited (its thread is stuck in a write
+        # that never returns): 5 s a turn
+        await self.until(lambda: any("did not stop within" in line
+                                     for line in self.logged), clock, 0.5)
+        await self.until(lambda: result.status != "RUNNING", clock, 5.0)
         self.assertEqual(result.status, "FAILED")
         self.assertEqual(result.error["type"], "ImageWriteError")
         self.assertIn("the disk has not completed a write for 5 s",
