@@ -35,9 +35,11 @@ from ipa_twisted.testing import FakeProcessRunner
 from tests import hostile_images as hi
 from tests.integration import harness as h
 from tests.integration.base import unavailable
+from tests.properties import examples
 
 MiB = 1024 * 1024
-SETTINGS = settings(max_examples=60, deadline=None,
+#: (how many examples: tests/properties.py; the full counts in CI)
+SETTINGS = settings(max_examples=examples(60), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.data_too_large])
 
@@ -175,7 +177,7 @@ def run_qcow2(data: bytes, chunk: int, max_size: int) -> qcow2.Qcow2Stream:
 
 
 class Qcow2Properties(SynchronousTestCase):
-    @settings(SETTINGS, max_examples=120)
+    @settings(SETTINGS, max_examples=examples(120))
     @given(st.data())
     def test_mutated_images(self, data: st.DataObject) -> None:
         files = Qcow2Files.get()
