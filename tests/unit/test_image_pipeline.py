@@ -31,6 +31,7 @@ from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.image.proxy import bypass, proxy_for
 from ipa_twisted.image.writer import download_to_device, retry_pause
 from ipa_twisted.testing import FakeProcessRunner
+from tests import hostile_images as hi
 from tests.integration import harness as h
 from tests.integration.base import unavailable
 
@@ -212,8 +213,9 @@ class PipelineTests(_PipelineBase):
         # an xz header may ask for any dictionary (up to 1.5 GiB): the
         # decoder allocates what it says
         inner = RAW[:65536] + bytes(MiB)
-        packed = lzma.compress(inner, filters=[
-            {"id": lzma.FILTER_LZMA2, "dict_size": 256 * MiB}])
+        # (the block header xz writes for a 256 MiB dictionary, without
+        # the encoder allocating one)
+        packed = hi.xz_asking_for(256 * MiB, inner)
         with self.assertRaises(errors.InvalidImage) as cm:
             await self.write(self.serve("huge-dict.xz", packed))
         self.assertIn("needs more than 128 MiB", str(cm.exception))
