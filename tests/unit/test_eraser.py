@@ -6,6 +6,7 @@ tests/fixtures/erase.  The real thing runs in tests/integration
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -25,6 +26,14 @@ from tests.fixtures import load
 
 MiB = 1024 * 1024
 SIZE = 8 * MiB
+
+
+@functools.lru_cache(maxsize=2)
+def noise(size: int) -> bytes:
+    """Random bytes, the old data on a disk: made once per size (each
+    disk is a file of its own, and nothing compares one disk's old data
+    with another's), not 8 MiB from os.urandom for every disk."""
+    return os.urandom(size)
 
 
 class Context(RunningAgent):
@@ -58,7 +67,7 @@ class Disks(SynchronousTestCase):
              discard: int = 0, ro: str = "0") -> BlockDevice:
         path = os.path.join(self.root, kname)
         with open(path, "wb") as f:
-            f.write(os.urandom(size))
+            f.write(noise(size))
         base = os.path.join(self.sys, kname)
         os.makedirs(os.path.join(base, "queue"))
         for name, value in (("queue/discard_max_bytes", str(discard)),
@@ -102,9 +111,12 @@ class Disks(SynchronousTestCase):
 
     @staticmethod
     def zero(path: str) -> None:
+        """Every byte reads as zero (the file emptied and extended again:
+        a hole, not 8 MiB written)."""
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
-            f.write(bytes(size))
+            f.truncate(0)
+            f.truncate(size)
 
     def tool(self, name: str, act: Callable[[Sequence[str]], Any]) -> None:
         self.process.handlers[name] = act
