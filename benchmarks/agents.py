@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from tests.integration import harness as h
 
@@ -323,11 +323,14 @@ class OurAgent:
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, port: int,
                  env: dict[str, str] | None = None,
-                 entry: str = "twistd") -> None:
+                 entry: str = "twistd", api_url: str | None = None) -> None:
         self.netns = netns
         self.port = port
-        flags = ["--standalone", "--agent-token", TOKEN,
-                 "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+        # with ``api_url``: lookup and heartbeats (then auto-TLS if that
+        # Ironic is new enough); without: standalone
+        flags = (["--api-url", api_url] if api_url else ["--standalone"]) + [
+            "--agent-token", TOKEN,
+            "--listen-host", "127.0.0.1", "--listen-port", str(port)]
         for old in ("ours.log", "ours.stderr"):  # an earlier run's
             if os.path.exists(os.path.join(work, old)):
                 os.unlink(os.path.join(work, old))
@@ -429,15 +432,17 @@ def ipa_manager(work: str, code: str = IPA_MANAGER) -> str:
 
 class IPAAgent:
     """ironic-python-agent 13.0.0, its own entry point, sandboxed the same
-    way, on 127.0.0.1:``port``: no Ironic API URL, so no lookup and no
-    heartbeat; it serves its API at once.  Its install disk is the loop
-    device (:data:`IPA_MANAGER`)."""
+    way, on 127.0.0.1:``port``: by default no Ironic API URL, so no lookup
+    and no heartbeat; it serves its API at once (with ``api_url`` it looks
+    up and heartbeats, and ``ready`` says when it is up).  Its install
+    disk is the loop device (:data:`IPA_MANAGER`)."""
 
     name = "ironic-python-agent"
 
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, port: int, tmpdir: str,
-                 manager: str = IPA_MANAGER) -> None:
+                 manager: str = IPA_MANAGER, api_url: str | None = None,
+                 ready: Callable[[], bool] | None = None) -> None:
         venv = h.ipa_venv()
         stubs = os.path.join(work, "stubs")
         h.make_stubs(stubs)
@@ -460,6 +465,8 @@ class IPAAgent:
                 "--agent_token", TOKEN,
                 "--disk_wait_attempts", "2", "--disk_wait_delay", "1",
                 "--log-file", self.log]
+        if api_url:
+            argv += ["--api_url", api_url]
         started = time.monotonic()
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL,
@@ -469,6 +476,12 @@ class IPAAgent:
         deadline = time.monotonic() + 120
         while True:
             try:
+                if ready is not None:
+                    # after a lookup its API may serve https (auto-TLS):
+                    # the caller says when it is up
+                    if ready():
+                        break
+                    raise RuntimeError("not ready")
                 call(netns, port, "GET", "/v1/status", timeout=2)
                 break
             except (OSError, RuntimeError):

@@ -24,6 +24,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -76,6 +77,101 @@ reactor.run()
 """
 
 
+#: What the agents' lookup and heartbeats need of Ironic, on loopback in
+#: the benchmark's namespace: version discovery (a version with auto-TLS,
+#: >= 1.68, as a current Ironic), a lookup answer (a fresh node each time),
+#: and heartbeats, each logged as a JSON line (node, callback URL, whether
+#: it carried an auto-TLS certificate).
+FAKE_IRONIC = """
+import json, sys, time, uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port, log = int(sys.argv[1]), sys.argv[2]
+VERSION = {"id": "v1", "status": "CURRENT", "version": "1.96",
+           "min_version": "1.1",
+           "links": [{"href": "http://127.0.0.1:%d/v1/" % port,
+                      "rel": "self"}]}
+
+
+class Ironic(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, code, body=None):
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-OpenStack-Ironic-API-Version", "1.96")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path.rstrip("/") == "":
+            self.answer(200, {"name": "OpenStack Ironic API",
+                              "versions": [VERSION],
+                              "default_version": VERSION})
+        elif self.path.startswith("/v1/lookup"):
+            self.answer(200, {
+                "node": {"uuid": str(uuid.uuid4()), "properties": {},
+                         "instance_info": {}, "driver_internal_info": {},
+                         "provision_state": "deploy wait"},
+                "config": {"heartbeat_timeout": @TIMEOUT@,
+                           "agent_token": "******",
+                           "agent_token_required": True}})
+        else:
+            self.answer(404, {"error_message": "not found"})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.startswith("/v1/heartbeat/"):
+            data = json.loads(body or b"{}")
+            with open(log, "a") as f:
+                f.write(json.dumps({
+                    "time": time.time(), "node": self.path.split("/")[3],
+                    "callback_url": data.get("callback_url"),
+                    "verify_ca": bool(data.get("agent_verify_ca"))}) + "\\n")
+            self.answer(202)
+        else:
+            self.answer(404, {"error_message": "not found"})
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", port), Ironic)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+class FakeIronic:
+    """:data:`FAKE_IRONIC` in the namespace; :meth:`heartbeats` reads its
+    log."""
+
+    def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
+                 port: int, heartbeat_timeout: int) -> None:
+        import subprocess
+
+        script = os.path.join(work, "fake_ironic.py")
+        with open(script, "w") as f:
+            f.write(FAKE_IRONIC.replace("@TIMEOUT@", str(heartbeat_timeout)))
+        self.log = os.path.join(work, "heartbeats.jsonl")
+        open(self.log, "w").close()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, script, str(port),
+             self.log], stdout=subprocess.PIPE, start_new_session=True)
+        cleanups.add("fake ironic", lambda: h.stop_process(self.proc))
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()
+
+    def heartbeats(self) -> list[dict[str, Any]]:
+        import json
+
+        with open(self.log) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
 class Bare:
     name = "bare Klein + treq"
 
@@ -112,6 +208,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=5.0)
+    parser.add_argument("--standalone", action="store_true",
+                        help="agents without Ironic (no lookup, no "
+                        "heartbeat, no auto-TLS) instead of the idle state "
+                        "of a deployed agent")
+    parser.add_argument("--heartbeats", type=int, default=3,
+                        help="heartbeats each agent sends before it is "
+                        "left alone --settle seconds (not --standalone)")
+    parser.add_argument("--heartbeat-timeout", type=int, default=10,
+                        help="the lookup's heartbeat_timeout: both agents "
+                        "heartbeat every 0.3-0.6 times it")
     args = parser.parse_args()
     try:
         h.require_prerequisites()
@@ -129,10 +235,30 @@ def main() -> int:
         device = h.make_loop_device(cleanups, work, 5 * agents.GiB)
         tmpdir = os.path.join(work, "ipa-tmp")
         os.makedirs(tmpdir)
+        ironic = None if args.standalone else FakeIronic(
+            cleanups, netns, work, 6385, args.heartbeat_timeout)
+        api_url = ironic.url if ironic else None
+
+        def heartbeats_since(mark: int) -> list[dict[str, Any]]:
+            return ironic.heartbeats()[mark:] if ironic else []
+
+        def wait_for_heartbeats(mark: int, what: str) -> None:
+            deadline = time.monotonic() + 60 + 2 * args.heartbeats * (
+                args.heartbeat_timeout)
+            while len(heartbeats_since(mark)) < args.heartbeats:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what}: only "
+                                       f"{len(heartbeats_since(mark))} "
+                                       f"heartbeats")
+                time.sleep(0.2)
+
         # unmeasured: what our agent imports (a -X importtime trace)
+        mark = len(ironic.heartbeats()) if ironic else 0
         traced = agents.OurAgent(cleanups, netns, work, device, 9999,
                                  env={"PYTHONPROFILEIMPORTTIME": "1"},
-                                 entry="ipa-twisted-agent")
+                                 entry="ipa-twisted-agent", api_url=api_url)
+        if ironic:
+            wait_for_heartbeats(mark, "ipa-twisted-agent")
         traced.stop()
         seen = imported(os.path.join(work, "ours.stderr"))
         for n in range(args.rounds):
@@ -140,22 +266,38 @@ def main() -> int:
             order = kinds[n % len(kinds):] + kinds[:n % len(kinds)]
             for kind in order:
                 agent: Any
+                mark = len(ironic.heartbeats()) if ironic else 0
                 if kind == "ipa-twisted-agent":
                     agent = agents.OurAgent(cleanups, netns, work, device,
-                                            9999, entry=kind)
+                                            9999, entry=kind,
+                                            api_url=api_url)
                 elif kind == "twistd ipa":
                     agent = agents.OurAgent(cleanups, netns, work, device,
-                                            9999, entry="twistd")
+                                            9999, entry="twistd",
+                                            api_url=api_url)
                 elif kind == "ironic-python-agent":
-                    agent = agents.IPAAgent(cleanups, netns, work, device,
-                                            9998, tmpdir)
+                    agent = agents.IPAAgent(
+                        cleanups, netns, work, device, 9998, tmpdir,
+                        api_url=api_url,
+                        ready=(lambda m=mark: bool(heartbeats_since(m)))
+                        if ironic else None)
                 else:
                     agent = Bare(cleanups, netns, work, device, 9997)
+                state = ""
+                if ironic and kind != "bare Klein + treq":
+                    # the same idle state for both agents: looked up, a
+                    # few heartbeats sent (with auto-TLS if they do it)
+                    wait_for_heartbeats(mark, kind)
                 rss, pss = agents.idle_rss(agent.pid, args.settle)
+                if ironic and kind != "bare Klein + treq":
+                    beats = heartbeats_since(mark)
+                    state = (f", {len(beats)} heartbeats, auto-TLS "
+                             f"{'yes' if beats[-1]['verify_ca'] else 'no'}")
                 results[kind].append((rss, pss))
                 print(f"  round {n + 1}: {kind:20s} idle RSS "
                       f"{rss / 1024:5.1f} MiB, PSS {pss / 1024:5.1f} MiB "
-                      f"(up after {agent.ready_after:.1f} s)", flush=True)
+                      f"(up after {agent.ready_after:.1f} s{state})",
+                      flush=True)
                 agent.stop()
     finally:
         cleanups.run()
