@@ -26,10 +26,7 @@ from twisted.logger import Logger
 from ipa_twisted import errors
 from ipa_twisted.hardware import (
     blockio,
-    erase,
-    eraser,
     hints,
-    inject,
     ipmi,
     netif,
     raid,
@@ -540,6 +537,9 @@ class GenericHardwareManager(HardwareManager):
 
     async def _erase_disks(self, node: Any, step: str, express: bool
                            ) -> dict[str, Any]:
+        # only erasing needs them (an idle agent does not hold them)
+        from ipa_twisted.hardware import erase, eraser
+
         self.agent.cache_node(node)
         options = erase.EraseOptions.from_node(node)
         disks = await self._erasable_disks(node)
@@ -664,6 +664,8 @@ class GenericHardwareManager(HardwareManager):
         return int(agent.config.inject_files_priority) if agent else 0
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        from ipa_twisted.hardware import inject
+
         return [
             _step("erase_devices_metadata", 0),
             _step("apply_configuration", 0, interface="raid",
@@ -676,6 +678,8 @@ class GenericHardwareManager(HardwareManager):
 
     def get_service_steps(self, node: Any, ports: Any
                           ) -> list[dict[str, Any]]:
+        from ipa_twisted.hardware import inject
+
         return [
             _step("delete_configuration", 0, abortable=True,
                   interface="raid"),
@@ -750,6 +754,8 @@ class GenericHardwareManager(HardwareManager):
                            verify_ca: Any = True) -> list[str]:
         """Deploy and service step: files written into the deployed
         disk's filesystems (see hardware/inject.py)."""
+        from ipa_twisted.hardware import inject
+
         self.agent.cache_node(node)
         return await inject.inject_files(self.agent, node, ports, files,
                                          verify_ca)
