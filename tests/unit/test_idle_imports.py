@@ -56,6 +56,17 @@ LAZY = (
     "zeroconf",
     "zstandard",
     "hypothesis",
+    # erasing disks (hardware/generic.py imports them in the erase step)
+    "ipa_twisted.hardware.eraser",
+    "ipa_twisted.hardware.erase",
+    "ipa_twisted.hardware.erase_check",
+    "ipa_twisted.hardware.overwrite",
+    # the inject_files step (and its steps' argsinfo)
+    "ipa_twisted.hardware.inject",
+    # twisted.application.internet: its ClientService imports automat (the
+    # API service listens by itself, api/service.py)
+    "twisted.application.internet",
+    "automat",
 )
 
 
