@@ -67,6 +67,11 @@ LAZY = (
     # API service listens by itself, api/service.py)
     "twisted.application.internet",
     "automat",
+    # inspection (only an agent given an inspection callback URL or
+    # collectors inspects) and mDNS (only api_url=mdns or use_mdns)
+    "ipa_twisted.inspection.inspector",
+    "ipa_twisted.inspection.collectors",
+    "ipa_twisted.mdns",
 )
 
 
