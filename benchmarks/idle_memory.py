@@ -37,7 +37,10 @@ from tests.integration import harness as h  # noqa: E402
 LAZY = ("zeroconf", "zstandard", "gzip", "tarfile", "hypothesis",
         "unittest", "twisted.trial", "ipa_twisted.image.writer",
         "ipa_twisted.image.pipeline", "ipa_twisted.image.qcow2",
-        "ipa_twisted.image.configdrive")
+        "ipa_twisted.image.configdrive", "ipa_twisted.hardware.eraser",
+        "ipa_twisted.hardware.inject", "ipa_twisted.inspection.collectors",
+        "ipa_twisted.mdns", "automat", "pdb", "twisted.application.app",
+        "twisted.scripts.twistd")
 
 
 def imported(stderr_path: str) -> set[str]:

@@ -132,3 +132,38 @@ class EntryPointTests(SynchronousTestCase):
         self.assertEqual([m for m in ("twisted.trial", "unittest",
                                       "twisted.words", "twisted.cred.strcred")
                           if m in answer["modules"]], [])
+
+
+SCRIPT = """
+import contextlib, io, json, sys
+from ipa_twisted.cli import agent_main
+
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        agent_main(["--help"])
+    except SystemExit as e:
+        code = e.code
+print(json.dumps({"code": code, "help": out.getvalue(),
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+class ConsoleScriptTests(SynchronousTestCase):
+
+    def test_console_script_runs_without_twistds_runner(self) -> None:
+        """``ipa-twisted-agent`` runs the agent's service itself: twistd's
+        application runner (``twisted.application.app``,
+        ``twisted.scripts``) imports ``pdb`` and more, ~0.5 MiB held for
+        nothing."""
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT], cwd=TOP, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        answer = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(answer["code"], 0)
+        self.assertIn("--device-allowlist", answer["help"])
+        self.assertEqual([m for m in ("twisted.application.app",
+                                      "twisted.scripts.twistd",
+                                      "twisted.scripts._twistd_unix", "pdb")
+                          if m in answer["modules"]], [])
