@@ -8,7 +8,8 @@ namespace in which every block device but the benchmark's loop device is
 /dev/null), listening on loopback.  Ours is ``twistd ipa --standalone``
 (with ``--device-allowlist``); IPA is its own ``ironic-python-agent``
 entry point with no Ironic API URL (no lookup, no heartbeat: it serves its
-API at once), the same token on both.
+API at once), the same token on both.  Given an ``api_url`` (idle_memory.py
+does), both look up and heartbeat there instead.
 
 Blocking code (subprocess, urllib, threads): it drives real processes.
 """
@@ -323,7 +324,8 @@ class OurAgent:
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, port: int,
                  env: dict[str, str] | None = None,
-                 entry: str = "twistd", api_url: str | None = None) -> None:
+                 entry: str = "twistd", api_url: str | None = None,
+                 script: str | None = None) -> None:
         self.netns = netns
         self.port = port
         # with ``api_url``: lookup and heartbeats (then auto-TLS if that
@@ -339,7 +341,7 @@ class OurAgent:
                                  name="ours", env=env)
         else:
             self.agent = _ConsoleAgent(cleanups, netns, work, device, flags,
-                                       env)
+                                       env, script)
         self.agent.wait_for_log("agent API listening", 60)
         pid = None
         deadline = time.monotonic() + 10
@@ -363,7 +365,8 @@ class _ConsoleAgent(h.Agent):
 
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, flags: list[str],
-                 env: dict[str, str] | None) -> None:
+                 env: dict[str, str] | None,
+                 script: str | None = None) -> None:
         self.workdir = work
         self.log = os.path.join(work, "ours.log")
         stubs = os.path.join(work, "stubs")
@@ -371,8 +374,9 @@ class _ConsoleAgent(h.Agent):
         cmdline = os.path.join(work, "cmdline")
         with open(cmdline, "w") as f:
             f.write("\n")
-        script = os.path.join(os.path.dirname(h.twistd()),
-                              "ipa-twisted-agent")
+        # another build's console script (another environment), or ours
+        script = script or os.path.join(os.path.dirname(h.twistd()),
+                                        "ipa-twisted-agent")
         argv = ["ip", "netns", "exec", netns,
                 "unshare", "--pid", "--mount", "--fork", "--mount-proc",
                 "--kill-child=SIGTERM", h.SANDBOX, device, stubs, "--",

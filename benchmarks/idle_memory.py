@@ -4,17 +4,24 @@
 Run as root from the repository root:
 
     python benchmarks/idle_memory.py [--rounds 3] [--settle 5]
+        [--heartbeats 3] [--heartbeat-timeout 10] [--standalone]
 
 Each round starts, one after the other and the same way
 (benchmarks/agents.py: in a private network namespace and the
 disk-masking sandbox, the only disk a loop device, serving their API on
-loopback, no Ironic): our agent by its console script
-``ipa-twisted-agent`` and by ``twistd ipa``, IPA 13.0.0 by its own, and a
-bare Klein app importing treq on the same interpreter (the floor of this
-stack).  Each is left alone ``--settle`` seconds, then its RSS (VmRSS)
-and PSS are read, and it is stopped.  Prints the medians and the ratios
-to IPA; the goal (issue 14) is at most 0.75x.  Also prints which of the
-modules that an idle agent does not need our agent imported, read from a
+loopback): our agent by its console script ``ipa-twisted-agent`` and by
+``twistd ipa``, IPA 13.0.0 by its own, and a bare Klein app importing
+treq on the same interpreter (the floor of this stack).  Both agents are
+in the idle state of a deployed agent: they look up their node at a
+small fake Ironic (:data:`FAKE_IRONIC`, API 1.96, so both do auto-TLS
+and serve https) and have sent ``--heartbeats`` heartbeats
+(``heartbeat_timeout`` ``--heartbeat-timeout`` s); ``--standalone``
+measures them without Ironic instead (no lookup, no heartbeat, no TLS).
+Each is then left alone ``--settle`` seconds, its RSS (VmRSS, all
+threads) and PSS are read five times a second apart (the last counts),
+and it is stopped.  Prints the medians and the ratios to IPA; the goal
+(issue 14) is at most 0.75x.  Also prints which of the modules that an
+idle agent does not need our agent imported, read from a
 ``-X importtime`` trace of its start-up.
 """
 
@@ -218,6 +225,10 @@ def main() -> int:
     parser.add_argument("--heartbeats", type=int, default=3,
                         help="heartbeats each agent sends before it is "
                         "left alone --settle seconds (not --standalone)")
+    parser.add_argument("--compare", metavar="SCRIPT",
+                        help="also measure another build of ours in the "
+                        "same run: the ipa-twisted-agent console script "
+                        "of another environment (e.g. main's)")
     parser.add_argument("--heartbeat-timeout", type=int, default=10,
                         help="the lookup's heartbeat_timeout: both agents "
                         "heartbeat every 0.3-0.6 times it")
@@ -229,8 +240,10 @@ def main() -> int:
         print(f"benchmark cannot run here: {e}", file=sys.stderr)
         return 2
     cleanups = h.Cleanups()
-    kinds = ("ipa-twisted-agent", "twistd ipa", "ironic-python-agent",
-             "bare Klein + treq")
+    kinds: tuple[str, ...] = ("ipa-twisted-agent", "twistd ipa",
+                              "ironic-python-agent", "bare Klein + treq")
+    if args.compare:
+        kinds += ("compared build",)
     results: dict[str, list[tuple[int, int]]] = {k: [] for k in kinds}
     try:
         work = h.workdir(cleanups)
@@ -274,6 +287,11 @@ def main() -> int:
                     agent = agents.OurAgent(cleanups, netns, work, device,
                                             9999, entry=kind,
                                             api_url=api_url)
+                elif kind == "compared build":
+                    agent = agents.OurAgent(cleanups, netns, work, device,
+                                            9999, entry="ipa-twisted-agent",
+                                            api_url=api_url,
+                                            script=args.compare)
                 elif kind == "twistd ipa":
                     agent = agents.OurAgent(cleanups, netns, work, device,
                                             9999, entry="twistd",
@@ -315,6 +333,8 @@ def main() -> int:
         print(f"  {kind:20s} RSS {med(kind, 0):5.1f} MiB "
               f"({med(kind, 0) / ipa:.2f}x IPA), PSS {med(kind, 1):5.1f} "
               f"MiB ({med(kind, 1) / med('ironic-python-agent', 1):.2f}x)")
+    if args.compare:
+        print(f"  compared build: {args.compare}")
     print(f"  goal: ours <= 0.75x IPA's RSS = {0.75 * ipa:.1f} MiB")
     heavy = sorted(m for m in LAZY if m in seen)
     print(f"  modules an idle agent need not hold, imported by ours "
