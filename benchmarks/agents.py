@@ -8,7 +8,8 @@ namespace in which every block device but the benchmark's loop device is
 /dev/null), listening on loopback.  Ours is ``twistd ipa --standalone``
 (with ``--device-allowlist``); IPA is its own ``ironic-python-agent``
 entry point with no Ironic API URL (no lookup, no heartbeat: it serves its
-API at once), the same token on both.
+API at once), the same token on both.  Given an ``api_url`` (idle_memory.py
+does), both look up and heartbeat there instead.
 
 Blocking code (subprocess, urllib, threads): it drives real processes.
 """
@@ -24,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from tests.integration import harness as h
 
@@ -323,11 +324,15 @@ class OurAgent:
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, port: int,
                  env: dict[str, str] | None = None,
-                 entry: str = "twistd") -> None:
+                 entry: str = "twistd", api_url: str | None = None,
+                 script: str | None = None) -> None:
         self.netns = netns
         self.port = port
-        flags = ["--standalone", "--agent-token", TOKEN,
-                 "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+        # with ``api_url``: lookup and heartbeats (then auto-TLS if that
+        # Ironic is new enough); without: standalone
+        flags = (["--api-url", api_url] if api_url else ["--standalone"]) + [
+            "--agent-token", TOKEN,
+            "--listen-host", "127.0.0.1", "--listen-port", str(port)]
         for old in ("ours.log", "ours.stderr"):  # an earlier run's
             if os.path.exists(os.path.join(work, old)):
                 os.unlink(os.path.join(work, old))
@@ -336,7 +341,7 @@ class OurAgent:
                                  name="ours", env=env)
         else:
             self.agent = _ConsoleAgent(cleanups, netns, work, device, flags,
-                                       env)
+                                       env, script)
         self.agent.wait_for_log("agent API listening", 60)
         pid = None
         deadline = time.monotonic() + 10
@@ -360,7 +365,8 @@ class _ConsoleAgent(h.Agent):
 
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, flags: list[str],
-                 env: dict[str, str] | None) -> None:
+                 env: dict[str, str] | None,
+                 script: str | None = None) -> None:
         self.workdir = work
         self.log = os.path.join(work, "ours.log")
         stubs = os.path.join(work, "stubs")
@@ -368,8 +374,9 @@ class _ConsoleAgent(h.Agent):
         cmdline = os.path.join(work, "cmdline")
         with open(cmdline, "w") as f:
             f.write("\n")
-        script = os.path.join(os.path.dirname(h.twistd()),
-                              "ipa-twisted-agent")
+        # another build's console script (another environment), or ours
+        script = script or os.path.join(os.path.dirname(h.twistd()),
+                                        "ipa-twisted-agent")
         argv = ["ip", "netns", "exec", netns,
                 "unshare", "--pid", "--mount", "--fork", "--mount-proc",
                 "--kill-child=SIGTERM", h.SANDBOX, device, stubs, "--",
@@ -429,15 +436,17 @@ def ipa_manager(work: str, code: str = IPA_MANAGER) -> str:
 
 class IPAAgent:
     """ironic-python-agent 13.0.0, its own entry point, sandboxed the same
-    way, on 127.0.0.1:``port``: no Ironic API URL, so no lookup and no
-    heartbeat; it serves its API at once.  Its install disk is the loop
-    device (:data:`IPA_MANAGER`)."""
+    way, on 127.0.0.1:``port``: by default no Ironic API URL, so no lookup
+    and no heartbeat; it serves its API at once (with ``api_url`` it looks
+    up and heartbeats, and ``ready`` says when it is up).  Its install
+    disk is the loop device (:data:`IPA_MANAGER`)."""
 
     name = "ironic-python-agent"
 
     def __init__(self, cleanups: h.Cleanups, netns: str, work: str,
                  device: str, port: int, tmpdir: str,
-                 manager: str = IPA_MANAGER) -> None:
+                 manager: str = IPA_MANAGER, api_url: str | None = None,
+                 ready: Callable[[], bool] | None = None) -> None:
         venv = h.ipa_venv()
         stubs = os.path.join(work, "stubs")
         h.make_stubs(stubs)
@@ -460,6 +469,8 @@ class IPAAgent:
                 "--agent_token", TOKEN,
                 "--disk_wait_attempts", "2", "--disk_wait_delay", "1",
                 "--log-file", self.log]
+        if api_url:
+            argv += ["--api_url", api_url]
         started = time.monotonic()
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL,
@@ -469,6 +480,12 @@ class IPAAgent:
         deadline = time.monotonic() + 120
         while True:
             try:
+                if ready is not None:
+                    # after a lookup its API may serve https (auto-TLS):
+                    # the caller says when it is up
+                    if ready():
+                        break
+                    raise RuntimeError("not ready")
                 call(netns, port, "GET", "/v1/status", timeout=2)
                 break
             except (OSError, RuntimeError):

@@ -34,10 +34,10 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from ipa_twisted import errors, mdns, tls
+from ipa_twisted import errors, tls
 from ipa_twisted.config import TOKEN_MIN_LENGTH
 from ipa_twisted.hardware import netif
-from ipa_twisted.inspection import inspector as inspection
+from ipa_twisted.inspection import inspection_enabled
 from ipa_twisted.ironic import (
     AGENT_VERIFY_CA_VERSION,
     IronicClient,
@@ -164,7 +164,10 @@ class Registrar:
                           if i.get("mac_address"))
 
         node_uuid = None
-        if inspection.is_enabled(self.context.config):
+        if inspection_enabled(self.context.config):
+            # imported only by an agent that inspects (the collectors)
+            from ipa_twisted.inspection import inspector as inspection
+
             t0 = self.reactor.seconds()
             result = await inspection.inspect(self.context, api_urls)
             log.info("inspection took {t:.2f} s",
@@ -243,6 +246,8 @@ class Registrar:
             return list(config.api_url)
         if not explicit and not config.use_mdns:
             return None
+        from ipa_twisted import mdns  # only an agent that uses mDNS
+
         try:
             endpoint = await mdns.find_endpoint(
                 self.reactor, mdns.API_SERVICE, config.mdns_lookup_attempts)

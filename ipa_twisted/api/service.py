@@ -1,20 +1,22 @@
-"""The agent API as a service: a ``StreamServerEndpointService`` on the
-agent's endpoint (TCP, or TLS with a static or the generated certificate),
+"""The agent API as a service: listening on the agent's endpoint (TCP, or TLS with a static or the generated certificate),
 serving :class:`~ipa_twisted.api.site.AgentSite` (bounded bodies, capped
 connections).
 
 The open file limit is raised to its hard limit before the site is built
 (the connection caps are fitted to it), so before listening.
+
+Not Twisted's ``StreamServerEndpointService``: its module
+(``twisted.application.internet``) imports ``ClientService`` and with it
+``automat``, half a MiB that an idle agent would hold for nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,7 +36,7 @@ from ipa_twisted.registration import format_callback_url
 log = Logger()
 
 
-class APIService(StreamServerEndpointService):
+class APIService(Service):
     """Listens on ``endpoint`` while running; :meth:`when_listening` fires
     with the listening port, or fails with why it cannot listen (nothing
     else reports that failure)."""
@@ -43,20 +45,27 @@ class APIService(StreamServerEndpointService):
 
     def __init__(self, endpoint: Any, site: AgentSite, host: str,
                  port: int, scheme: str = "http") -> None:
-        super().__init__(endpoint, site)
+        self.endpoint = endpoint
+        self.factory = site
         self.host = host
         self.port_number = port
         self.url = format_callback_url(scheme, host, port)
         self._listening: OneShotObserver[IListeningPort] = OneShotObserver()
+        self._waiting: Deferred[Any] | None = None
         #: the listening port, once listening
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
-        # Twisted's, but a failure goes to when_listening() (the agent
-        # ends with one line), not to the log as a traceback
+        # a failure goes to when_listening() (the agent ends with one
+        # line), not to the log as a traceback
         Service.privilegedStartService(self)
-        self._waitingForPort = self.endpoint.listen(self.factory)
-        self._waitingForPort.addBoth(self._listened)
+        self._waiting = self.endpoint.listen(self.factory)
+        self._waiting.addBoth(self._listened)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._waiting is None:
+            self.privilegedStartService()
 
     def _listened(self, result: Any) -> Any:
         self._listening.fire(result)
@@ -70,9 +79,27 @@ class APIService(StreamServerEndpointService):
         return self._listening.when_fired()
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, then close the connections still open."""
-        d: Deferred[Any] = super().stopService()
+        """Stop listening (or trying to), then close the connections
+        still open."""
         site: AgentSite = self.factory
+        waiting = self._waiting
+        if waiting is None:
+            self.running = False
+            return succeed(None).addCallback(
+                lambda _: site.close_connections())
+        waiting.cancel()
+
+        def stop_listening(port: IListeningPort | None) -> Any:
+            if port is not None:
+                return port.stopListening()
+            return None
+
+        def stopped(passthrough: Any) -> Any:
+            self.running = False
+            return passthrough
+
+        d = waiting.addCallback(stop_listening)
+        d.addBoth(stopped)
         return d.addCallback(lambda _: site.close_connections())
 
 

@@ -26,11 +26,7 @@ from twisted.logger import Logger
 from ipa_twisted import errors
 from ipa_twisted.hardware import (
     blockio,
-    burnin,
-    erase,
-    eraser,
     hints,
-    inject,
     ipmi,
     netif,
     raid,
@@ -546,6 +542,9 @@ class GenericHardwareManager(HardwareManager):
 
     async def _erase_disks(self, node: Any, step: str, express: bool
                            ) -> dict[str, Any]:
+        # only erasing needs them (an idle agent does not hold them)
+        from ipa_twisted.hardware import erase, eraser
+
         self.agent.cache_node(node)
         options = erase.EraseOptions.from_node(node)
         disks = await self._erasable_disks(node)
@@ -670,6 +669,8 @@ class GenericHardwareManager(HardwareManager):
         return int(agent.config.inject_files_priority) if agent else 0
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        from ipa_twisted.hardware import inject
+
         return [
             _step("erase_devices_metadata", 0),
             _step("apply_configuration", 0, interface="raid",
@@ -682,6 +683,8 @@ class GenericHardwareManager(HardwareManager):
 
     def get_service_steps(self, node: Any, ports: Any
                           ) -> list[dict[str, Any]]:
+        from ipa_twisted.hardware import inject
+
         return [
             _step("delete_configuration", 0, abortable=True,
                   interface="raid"),
@@ -700,11 +703,15 @@ class GenericHardwareManager(HardwareManager):
     async def burnin_cpu(self, node: Any, ports: Any) -> dict[str, Any]:
         """Clean and service step: stress-ng's cpu stressor (see
         hardware/burnin.py for the node's driver_info keys)."""
+        from ipa_twisted.hardware import burnin
+
         self.agent.cache_node(node)
         return await burnin.stress_ng(self.agent, node, "burnin_cpu", "cpu")
 
     async def burnin_memory(self, node: Any, ports: Any) -> dict[str, Any]:
         """Clean and service step: stress-ng's vm stressor."""
+        from ipa_twisted.hardware import burnin
+
         self.agent.cache_node(node)
         return await burnin.stress_ng(self.agent, node, "burnin_memory",
                                       "vm")
@@ -712,6 +719,8 @@ class GenericHardwareManager(HardwareManager):
     async def burnin_disk(self, node: Any, ports: Any) -> dict[str, Any]:
         """Clean step: a verified fio read/write run on every disk the
         agent may erase (allow-list, skip_block_devices)."""
+        from ipa_twisted.hardware import burnin
+
         self.agent.cache_node(node)
         return await burnin.fio_disk(self.agent, node,
                                      await self._erasable_disks(node))
@@ -719,11 +728,15 @@ class GenericHardwareManager(HardwareManager):
     async def burnin_network(self, node: Any, ports: Any) -> dict[str, Any]:
         """Clean and service step: fio's net engine with a partner node,
         each way."""
+        from ipa_twisted.hardware import burnin
+
         self.agent.cache_node(node)
         return await burnin.fio_network(self.agent, node, "burnin_network")
 
     async def burnin_gpu(self, node: Any, ports: Any) -> dict[str, Any]:
         """Clean and service step: gpu_burn (from its install directory)."""
+        from ipa_twisted.hardware import burnin
+
         self.agent.cache_node(node)
         return await burnin.gpu_burn(self.agent, node, "burnin_gpu")
 
@@ -789,6 +802,8 @@ class GenericHardwareManager(HardwareManager):
                            verify_ca: Any = True) -> list[str]:
         """Deploy and service step: files written into the deployed
         disk's filesystems (see hardware/inject.py)."""
+        from ipa_twisted.hardware import inject
+
         self.agent.cache_node(node)
         return await inject.inject_files(self.agent, node, ports, files,
                                          verify_ca)

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from ipa_twisted import encoding, mdns
 from ipa_twisted.httpfetch import MiB, describe, get_bytes
+from ipa_twisted.inspection import inspection_enabled
 from ipa_twisted.inspection.collectors import (
     DEFAULT_COLLECTORS,
     Failures,
@@ -63,9 +64,9 @@ class InspectionResult:
         return None
 
 
-def is_enabled(config: Any) -> bool:
-    return bool(config.inspection_callback_url
-                or (config.inspection_collectors and config.api_url))
+#: whether the agent inspects (in the package, so that an agent that does
+#: not inspect need not import this module to know it)
+is_enabled = inspection_enabled
 
 
 def collector_names(config: Any) -> list[str]:

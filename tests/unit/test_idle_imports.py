@@ -56,6 +56,24 @@ LAZY = (
     "zeroconf",
     "zstandard",
     "hypothesis",
+    # erasing disks (hardware/generic.py imports them in the erase step)
+    "ipa_twisted.hardware.eraser",
+    "ipa_twisted.hardware.erase",
+    "ipa_twisted.hardware.erase_check",
+    "ipa_twisted.hardware.overwrite",
+    # the burn-in steps
+    "ipa_twisted.hardware.burnin",
+    # the inject_files step (and its steps' argsinfo)
+    "ipa_twisted.hardware.inject",
+    # twisted.application.internet: its ClientService imports automat (the
+    # API service listens by itself, api/service.py)
+    "twisted.application.internet",
+    "automat",
+    # inspection (only an agent given an inspection callback URL or
+    # collectors inspects) and mDNS (only api_url=mdns or use_mdns)
+    "ipa_twisted.inspection.inspector",
+    "ipa_twisted.inspection.collectors",
+    "ipa_twisted.mdns",
 )
 
 
@@ -115,4 +133,39 @@ class EntryPointTests(SynchronousTestCase):
         self.assertEqual(answer["options"], "ipa_twisted.tap")
         self.assertEqual([m for m in ("twisted.trial", "unittest",
                                       "twisted.words", "twisted.cred.strcred")
+                          if m in answer["modules"]], [])
+
+
+SCRIPT = """
+import contextlib, io, json, sys
+from ipa_twisted.cli import agent_main
+
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        agent_main(["--help"])
+    except SystemExit as e:
+        code = e.code
+print(json.dumps({"code": code, "help": out.getvalue(),
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+class ConsoleScriptTests(SynchronousTestCase):
+
+    def test_console_script_runs_without_twistds_runner(self) -> None:
+        """``ipa-twisted-agent`` runs the agent's service itself: twistd's
+        application runner (``twisted.application.app``,
+        ``twisted.scripts``) imports ``pdb`` and more, ~0.5 MiB held for
+        nothing."""
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT], cwd=TOP, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        answer = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(answer["code"], 0)
+        self.assertIn("--device-allowlist", answer["help"])
+        self.assertEqual([m for m in ("twisted.application.app",
+                                      "twisted.scripts.twistd",
+                                      "twisted.scripts._twistd_unix", "pdb")
                           if m in answer["modules"]], [])
