@@ -15,15 +15,22 @@ network namespace the test makes.
                                    ``pxe``: pxelinux.0), TFTP of Ironic's
                                    tftp_root, IPv6 router advertisements
         tapvm ── QEMU's virtio NIC (its option ROM is iPXE)
+        sushy-emulator             127.0.0.1:8000 (Redfish; ``redfish``)
+        libvirtd                   its own mount and PID namespace, its
+                                   socket in the work directory
 
-Power: Ironic's ``fake`` power interface, followed by the test
-(:class:`PowerFollower` reads Ironic's log: "Successfully set node ...
-power state to power on|off"): power off stops QEMU, power on starts it,
-from the network while Ironic's per-MAC boot config exists, from its disk
-otherwise (what a BMC's boot device does on a real machine).  Not yet
-Redfish (sushy-tools) or IPMI (virtualbmc): both drive libvirt, so the
-test would have to start libvirtd itself (CI starts no services) with
-TCG domains; that is left for later (docs/ramdisk.md).
+Power, with ``Netboot(redfish=True)`` (:mod:`tests.vm.bmc`): Ironic's
+``redfish`` hardware type talks to sushy-emulator, whose libvirt driver
+switches the machine, a TCG libvirt domain (:class:`LibvirtMachine`), on
+and off and sets its boot device (Pxe, Hdd); the test never starts or
+stops it, it only watches the domain's events and its console.
+
+Otherwise (no libvirt here): Ironic's ``fake`` power interface, followed
+by the test (:class:`PowerFollower` reads Ironic's log: "Successfully set
+node ... power state to power on|off"): power off stops QEMU
+(:class:`Machine`), power on starts it, from the network while Ironic's
+per-MAC boot config exists, from its disk otherwise (what a BMC's boot
+device does on a real machine).
 """
 
 from __future__ import annotations

@@ -251,8 +251,8 @@ class NetbootTests(SynchronousTestCase):
             elif action in ons:
                 devices.append("boot")
         # the device last set before each boot, and how each boot went
-        last = None
-        booted_from = []
+        last: str | None = None
+        booted_from: list[str | None] = []
         for item in devices:
             if item == "boot":
                 booted_from.append(last)
