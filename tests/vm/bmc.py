@@ -10,11 +10,12 @@ test starts its own libvirtd:
   PID namespace (``unshare``): when libvirtd ends, the kernel ends every
   QEMU it started;
 - tmpfs on /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and
-  /var/log/libvirt; a private copy of /etc/libvirt (qemu.conf: QEMU runs
-  as root, no dynamic ownership, no security driver, no cgroups, logs to
-  files: no virtlogd; defined domains are written there too); copies of
-  /etc/passwd and /etc/group with a ``libvirt-qemu`` user (libvirt 9.0
-  resolves its compiled-in QEMU user before it reads qemu.conf);
+  /var/log/libvirt (made, empty, where missing); a private copy of
+  /etc/libvirt (qemu.conf: QEMU runs as root, no dynamic ownership, no
+  security driver, no cgroups, logs to files: no virtlogd; defined
+  domains are written there too); copies of /etc/passwd and /etc/group
+  with a ``libvirt-qemu`` user (libvirt 9.0 resolves its compiled-in
+  QEMU user before it reads qemu.conf);
 - its sockets in the test's work directory (``auth none``), no TCP.
 
 sushy-emulator runs in a virtualenv in the cache (made by the system's
@@ -29,13 +30,13 @@ mounts die with their namespace.
 from __future__ import annotations
 
 import os
-import socket
 import shutil
+import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
+from ipa_twisted import tools
 from tests.integration import harness as h
 
 SUSHY_TOOLS = "sushy-tools==2.2.0"
@@ -104,8 +105,7 @@ def prerequisites() -> None:
     """Raise Unavailable unless libvirtd, virsh and Debian's libvirt
     bindings are here (tools/setup-host.sh installs them)."""
     for tool in ("libvirtd", "virsh"):
-        if shutil.which(tool, path=os.environ.get("PATH", "") +
-                        ":/usr/sbin:/sbin") is None:
+        if shutil.which(tool, path=tools.search_path()) is None:
             raise h.Unavailable(f"needs {tool} (apt install "
                                 f"--no-install-recommends libvirt-daemon "
                                 f"libvirt-daemon-driver-qemu libvirt-clients:"
@@ -231,10 +231,3 @@ class SushyEmulator:
                                          or "Set boot device" in line
                                          or "Set boot mode" in line)]
 
-
-if __name__ == "__main__":      # python -m tests.vm.bmc: is it all here?
-    try:
-        prerequisites()
-    except h.Unavailable as e:
-        sys.exit(str(e))
-    print("libvirt and python3-libvirt found")

@@ -264,4 +264,13 @@ class NetbootTests(SynchronousTestCase):
         self.assertEqual([b.from_network for b in self.machine.boots],
                          [b.number != disk_boot
                           for b in self.machine.boots])
+        # Ironic's own account: its power actions (on, off, reboot) on
+        # this node, each done through the redfish power interface
+        with open(self.env.ironic.log, errors="replace") as f:
+            ironic = [f"{state} by {how}" for _, state, how in
+                      nb.PowerFollower.PATTERN.findall(f.read())]
+        h.say("Ironic's power actions: " + ", ".join(ironic))
+        self.assertEqual(len([a for a in ironic
+                              if a.startswith("power on")]), len(ons))
+        self.assertIn("power on by rebooting", ironic)
 
