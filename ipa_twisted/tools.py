@@ -140,6 +140,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("genisoimage", "genisoimage", "config drives", TEST),
     Tool("gzip", "gzip", "compressed images", TEST),
     Tool("ldd", "libc-bin", "the UEFI test machine's initramfs", TEST),
+    Tool("libvirtd", "libvirt-daemon", "the network-boot test machine's "
+         "BMC (tests/vm: a private libvirtd runs it, sushy-emulator "
+         "serves Redfish); not the host service (libvirt-daemon-system)",
+         TEST, lean=True),
     Tool("losetup", "mount", "loop devices as disks", TEST),
     Tool("mdir", "mtools", "reading ESPs and config drives", TEST),
     Tool("mmdebstrap", "mmdebstrap", "the ramdisk's Debian root "
@@ -156,6 +160,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("py-spy", None, "the sampling part of the write-path profile "
          "(benchmarks/profile_write.py; from PyPI: pip install py-spy)",
          TEST, optional=True),
+    Tool("/usr/bin/python3", "python3", "sushy-emulator's virtualenv "
+         "(tests/vm: Debian's python3, whose python3-libvirt it uses)",
+         TEST),
     Tool("qemu-img", "qemu-utils", "qcow2 images", TEST),
     Tool("qemu-io", "qemu-utils", "qcow2 images with compressed clusters",
          TEST),
@@ -170,6 +177,9 @@ TOOLS: tuple[Tool, ...] = (
          TEST),
     Tool("useradd", "passwd", "the rescue user of the rescue test (in the "
          "sandbox's own /etc)", TEST),
+    Tool("virsh", "libvirt-clients", "the network-boot test machine "
+         "(tests/vm: defining its libvirt domain, its events, adding a "
+         "disk)", TEST, lean=True),
     Tool("xz", "xz-utils", "ramdisk/build --compress xz", TEST),
     Tool("zstd", "zstd", "compressing the ramdisk and its kernel modules "
          "(ramdisk/build)", TEST),
@@ -182,6 +192,14 @@ TEST_PACKAGES: tuple[str, ...] = ("ovmf", "libc6-dev", "python3-venv",
                                   # plain PXE ROMs, pxelinux and its
                                   # ldlinux.c32 for the pxe interface
                                   "ipxe", "pxelinux", "syslinux-common")
+
+#: The same, installed without their recommendations: libvirt for the
+#: network-boot test machine's BMC, never its host service and NAT
+#: network (libvirt-daemon-system, libvirt-daemon-config-network: the
+#: tests start a private libvirtd of their own)
+TEST_PACKAGES_LEAN: tuple[str, ...] = ("libvirt-daemon",
+                                       "libvirt-daemon-driver-qemu",
+                                       "libvirt-clients", "python3-libvirt")
 
 #: The system's tool directories, searched after the caller's PATH.
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
@@ -227,11 +245,12 @@ def missing_packages(lean: bool = False) -> list[str]:
     """The Debian packages to install so that every tool (tests' too) is
     there: packages of the tools that are not found, and those of
     :data:`TEST_PACKAGES` that are not installed; (``lean``) those to
-    install without their recommendations."""
+    install without their recommendations (and those of
+    :data:`TEST_PACKAGES_LEAN`)."""
     wanted = [t.package for t in missing(TEST) if t.package and not
               t.optional and t.lean == lean]
-    if not lean:
-        wanted += [p for p in TEST_PACKAGES if not _installed(p)]
+    wanted += [p for p in (TEST_PACKAGES_LEAN if lean else TEST_PACKAGES)
+               if not _installed(p)]
     return sorted(set(wanted))
 
 

@@ -22,7 +22,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ${#lean[@]} -gt 0 ]; then
-    # without their recommendations (mdadm's is a mail server)
+    # without their recommendations (mdadm's is a mail server; libvirt's
+    # are other hypervisors' drivers and lvm2; the tests start their own
+    # libvirtd: never libvirt-daemon-system, the host service)
     echo "setup-host: installing ${lean[*]} (no recommended packages)"
     apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
 fi

@@ -208,7 +208,11 @@ def ipa_venv() -> str:
     return cached_venv(f"ironic-python-agent=={IPA_VERSION}")
 
 
-def cached_venv(requirement: str, path: str | None = None) -> str:
+def cached_venv(requirement: str, path: str | None = None,
+                system_python: bool = False) -> str:
+    """A virtualenv with ``requirement`` in the cache (made once, then
+    reused); ``system_python``: made by the system's python3 with its
+    site packages visible (Debian's bindings, e.g. python3-libvirt)."""
     venv = path or os.path.join(cache_dir(), requirement.replace("==", "-"))
     marker = os.path.join(venv, ".complete")
     if os.path.exists(marker):
@@ -220,7 +224,11 @@ def cached_venv(requirement: str, path: str | None = None) -> str:
             return venv
         say(f"installing {requirement} into {venv} (once)")
         shutil.rmtree(venv, ignore_errors=True)
-        run([sys.executable, "-m", "venv", venv])
+        if system_python:
+            run(["/usr/bin/python3", "-m", "venv", "--system-site-packages",
+                 venv])
+        else:
+            run([sys.executable, "-m", "venv", venv])
         result = run([os.path.join(venv, "bin", "pip"), "install", "-q",
                       requirement], check=False)
         if result.returncode != 0:

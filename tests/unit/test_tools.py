@@ -348,6 +348,27 @@ class MissingTests(SynchronousTestCase):
         self.assertLess(agent, test)
 
 
+class PackagesTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        self.patch(tools, "_installed", lambda package: False)
+        self.patch(tools, "missing", lambda scope=tools.AGENT, path="": [])
+
+    def test_libvirt_is_installed_without_recommendations(self) -> None:
+        # python3-libvirt recommends libvirt-daemon, which recommends
+        # more; the host service (libvirt-daemon-system) only ever comes
+        # as a recommendation: the network-boot test starts its own
+        lean = tools.missing_packages(lean=True)
+        plain = tools.missing_packages()
+        for package in ("libvirt-daemon", "libvirt-daemon-driver-qemu",
+                        "libvirt-clients", "python3-libvirt"):
+            self.assertIn(package, lean)
+            self.assertNotIn(package, plain)
+        for package in ("libvirt-daemon-system",
+                        "libvirt-daemon-config-network"):
+            self.assertNotIn(package, lean + plain)
+
+
 class SearchPathTests(SynchronousTestCase):
     """The agent runs its tools from the path its start-up warning
     searches: a tool the warning found is never 'not found' when run."""

@@ -15,15 +15,22 @@ network namespace the test makes.
                                    ``pxe``: pxelinux.0), TFTP of Ironic's
                                    tftp_root, IPv6 router advertisements
         tapvm ── QEMU's virtio NIC (its option ROM is iPXE)
+        sushy-emulator             127.0.0.1:8000 (Redfish; ``redfish``)
+        libvirtd                   its own mount and PID namespace, its
+                                   socket in the work directory
 
-Power: Ironic's ``fake`` power interface, followed by the test
-(:class:`PowerFollower` reads Ironic's log: "Successfully set node ...
-power state to power on|off"): power off stops QEMU, power on starts it,
-from the network while Ironic's per-MAC boot config exists, from its disk
-otherwise (what a BMC's boot device does on a real machine).  Not yet
-Redfish (sushy-tools) or IPMI (virtualbmc): both drive libvirt, so the
-test would have to start libvirtd itself (CI starts no services) with
-TCG domains; that is left for later (docs/ramdisk.md).
+Power, with ``Netboot(redfish=True)`` (:mod:`tests.vm.bmc`): Ironic's
+``redfish`` hardware type talks to sushy-emulator, whose libvirt driver
+switches the machine, a TCG libvirt domain (:class:`LibvirtMachine`), on
+and off and sets its boot device (Pxe, Hdd); the test never starts or
+stops it, it only watches the domain's events and its console.
+
+Otherwise (no libvirt here): Ironic's ``fake`` power interface, followed
+by the test (:class:`PowerFollower` reads Ironic's log: "Successfully set
+node ... power state to power on|off"): power off stops QEMU
+(:class:`Machine`), power on starts it, from the network while Ironic's
+per-MAC boot config exists, from its disk otherwise (what a BMC's boot
+device does on a real machine).
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from xml.etree import ElementTree
 
 from tests.integration import harness as h
+from tests.vm import bmc
 
 BRIDGE = "br0"
 TAP = "tapvm"
@@ -234,21 +244,40 @@ class Netboot:
 
     def __init__(self, kernel_params: str = "",
                  heartbeat_timeout: int = 30,
-                 automated_clean: bool = True) -> None:
+                 automated_clean: bool = True,
+                 redfish: bool = False) -> None:
         h.require_prerequisites()
+        if redfish:
+            bmc.prerequisites()
         self.cleanups = h.Cleanups()
+        #: with ``redfish``: the private libvirtd, the UUID of the one
+        #: domain sushy-emulator serves, and sushy-emulator
+        self.libvirtd: bmc.Libvirtd | None = None
+        self.domain_uuid: str | None = None
+        self.sushy: bmc.SushyEmulator | None = None
         try:
-            self._start(kernel_params, heartbeat_timeout, automated_clean)
+            self._start(kernel_params, heartbeat_timeout, automated_clean,
+                        redfish)
         except BaseException:
             self.cleanups.run()
             raise
 
     def _start(self, kernel_params: str, heartbeat_timeout: int,
-               automated_clean: bool) -> None:
+               automated_clean: bool, redfish: bool) -> None:
         self.workdir = h.workdir(self.cleanups,
                                  keep=os.environ.get("IPA_TWISTED_KEEP") == "1")
         h.say(f"work directory {self.workdir}")
         self.netns = make_network(self.cleanups)
+        if redfish:
+            t0 = time.monotonic()
+            self.libvirtd = bmc.Libvirtd(self.cleanups, self.netns,
+                                         self.workdir)
+            self.domain_uuid = str(uuid.uuid4())
+            self.sushy = bmc.SushyEmulator(
+                self.cleanups, self.netns, self.workdir, self.libvirtd.uri,
+                [self.domain_uuid])
+            h.say(f"libvirtd and sushy-emulator ({self.sushy.url}) up in "
+                  f"{time.monotonic() - t0:.1f} s")
         self.ironic = h.Ironic(self.cleanups, self.netns, self.workdir,
                                heartbeat_timeout=heartbeat_timeout,
                                listen=HOST_IP,
@@ -274,6 +303,12 @@ class Netboot:
                           "deploy_callback_timeout": "600"},
             "inspector": {"power_off": "true"},
         })
+        if redfish:
+            set_options(self.ironic.conf, {"DEFAULT": {
+                "enabled_hardware_types":
+                    "fake-hardware,manual-management,redfish",
+                "enabled_power_interfaces": "fake,redfish",
+                "enabled_management_interfaces": "fake,noop,redfish"}})
         self.ironic.api = h.IronicAPI(self.netns, api)
         t0 = time.monotonic()
         self.ironic.start()
@@ -314,6 +349,15 @@ class Netboot:
             os.path.join(self.httpboot, "pxelinux.cfg", hyphen),
             os.path.join(self.tftp, "pxelinux.cfg", "01-" + hyphen)))
 
+    def redfish_driver_info(self) -> dict[str, str]:
+        """The node's driver_info for the ``redfish`` hardware type:
+        sushy-emulator on the namespace's loopback, no authentication."""
+        assert self.sushy is not None
+        return {"redfish_address": self.sushy.url,
+                "redfish_system_id": f"/redfish/v1/Systems/"
+                                     f"{self.domain_uuid}",
+                "redfish_username": "admin", "redfish_password": "unused"}
+
     def close(self) -> None:
         self.cleanups.run()
 
@@ -337,8 +381,12 @@ class Boot:
     number: int
     from_network: bool
     started: float
+    #: the console file, and where this boot's part of it starts and ends
+    #: (a libvirt domain appends every boot to one file)
     serial: str
     seen: dict[str, float] = field(default_factory=dict)
+    offset: int = 0
+    end: int | None = None
 
 
 #: Serial console lines whose first appearance each boot records.
@@ -352,13 +400,14 @@ MARKERS = {
 }
 
 
-class Machine:
-    """The QEMU guest: SeaBIOS, a virtio NIC on the bridge (iPXE ROM),
-    virtio disks with serial numbers, SMBIOS identity."""
+class Console:
+    """The test machine's hardware and its serial console, boot by boot:
+    SeaBIOS, a virtio NIC on the bridge (iPXE ROM), virtio disks with
+    serial numbers, SMBIOS identity."""
 
-    def __init__(self, cleanups: h.Cleanups, netns: str, workdir: str,
-                 mac: str, disks: list[Disk], memory_mb: int = 2048,
-                 cpus: int = 2, smbios: dict[str, str] | None = None,
+    def __init__(self, netns: str, workdir: str, mac: str,
+                 disks: list[Disk], memory_mb: int = 2048, cpus: int = 2,
+                 smbios: dict[str, str] | None = None,
                  markers: dict[str, str] | None = None) -> None:
         self.netns = netns
         #: console lines whose first appearance each boot records
@@ -371,17 +420,87 @@ class Machine:
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.smbios = smbios or {}
-        self.monitor = os.path.join(workdir, "qemu-monitor.sock")
         #: the disk booted from when not from the network (what a BMC's
         #: boot device does; SeaBIOS tries no further disk after an empty
         #: first one)
         self.boot_disk_serial: str | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
         self.boots: list[Boot] = []
         self.lock = threading.RLock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
+
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def hot_add(self, disk: Disk) -> float:
+        raise NotImplementedError
+
+    # the serial console
+
+    @property
+    def boot(self) -> Boot:
+        return self.boots[-1]
+
+    def read_serial(self, boot: Boot | None = None) -> str:
+        boot = boot or self.boot
+        try:
+            with open(boot.serial, "rb") as f:
+                f.seek(boot.offset)
+                data = f.read() if boot.end is None else \
+                    f.read(boot.end - boot.offset)
+        except OSError:
+            return ""
+        return data.decode("utf-8", errors="replace")
+
+    def _watch(self) -> None:
+        """Record when each marker first shows on each boot's console."""
+        while not self._stop.wait(0.2):
+            with self.lock:
+                boot = self.boots[-1] if self.boots else None
+            if boot is None or len(boot.seen) == len(self.markers):
+                continue
+            text = self.read_serial(boot)
+            now = time.monotonic()
+            for name, marker in self.markers.items():
+                if name not in boot.seen and marker in text:
+                    boot.seen[name] = now - boot.started
+
+    def wait_for_serial(self, pattern: str, timeout: float,
+                        since_boot: int = 0) -> tuple[Boot, re.Match[str]]:
+        """The first boot numbered ``since_boot`` or later whose console
+        matches ``pattern``; waits up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for boot in list(self.boots):
+                if boot.number < since_boot:
+                    continue
+                match = re.search(pattern, self.read_serial(boot))
+                if match:
+                    return boot, match
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{pattern!r} not on the console within {timeout:.0f} s;"
+                    f" the last boot's console ends:\n"
+                    f"{self.read_serial()[-3000:] if self.boots else ''}")
+            time.sleep(0.25)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class Machine(Console):
+    """The QEMU guest started and stopped by the test (fake power: see
+    :class:`PowerFollower`)."""
+
+    def __init__(self, cleanups: h.Cleanups, netns: str, workdir: str,
+                 mac: str, disks: list[Disk], memory_mb: int = 2048,
+                 cpus: int = 2, smbios: dict[str, str] | None = None,
+                 markers: dict[str, str] | None = None) -> None:
+        self.monitor = os.path.join(workdir, "qemu-monitor.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(netns, workdir, mac, disks, memory_mb, cpus,
+                         smbios, markers)
         cleanups.add("qemu", self.close)
 
     # power
@@ -466,55 +585,219 @@ class Machine:
         h.say(f"machine: disk {disk.serial} attached (device_add)")
         return added
 
-    # the serial console
-
-    @property
-    def boot(self) -> Boot:
-        return self.boots[-1]
-
-    def read_serial(self, boot: Boot | None = None) -> str:
-        boot = boot or self.boot
-        try:
-            with open(boot.serial, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def _watch(self) -> None:
-        """Record when each marker first shows on each boot's console."""
-        while not self._stop.wait(0.2):
-            with self.lock:
-                boot = self.boots[-1] if self.boots else None
-            if boot is None or len(boot.seen) == len(self.markers):
-                continue
-            text = self.read_serial(boot)
-            now = time.monotonic()
-            for name, marker in self.markers.items():
-                if name not in boot.seen and marker in text:
-                    boot.seen[name] = now - boot.started
-
-    def wait_for_serial(self, pattern: str, timeout: float,
-                        since_boot: int = 0) -> tuple[Boot, re.Match[str]]:
-        """The first boot numbered ``since_boot`` or later whose console
-        matches ``pattern``; waits up to ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for boot in list(self.boots):
-                if boot.number < since_boot:
-                    continue
-                match = re.search(pattern, self.read_serial(boot))
-                if match:
-                    return boot, match
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{pattern!r} not on the console within {timeout:.0f} s;"
-                    f" the last boot's console ends:\n"
-                    f"{self.read_serial()[-3000:] if self.boots else ''}")
-            time.sleep(0.25)
-
     def close(self) -> None:
         self._stop.set()
         self.power_off()
+
+
+DOMAIN = """\
+<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='MiB'>{memory_mb}</memory>
+  <vcpu>{cpus}</vcpu>
+  <sysinfo type='smbios'><system>{smbios}</system></sysinfo>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <smbios mode='sysinfo'/>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='maximum' migratable='off'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <interface type='ethernet'>
+      <mac address='{mac}'/>
+      <target dev='{tap}' managed='no'/>
+      <model type='virtio'/>
+      <boot order='1'/>
+    </interface>
+    {disks}
+    <serial type='file'>
+      <source path='{serial}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+DISK = """\
+<disk type='file' device='disk'>
+  <driver name='qemu' type='raw' cache='unsafe'/>
+  <source file='{path}'/>
+  <target dev='{target}' bus='virtio'/>
+  <serial>{serial}</serial>{boot}
+</disk>
+"""
+
+
+class LibvirtMachine(Console):
+    """The same machine as a libvirt domain (TCG) that only Ironic
+    switches, through Redfish (sushy-emulator): the test never starts
+    or stops it.  Its boots are seen in libvirt's domain events (``virsh
+    event``); each boot's console is the part of the one console file
+    (appended to) written since; whether a boot is from the network is
+    read from the domain's definition at start, as the BMC left it."""
+
+    NAME = "ipa-netboot-vm"
+
+    def __init__(self, cleanups: h.Cleanups, env: Netboot, mac: str,
+                 disks: list[Disk], memory_mb: int = 2048, cpus: int = 2,
+                 smbios: dict[str, str] | None = None,
+                 markers: dict[str, str] | None = None) -> None:
+        assert env.libvirtd is not None and env.domain_uuid is not None
+        self.libvirtd = env.libvirtd
+        self.uuid = env.domain_uuid
+        self.serial = os.path.join(env.workdir, "serial.log")
+        self._active = False
+        self.events: list[str] = []
+        super().__init__(env.netns, env.workdir, mac, disks, memory_mb,
+                         cpus, smbios, markers)
+        entries = "".join(f"<entry name='{k}'>{v}</entry>"
+                          for k, v in self.smbios.items())
+        xml = DOMAIN.format(
+            name=self.NAME, uuid=self.uuid, memory_mb=self.memory_mb,
+            cpus=self.cpus, smbios=entries, mac=self.mac, tap=TAP,
+            serial=self.serial, disks="".join(
+                self._disk_xml(d, i, 2 + i) for i, d in
+                enumerate(self.disks)))
+        path = os.path.join(self.workdir, "domain.xml")
+        with open(path, "w") as f:
+            f.write(xml)
+        self._events: subprocess.Popen[str] | None = None
+        cleanups.add("libvirt domain", self.close)
+        self.libvirtd.virsh(["define", path])
+        self._events = subprocess.Popen(
+            ["virsh", "-q", "-c", self.libvirtd.uri, "event", "--domain",
+             self.NAME, "--all", "--loop", "--timestamp"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True)
+        self._reader = threading.Thread(target=self._read_events,
+                                        daemon=True)
+        self._reader.start()
+        h.say(f"machine: libvirt domain {self.NAME} ({self.uuid}) defined")
+
+    @staticmethod
+    def _disk_xml(disk: Disk, index: int, order: int | None) -> str:
+        return DISK.format(path=disk.path, target="vd" + chr(ord("a") +
+                                                             index),
+                           serial=disk.serial,
+                           boot=f"\n  <boot order='{order}'/>" if order
+                           else "")
+
+    def _read_events(self) -> None:
+        assert self._events is not None and self._events.stdout is not None
+        for line in self._events.stdout:
+            line = line.strip()
+            self.events.append(line)
+            if "'lifecycle'" in line and line.endswith(": Started Booted"):
+                self._started()
+            elif "'lifecycle'" in line and ": Stopped " in line:
+                with self.lock:
+                    self._active = False
+                h.say("machine: stopped (" + line.rsplit(": ", 1)[1] + ")")
+            elif "'reboot'" in line:       # a reset: a new boot, same QEMU
+                self._started(reset=True)
+
+    def _started(self, reset: bool = False) -> None:
+        now = time.monotonic()
+        try:
+            offset = os.path.getsize(self.serial)
+        except OSError:
+            offset = 0
+        live = self.libvirtd.virsh(["dumpxml", self.NAME], check=False).stdout
+        from_network = first_boot_device(live) == "interface"
+        with self.lock:
+            if self.boots:
+                self.boots[-1].end = offset
+            boot = Boot(len(self.boots) + 1, from_network, now, self.serial,
+                        offset=offset)
+            self.boots.append(boot)
+            self._active = True
+        h.say(f"machine: {'reset' if reset else 'power on'} #{boot.number} "
+              f"(by the BMC), boots from "
+              f"{'the network' if from_network else 'its disk'}")
+
+    def running(self) -> bool:
+        with self.lock:
+            return self._active
+
+    def hot_add(self, disk: Disk) -> float:
+        """Attach ``disk`` to the running domain and to its definition
+        (``virsh attach-device --live --config``: device_add for QEMU);
+        with ``boot_disk_serial`` naming it, it is put first among the
+        disks the BMC boots from.  Returns the monotonic time the attach
+        returned."""
+        index = len(self.disks)
+        disk.ident = disk.ident or f"disk{index}"
+        path = os.path.join(self.workdir, f"{disk.ident}.xml")
+        with open(path, "w") as f:
+            f.write(self._disk_xml(disk, index, None))
+        self.libvirtd.virsh(["attach-device", self.NAME, path, "--live",
+                             "--config"])
+        added = time.monotonic()
+        self.disks.append(disk)
+        h.say(f"machine: disk {disk.serial} attached (virsh attach-device)")
+        if self.boot_disk_serial is not None:
+            self._boot_disk_first()
+        return added
+
+    def _boot_disk_first(self) -> None:
+        """Make the disk ``boot_disk_serial`` names the first disk in the
+        domain's definition (its next start): the BMC's disk boot device
+        makes every disk bootable in the order they are listed, and
+        SeaBIOS tries only the first.  libvirt lists disks by their
+        target names, so the disks trade names (only libvirt's labels:
+        the guest names virtio disks in PCI order)."""
+        xml = self.libvirtd.virsh(["dumpxml", "--inactive", "--security-info",
+                                   self.NAME]).stdout
+        tree = ElementTree.fromstring(xml)
+        devices = tree.find("devices")
+        assert devices is not None
+        disks = [d for d in devices.findall("disk")
+                 if d.get("device") == "disk"]
+        first = [d for d in disks
+                 if d.findtext("serial") == self.boot_disk_serial]
+        if not first or disks[0] is first[0]:
+            return
+        targets = [d.find("target") for d in disks]
+        names = [t.get("dev", "") for t in targets if t is not None]
+        assert len(names) == len(disks)
+        ordered = first + [d for d in disks if d is not first[0]]
+        for disk, name in zip(ordered, names):
+            target = disk.find("target")
+            assert target is not None
+            target.set("dev", name)
+        path = os.path.join(self.workdir, "domain-boot-disk.xml")
+        with open(path, "w") as f:
+            f.write(ElementTree.tostring(tree, encoding="unicode"))
+        self.libvirtd.virsh(["define", path])
+        h.say(f"machine: disk {self.boot_disk_serial} is the first disk "
+              f"from its next start")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.libvirtd.virsh(["destroy", self.NAME], check=False)
+        self.libvirtd.virsh(["undefine", self.NAME], check=False)
+        if self._events is not None:
+            h.stop_process(self._events, timeout=5)
+
+
+def first_boot_device(xml: str) -> str | None:
+    """The kind of device (``interface``, ``disk``) with the lowest boot
+    order in a domain's XML."""
+    try:
+        devices = ElementTree.fromstring(xml).find("devices")
+    except ElementTree.ParseError:
+        return None
+    if devices is None:
+        return None
+    ordered = [(int(boot.get("order", "0")), device.tag)
+               for device in devices for boot in device.findall("boot")]
+    return min(ordered)[1] if ordered else None
 
 
 class PowerFollower:
