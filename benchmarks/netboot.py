@@ -104,9 +104,13 @@ def ipa_ramdisk(cache: str) -> dict[str, Any]:
         builder.configure(root, args, "ipa-" + key)  # type: ignore
         with open(os.path.join(root, "init"), "rb") as f:
             text = f.read()
-        text = text.replace(
-            b"twistd --nodaemon --pidfile= --logfile=- ipa $conf",
-            b"ironic-python-agent")
+        # IPA, as its own ramdisks start it: once the network is up
+        for ours, theirs in (
+                (b"/usr/share/ipa-twisted/start-agent $conf",
+                 b"ironic-python-agent"), (b"\nearly=1\n", b"\nearly=0\n")):
+            if ours not in text:
+                raise SystemExit(f"benchmark: {ours!r} not in ramdisk/init")
+            text = text.replace(ours, theirs)
         with open(os.path.join(root, "init"), "wb") as f:
             f.write(text)
         builder.chroot(root, ["python3", "-m", "compileall", "-q", "-j", "1",

@@ -200,7 +200,8 @@ STATE_FILES = ["var/log", "var/lib/dpkg/status-old",
 #: The agent's sources: what goes into its wheel (and the cache key).
 AGENT_SOURCES = ["ipa_twisted", "twisted/plugins", "setup.cfg",
                  "pyproject.toml", "README.md"]
-RAMDISK_FILES = ["builder.py", "init", "udhcpc", "requirements.txt"]
+RAMDISK_FILES = ["builder.py", "init", "udhcpc", "start-agent",
+                 "requirements.txt"]
 
 MiB = 1024 ** 2
 
@@ -565,8 +566,9 @@ def configure(root: str, args: argparse.Namespace, build_id: str) -> None:
     os.chmod(os.path.join(root, "init"), 0o755)
     share = os.path.join(root, "usr", "share", "ipa-twisted")
     os.makedirs(share, exist_ok=True)
-    shutil.copy(os.path.join(HERE, "udhcpc"), os.path.join(share, "udhcpc"))
-    os.chmod(os.path.join(share, "udhcpc"), 0o755)
+    for name in ("udhcpc", "start-agent"):
+        shutil.copy(os.path.join(HERE, name), os.path.join(share, name))
+        os.chmod(os.path.join(share, name), 0o755)
     etc = os.path.join(root, "etc")
     for name, text in (("hostname", "ipa-twisted\n"),
                        ("hosts", "127.0.0.1 localhost ipa-twisted\n"
@@ -776,19 +778,23 @@ mkswap disk.img >/dev/null
 wipefs -a -q disk.img
 echo smoke passed
 """
-#: The agent's Python side: every module of the agent imports, twistd
-#: finds the plugin.
+#: The agent's Python side: ramdisk/start-agent imports every module of
+#: the agent, twistd finds the plugin.  (Importing klein installs the
+#: default reactor, as it does when twistd makes the agent's service.)
 SMOKE_PYTHON = """\
-import importlib, pkgutil, sys
-import ipa_twisted
-failed = []
-for mod in pkgutil.walk_packages(ipa_twisted.__path__, "ipa_twisted."):
+import importlib, importlib.machinery, importlib.util, sys
+path = "/usr/share/ipa-twisted/start-agent"
+loader = importlib.machinery.SourceFileLoader("start_agent", path)
+start_agent = importlib.util.module_from_spec(
+    importlib.util.spec_from_loader("start_agent", loader))
+loader.exec_module(start_agent)
+failed = start_agent.preload()
+for name in start_agent.SKIP:
     try:
-        importlib.import_module(mod.name)
+        importlib.import_module(name)
     except Exception as e:
-        failed.append(f"{mod.name}: {e!r}")
-from twisted.plugin import IPlugin, getPlugins
-import twisted.plugins
+        failed.append(f"{name}: {e!r}")
+from twisted.plugin import getPlugins
 from twisted.application.service import IServiceMaker
 names = [p.tapname for p in getPlugins(IServiceMaker)]
 if "ipa" not in names:

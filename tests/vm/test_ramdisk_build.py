@@ -41,6 +41,7 @@ class RamdiskBuildTests(SynchronousTestCase):
         names = set(listing)
         self.assertEqual(listing[:2], [".", "bin"])  # sorted
         for path in ("init", "usr/share/ipa-twisted/udhcpc",
+                     "usr/share/ipa-twisted/start-agent",
                      "etc/ipa-twisted/build-id"):
             self.assertTrue(path in names, path)
         wanted = ["twistd", "python3", "udevadm", "busybox"] + [
