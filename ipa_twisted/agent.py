@@ -14,9 +14,10 @@ child's Deferred):
 4. ``api``: the agent API (:mod:`ipa_twisted.api.service`);
 5. ``heartbeater``: heartbeats to Ironic (not with ``--standalone``).
 
-Lockdown and rescue stop the last two with :meth:`AgentService.stop_api`
-and :meth:`AgentService.stop_heartbeats` (extensions reach them through
-the context).
+Lockdown and rescue stop the last two for good with
+:meth:`AgentService.stop_serving` (extensions reach it through the
+context), built on :meth:`AgentService.stop_api` and
+:meth:`AgentService.stop_heartbeats`.
 
 A fatal error (no lookup within ``lookup_timeout``, no advertise address,
 the API port taken) is logged in one line and ends the process with exit
@@ -149,8 +150,6 @@ class AgentService(MultiService):
             tls_policy=self._outbound.policy if self._outbound else None,
             force_heartbeat=self.force_heartbeat,
             current_token=lambda: self.token,
-            stop_api=self.stop_api,
-            stop_heartbeats=self.stop_heartbeats,
             stop_serving=self.stop_serving,
         )
         self._hardware = hardware

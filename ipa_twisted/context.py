@@ -24,6 +24,7 @@ from ipa_twisted.process import IProcessRunner
 
 if TYPE_CHECKING:
     from ipa_twisted.hardware.lldp import LLDPCollector
+    from ipa_twisted.hardware.udev import DeviceEvents
     from ipa_twisted.hardware.manager import HardwareManagers
     from ipa_twisted.tls import ClientPolicy
 
@@ -79,15 +80,15 @@ class RunningAgent:
         lambda progress: None
     #: The agent token in force (configured, or handed out by Ironic).
     current_token: Callable[[], str | None] = lambda: None
-    #: Stop serving the API / stop heartbeating (lockdown, rescue); each
-    #: fires once done.
-    stop_api: Callable[[], "Deferred[None]"] = lambda: succeed(None)
-    stop_heartbeats: Callable[[], "Deferred[None]"] = lambda: succeed(None)
     #: How :meth:`in_thread` runs blocking work (None: a thread of the
     #: disk pool; tests run it at once).
     thread_runner: Callable[..., "Deferred[Any]"] | None = None
     #: The thread pool of in_thread (made on first use).
     disk_threads: Any = None
+    #: udev's device events (or polling where udev does not run): made on
+    #: first use, shared by every wait for a disk or partition (tests set
+    #: a fake)
+    device_watcher: DeviceEvents | None = None
     #: Stop serving the API and heartbeating, for good (rescue, lockdown;
     #: the argument says why); fires once the API's connections are closed.
     stop_serving: Callable[[str], "Deferred[None]"] = \
@@ -104,6 +105,14 @@ class RunningAgent:
     @hardware.setter
     def hardware(self, managers: HardwareManagers) -> None:
         self._hardware = managers
+
+    def device_events(self) -> DeviceEvents:
+        """udev events on the reactor where udev runs, else polling."""
+        if self.device_watcher is None:
+            from ipa_twisted.hardware import udev
+
+            self.device_watcher = udev.device_events(self.reactor)
+        return self.device_watcher
 
     def report_progress(self, progress: Progress | None) -> None:
         self.progress = progress

@@ -20,7 +20,7 @@ from twisted.web import client as webclient
 from twisted.web.iweb import IResponse
 
 from ipa_twisted import __version__, errors
-from ipa_twisted.httpfetch import MiB, get_bytes
+from ipa_twisted.httpfetch import MiB, describe, get_bytes
 from ipa_twisted.retry import GaveUp, is_cancellation, retry
 
 log = Logger()
@@ -182,7 +182,7 @@ class IronicClient:
                 if is_cancellation(e):
                     raise defer.CancelledError() from None
                 log.warn("cannot reach Ironic at {url}: {error}", url=base,
-                         error=_describe(e))
+                         error=describe(e))
                 last = e
                 continue
             if self.api_urls[0] != base:
@@ -208,7 +208,7 @@ class IronicClient:
             raise
         except Exception as e:
             log.warn("cannot tell the Ironic API version ({error}); assuming "
-                     "{v} for now", error=_describe(e),
+                     "{v} for now", error=describe(e),
                      v=version_text(MIN_VERSION))
             return MIN_VERSION
         log.info("Ironic API version {v}", v=version_text(version))
@@ -231,7 +231,7 @@ class IronicClient:
         except CONNECTION_ERRORS as e:
             if is_cancellation(e):
                 raise defer.CancelledError() from None
-            raise LookupAttemptFailed(f"Ironic unreachable: {_describe(e)}")
+            raise LookupAttemptFailed(f"Ironic unreachable: {describe(e)}")
         if response.code == 409:
             raise LookupAttemptFailed(
                 f"conflict (409): {error_text(body)}", conflict=True
@@ -335,7 +335,7 @@ class IronicClient:
         except CONNECTION_ERRORS as e:
             if is_cancellation(e):
                 raise defer.CancelledError() from None
-            raise errors.HeartbeatConnectionError(_describe(e)) from None
+            raise errors.HeartbeatConnectionError(describe(e)) from None
         if response.code == 202:
             log.debug("heartbeat accepted")
             return
@@ -343,15 +343,3 @@ class IronicClient:
         if response.code == 409:
             raise errors.HeartbeatConflictError(text)
         raise errors.HeartbeatError(f"HTTP {response.code}: {text}")
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, (webclient.ResponseNeverReceived,
-                      webclient.RequestTransmissionFailed,
-                      webclient.ResponseFailed)):
-        reasons = getattr(e, "reasons", None)
-        if reasons:
-            return "; ".join(r.getErrorMessage() for r in reasons)
-    if isinstance(e, defer.TimeoutError):
-        return "timed out"
-    return str(e) or type(e).__name__

@@ -21,12 +21,22 @@ from twisted.python.failure import Failure
 log = Logger()
 
 
+class Loop(LoopingCall):
+    """A looping call whose ``stop()`` may be called once it has stopped
+    (by its own failure, say): owners stop their loops in a ``finally``,
+    and an ``AssertionError`` there would hide what they were doing."""
+
+    def stop(self) -> None:
+        if self.running:
+            super().stop()
+
+
 def every(clock: IReactorTime, interval: float, f: Callable[[], Any],
           what: str, on_failure: Callable[[Failure], None] | None = None,
-          now: bool = False) -> LoopingCall:
+          now: bool = False) -> Loop:
     """Call ``f`` every ``interval`` seconds on ``clock`` (stop it with
     the returned loop's ``stop()``)."""
-    loop = LoopingCall(f)
+    loop = Loop(f)
     loop.clock = clock
 
     def failed(failure: Failure) -> None:

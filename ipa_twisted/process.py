@@ -57,6 +57,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from ipa_twisted import tools
+
 log = Logger()
 
 #: Most output kept per stream; the rest is dropped (and said so).
@@ -130,9 +132,8 @@ class IProcessRunner(Interface):
 
 def default_env() -> dict[str, str]:
     env = {
-        "PATH": os.environ.get(
-            "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        ),
+        # the tools the start-up warning found, wherever PATH leaves sbin
+        "PATH": tools.search_path(),
         "LC_ALL": "C.UTF-8",
         "LANG": "C.UTF-8",
     }

@@ -180,13 +180,23 @@ TEST_PACKAGES: tuple[str, ...] = ("ovmf", "libc6-dev", "python3-venv",
                                   # ldlinux.c32 for the pxe interface
                                   "ipxe", "pxelinux", "syslinux-common")
 
-#: Where tools are looked for, whatever PATH the caller has (a ramdisk's
-#: init or a user shell may lack the sbin directories).
-SEARCH_PATH = os.pathsep.join([
-    os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/local/bin",
-    "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+#: The system's tool directories, searched after the caller's PATH.
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+               "/sbin", "/bin")
 
-BY_NAME = {tool.name: tool for tool in TOOLS}
+
+def search_path(path: str | None = None) -> str:
+    """``path`` (the environment's PATH by default), then the system's
+    tool directories it lacks (a ramdisk's init or a user shell may have no
+    sbin directories on PATH).  The agent runs its tools from this path,
+    and its start-up warning looks for them on it."""
+    given = os.environ.get("PATH", "") if path is None else path
+    dirs = [d for d in given.split(os.pathsep) if d]
+    return os.pathsep.join(dirs + [d for d in SYSTEM_DIRS if d not in dirs])
+
+
+#: Where tools are looked for (see :func:`search_path`).
+SEARCH_PATH = search_path()
 
 
 def of_scope(scope: str) -> list[Tool]:

@@ -13,13 +13,28 @@ import base64
 import functools
 import gzip
 import struct
+import tracemalloc
 import zlib
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 MiB = 1024 * 1024
 MAGIC = b"QFI\xfb"
 COPIED = 1 << 63
 COMPRESSED = 1 << 62
+
+
+def peak_of(func: Callable[[], Any]) -> tuple[int, Any]:
+    """(peak bytes allocated while ``func`` ran, what it returned or
+    raised)."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome: Any = func()
+        except Exception as e:
+            outcome = e
+        return tracemalloc.get_traced_memory()[1], outcome
+    finally:
+        tracemalloc.stop()
 
 
 def header(*, cluster_bits: int, size: int, l1_size: int, l1_offset: int,

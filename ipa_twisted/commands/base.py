@@ -284,19 +284,7 @@ class CommandRunner:
         return next(reversed(self._history.values()))
 
     def find_command(self, name: str) -> BoundCommand:
-        """``<ext>.<cmd>`` -> the command, or the wire's 400/404 errors."""
-        if not isinstance(name, str) or name.count(".") != 1:
-            raise errors.InvalidCommandError(
-                "Command name must be of the form <extension>.<name>"
-            )
-        ext_name, cmd_name = name.split(".")
-        ext = self._extensions.get(ext_name)
-        if ext is None:
-            raise errors.RequestedObjectNotFoundError("Extension", ext_name)
-        command = ext.commands().get(cmd_name)
-        if command is None:
-            raise errors.InvalidCommandError(f"Unknown command: {cmd_name}")
-        return command
+        return find_command(self._extensions, name)
 
     def execute(self, name: str, params: Mapping[str, Any]) -> CommandResult:
         """Start a command; raise an AgentError for a request-level failure.
@@ -335,7 +323,7 @@ class CommandRunner:
         self._history[result.id] = result
         self._trim()
         log.info("running command {name} ({id})", name=name, id=result.id)
-        d = ensureDeferred(_call(command.func, params))
+        d = ensureDeferred(call_command(command.func, params))
         self._running[result.id] = d
         d.addBoth(self._completed, result, name)
         return result
@@ -412,7 +400,27 @@ class CommandRunner:
         )
 
 
-async def _call(func: Callable[..., Any], params: Mapping[str, Any]) -> Any:
+def find_command(extensions: Mapping[str, Any], name: Any) -> BoundCommand:
+    """``<ext>.<cmd>`` among ``extensions`` -> the command, or the wire's
+    400/404 errors."""
+    if not isinstance(name, str) or name.count(".") != 1:
+        raise errors.InvalidCommandError(
+            "Command name must be of the form <extension>.<name>"
+        )
+    ext_name, cmd_name = name.split(".")
+    ext = extensions.get(ext_name)
+    if ext is None:
+        raise errors.RequestedObjectNotFoundError("Extension", ext_name)
+    command = ext.commands().get(cmd_name)
+    if command is None:
+        raise errors.InvalidCommandError(f"Unknown command: {cmd_name}")
+    return command
+
+
+async def call_command(func: Callable[..., Any], params: Mapping[str, Any]
+                       ) -> Any:
+    """``func(**params)``, awaited until it is a value (a command may
+    answer a coroutine or a Deferred)."""
     value = func(**params)
     while inspect.isawaitable(value):
         value = await value

@@ -15,13 +15,17 @@ refuses, fails the flow at its turn.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from twisted.logger import Logger
 
 from ipa_twisted import errors
-from ipa_twisted.commands.base import BoundCommand, Extension, async_command
+from ipa_twisted.commands.base import (
+    Extension,
+    async_command,
+    call_command,
+    find_command,
+)
 
 log = Logger()
 
@@ -50,24 +54,9 @@ def _steps(flow: Any) -> list[tuple[str, dict[str, Any]]]:
     return steps
 
 
-def find_command(agent: Any, name: Any) -> BoundCommand:
-    """``<ext>.<cmd>`` among the loaded extensions (the wire's 400/404)."""
-    if not isinstance(name, str) or name.count(".") != 1:
-        raise errors.InvalidCommandError(
-            "Command name must be of the form <extension>.<name>")
-    ext_name, cmd_name = name.split(".")
-    ext = agent.extensions.get(ext_name)
-    if ext is None:
-        raise errors.RequestedObjectNotFoundError("Extension", ext_name)
-    command = ext.commands().get(cmd_name)
-    if command is None:
-        raise errors.InvalidCommandError(f"Unknown command: {cmd_name}")
-    return command
-
-
 def _check_flow(extension: Any, flow: Any = None) -> None:
     for name, _ in _steps(flow):
-        find_command(extension.agent, name)
+        find_command(extension.agent.extensions, name)
         if name == "flow.start_flow":
             raise errors.InvalidCommandParamsError(
                 "a flow cannot start another flow")
@@ -80,7 +69,7 @@ class FlowExtension(Extension):
     async def start_flow(self, flow: Any = None) -> None:
         steps = _steps(flow)
         for number, (name, params) in enumerate(steps, 1):
-            command = find_command(self.agent, name)
+            command = find_command(self.agent.extensions, name)
             log.info("flow: command {n}/{total}: {name}", n=number,
                      total=len(steps), name=name)
             try:
@@ -88,9 +77,7 @@ class FlowExtension(Extension):
                 if mismatch is not None:
                     raise mismatch
                 command.validate(params)
-                value = command.func(**params)
-                while inspect.isawaitable(value):
-                    value = await value
+                await call_command(command.func, params)
             except Exception as e:
                 text = str(e) if isinstance(e, errors.AgentError) \
                     else f"{type(e).__name__}: {e}"

@@ -47,7 +47,7 @@ from typing import Any, AsyncIterator
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
-from ipa_twisted import errors
+from ipa_twisted import errors, tools
 from ipa_twisted.commands.base import Extension, async_command
 from ipa_twisted.confined import OutsideTree, copy_from_image, resolve_in
 from ipa_twisted.hardware import disks as disks_mod
@@ -139,7 +139,7 @@ def failure_text(e: ProcessError) -> str:
 def uefi_firmware() -> bool:
     """Did this ramdisk boot by UEFI, with efibootmgr at hand?"""
     return os.path.isdir("/sys/firmware/efi") and \
-        shutil.which("efibootmgr") is not None
+        shutil.which("efibootmgr", path=tools.search_path()) is not None
 
 
 def efi_path(path: str) -> str:
@@ -708,14 +708,8 @@ def partition_number(kname: str) -> str:
 
 def partitions_of(disk: str) -> list[str]:
     """The kernel names of ``disk``'s own partitions (not of holders
-    built on it)."""
-    base = os.path.join(SYS_BLOCK, disk)
-    try:
-        names = sorted(os.listdir(base))
-    except OSError:
-        return []
-    return [n for n in names
-            if os.path.exists(os.path.join(base, n, "partition"))]
+    built on it), by number."""
+    return [name for _, name in partinfo.partition_names(disk, SYS_BLOCK)]
 
 
 def device_number(name: str) -> tuple[int, int]:

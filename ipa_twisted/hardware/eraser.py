@@ -32,12 +32,13 @@ from twisted.internet.defer import (
     ensureDeferred,
 )
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.hardware import erase, erase_check, overwrite
 from ipa_twisted.hardware.disks import SYS_BLOCK, BlockDevice, kname_of
+from ipa_twisted.looping import every
 from ipa_twisted.process import ProcessError, ToolNotFound
 
 if TYPE_CHECKING:
@@ -465,9 +466,8 @@ class DiskEraser:
         def done(n: int) -> None:
             written[0] = n
 
-        loop = LoopingCall(tick)
-        loop.clock = self.clock
-        loop.start(self.poll, now=False)
+        loop = every(self.clock, self.poll, tick,
+                     what=f"the erase progress of {dev.name}")
         try:
             await self.agent.in_thread(
                 overwrite.overwrite, self.agent.guard, dev.name, dev.size,
@@ -499,9 +499,8 @@ class DiskEraser:
                 self._phase(dev.name, "erasing",
                             fraction=min(1.0, (now - start) * 512 / total))
 
-        loop = LoopingCall(tick)
-        loop.clock = self.clock
-        loop.start(self.poll, now=False)
+        loop = every(self.clock, self.poll, tick,
+                     what=f"the erase progress of {dev.name}")
         try:
             await work
         finally:
@@ -586,9 +585,8 @@ class DiskEraser:
                 self._phase(dev.name, "erasing", fraction=min(
                     0.99, (self.clock.seconds() - t0) / estimate))
 
-        loop = LoopingCall(tick)
-        loop.clock = self.clock
-        loop.start(self.poll, now=False)
+        loop = every(self.clock, self.poll, tick,
+                     what=f"the erase progress of {dev.name}")
         try:
             await self._run(["hdparm", "--user-master", "u", option, "NULL",
                              dev.name],

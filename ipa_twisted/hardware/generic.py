@@ -34,7 +34,6 @@ from ipa_twisted.hardware import (
     netif,
     raid,
     system,
-    udev,
 )
 from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
@@ -229,7 +228,6 @@ class GenericHardwareManager(HardwareManager):
         #: is_root_volume marked: {md device: is it the root?}
         self.raid_roots: dict[str, bool] = {}
         self._raid: raid.SoftwareRAID | None = None
-        self._device_events: udev.DeviceEvents | None = None
 
     @property
     def raid(self) -> raid.SoftwareRAID:
@@ -420,7 +418,7 @@ class GenericHardwareManager(HardwareManager):
         config = self.agent.config
         # watching starts before the first look: a disk udev adds between
         # a look and the wait still ends the wait
-        watch = self.device_events().watch("block")
+        watch = self.agent.device_events().watch("block")
         clock = self.agent.reactor
         deadline = clock.seconds() + (config.disk_wait_attempts - 1) \
             * config.disk_wait_delay
@@ -449,13 +447,6 @@ class GenericHardwareManager(HardwareManager):
                 return dev.name
         finally:
             watch.close()
-
-    def device_events(self) -> udev.DeviceEvents:
-        """udev events on the reactor where udev runs, else polling
-        (tests set ``_device_events``)."""
-        if self._device_events is None:
-            self._device_events = udev.device_events(self.agent.reactor)
-        return self._device_events
 
     def _not_root_volumes(self, devices: list[BlockDevice]
                           ) -> list[BlockDevice]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
@@ -168,6 +168,25 @@ async def _settle(value: Any) -> Any:
     return value
 
 
+async def _first_compatible(managers: Sequence[Any], method: str,
+                            args: Sequence[Any], kwargs: Mapping[str, Any]
+                            ) -> Any:
+    """``method`` of the first of ``managers`` that has it and does not
+    answer IncompatibleHardwareMethodError (a None in the list is
+    skipped)."""
+    for manager in managers:
+        func = getattr(manager, method, None)
+        if func is None:
+            continue
+        try:
+            return await _settle(func(*args, **kwargs))
+        except errors.IncompatibleHardwareMethodError:
+            log.debug("{name}.{method} is not compatible; trying the "
+                      "next manager", name=type(manager).__name__,
+                      method=method)
+    raise errors.HardwareManagerMethodNotFound(method)
+
+
 def manager_version(manager: Any) -> dict[str, str]:
     getter = getattr(manager, "get_version", None)
     if getter is not None:
@@ -243,17 +262,7 @@ class HardwareManagers:
         return out
 
     async def dispatch(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        for manager in self.managers:
-            func = getattr(manager, method, None)
-            if func is None:
-                continue
-            try:
-                return await _settle(func(*args, **kwargs))
-            except errors.IncompatibleHardwareMethodError:
-                log.debug("{name}.{method} is not compatible; trying the "
-                          "next manager", name=type(manager).__name__,
-                          method=method)
-        raise errors.HardwareManagerMethodNotFound(method)
+        return await _first_compatible(self.managers, method, args, kwargs)
 
     async def dispatch_to(self, names: Sequence[str], method: str,
                           *args: Any, **kwargs: Any) -> Any:
@@ -262,16 +271,8 @@ class HardwareManagers:
         advertised it, never on another that merely has a method of that
         name."""
         by_name = {type(m).__name__: m for m in self.managers}
-        for name in names:
-            func = getattr(by_name.get(name), method, None)
-            if func is None:
-                continue
-            try:
-                return await _settle(func(*args, **kwargs))
-            except errors.IncompatibleHardwareMethodError:
-                log.debug("{name}.{method} is not compatible; trying the "
-                          "next manager", name=name, method=method)
-        raise errors.HardwareManagerMethodNotFound(method)
+        return await _first_compatible(
+            [by_name.get(name) for name in names], method, args, kwargs)
 
     async def dispatch_all(self, method: str, *args: Any, **kwargs: Any
                            ) -> dict[str, Any]:

@@ -54,8 +54,6 @@ SUPPORTED_LEVELS = ("0", "1", "1+0", "5", "6")
 MIN_MEMBERS = {"0": 2, "1": 2, "1+0": 2, "5": 3, "6": 4}
 #: IPA's ESP size on each member (diskimage-builder's)
 ESP_SIZE_MIB = 550
-#: the partition number of the first RAID partition on each member
-RAID_PARTITION = 1
 MAX_MD = 128
 
 #: IPA 13.0.0's argsinfo of apply_configuration (what Ironic shows).

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from ipa_twisted import errors
 from ipa_twisted.confined import OutsideTree, check_extracted
-from ipa_twisted.hardware import blockio, udev
+from ipa_twisted.hardware import blockio
 from ipa_twisted.httpfetch import BodyTooLarge, describe, get_bytes
 from ipa_twisted.process import ProcessError
 
@@ -279,8 +279,7 @@ async def wait_for_partitions(context: Any, device: str, parts: list[str],
     """Until every partition node exists (re-reading the table): each
     wait ends when udev reports a block device (where udev runs), or after
     half a second."""
-    events = getattr(context, "device_events", None) \
-        or udev.device_events(context.reactor)
+    events = context.device_events()
     watch = events.watch("block")
     try:
         for _ in range(attempts):

@@ -77,8 +77,7 @@ class Progress:
                      rate=snap["rate_mib_s"])
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        self._loop.stop()
 
     def finished(self, done: int) -> None:
         self.done = done

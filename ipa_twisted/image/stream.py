@@ -254,6 +254,28 @@ def _header(response: IResponse, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+async def _get(http: Any, clock: IReactorTime, url: str,
+               headers: dict[str, str], timeout: float, image_id: str
+               ) -> IResponse:
+    """The response to ``GET url`` (its body not read yet), within
+    ``timeout`` seconds; a failure is an ``ImageDownloadError`` (a
+    cancellation stays one)."""
+    try:
+        d = http.request("GET", url, headers=headers, unbuffered=True)
+        d.addTimeout(timeout, clock)
+        response: IResponse = await d
+    except defer.TimeoutError:
+        raise errors.ImageDownloadError(
+            image_id, f"no answer from {url} within {timeout} s") from None
+    except defer.CancelledError:
+        raise
+    except Exception as e:
+        raise errors.ImageDownloadError(
+            image_id, f"cannot reach {url}: {_describe(Failure(e))}"
+        ) from None
+    return response
+
+
 async def stream_body(
     http: Any,
     clock: IReactorTime,
@@ -274,21 +296,8 @@ async def stream_body(
     request_headers = dict(headers or {})
     if offset:
         request_headers["Range"] = f"bytes={offset}-"
-    try:
-        d = http.request("GET", url, headers=request_headers,
-                         unbuffered=True)
-        d.addTimeout(stall_timeout, clock)
-        response: IResponse = await d
-    except defer.TimeoutError:
-        raise errors.ImageDownloadError(
-            image_id, f"no answer from {url} within {stall_timeout} s"
-        ) from None
-    except defer.CancelledError:
-        raise
-    except Exception as e:
-        raise errors.ImageDownloadError(
-            image_id, f"cannot reach {url}: {_describe(Failure(e))}"
-        ) from None
+    response = await _get(http, clock, url, request_headers, stall_timeout,
+                          image_id)
     length = response.length if isinstance(response.length, int) else None
     total = length
     resumed = False
@@ -296,7 +305,7 @@ async def stream_body(
     if offset and response.code == 206:
         m = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
         if not m or int(m.group(1)) != offset:
-            response.deliverBody(Protocol())
+            discard_body(response)  # (read none of it: close)
             raise errors.ImageDownloadError(
                 image_id, f"{url} answered a range that does not start at "
                 f"byte {offset}: {_header(response, b'content-range')}")
@@ -309,12 +318,12 @@ async def stream_body(
                      "of a full copy", url=url, n=offset)
             target = _Skip(consumer, offset)
     elif 400 <= response.code < 500:
-        response.deliverBody(Protocol())
+        discard_body(response)  # (read none of it: close)
         raise errors.ImageDownloadFatalError(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
     else:
-        response.deliverBody(Protocol())
+        discard_body(response)  # (read none of it: close)
         raise errors.ImageDownloadError(
             image_id, f"{url} answered HTTP {response.code} {_phrase(response)}"
         )
@@ -390,8 +399,7 @@ async def stream_body(
             f"{_describe(Failure(e))}",
         ) from None
     finally:
-        if check.running:
-            check.stop()
+        check.stop()
     if length is not None and received != length:
         raise errors.ImageDownloadError(
             image_id, f"{url}: got {received} of {length} bytes"
@@ -413,20 +421,8 @@ async def fetch_range(http: Any, clock: IReactorTime, url: str, start: int,
     """
     request_headers = dict(headers or {})
     request_headers["Range"] = f"bytes={start}-{start + length - 1}"
-    try:
-        d = http.request("GET", url, headers=request_headers,
-                         unbuffered=True)
-        d.addTimeout(timeout, clock)
-        response: IResponse = await d
-    except defer.TimeoutError:
-        raise errors.ImageDownloadError(
-            image_id, f"no answer from {url} within {timeout} s") from None
-    except defer.CancelledError:
-        raise
-    except Exception as e:
-        raise errors.ImageDownloadError(
-            image_id, f"cannot reach {url}: {_describe(Failure(e))}"
-        ) from None
+    response = await _get(http, clock, url, request_headers, timeout,
+                          image_id)
     if response.code != 206:
         discard_body(response)
         if response.code == 200:

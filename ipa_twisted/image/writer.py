@@ -190,8 +190,7 @@ async def download_to_device(
             raise errors.ImageWriteError(device, e.errno, "", str(e)) from None
         raise
     finally:
-        if ticker.running:
-            ticker.stop()
+        ticker.stop()
         progress.stop()
         if not disk.claimed:  # no sink took it: close it here
             context.in_thread(disk.close).addErrback(lambda _: None)
@@ -251,8 +250,7 @@ async def _watched(d: "defer.Deferred[Any]", gate: Any, clock: Any,
             raise DiskStalled(path, stalled[0], what) from None
         raise
     finally:
-        if loop.running:
-            loop.stop()
+        loop.stop()
 
 
 async def _abort(gate: FormatGate, clock: Any, path: str) -> None:

@@ -22,13 +22,13 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ipa_twisted import encoding, mdns
-from ipa_twisted.httpfetch import MiB, get_bytes
+from ipa_twisted.httpfetch import MiB, describe, get_bytes
 from ipa_twisted.inspection.collectors import (
     DEFAULT_COLLECTORS,
     Failures,
     load_collectors,
 )
-from ipa_twisted.ironic import CONNECTION_ERRORS, _describe, error_text
+from ipa_twisted.ironic import CONNECTION_ERRORS, error_text
 from ipa_twisted.retry import GaveUp, is_cancellation, retry
 
 if TYPE_CHECKING:
@@ -130,9 +130,9 @@ async def post(context: RunningAgent, urls: Sequence[str], payload: bytes,
             except CONNECTION_ERRORS as e:
                 if is_cancellation(e):
                     raise CancelledError() from None
-                last_error = f"{url}: {_describe(e)}"
+                last_error = f"{url}: {describe(e)}"
                 log.warn("cannot post inspection data to {url}: {e}",
-                         url=url, e=_describe(e))
+                         url=url, e=describe(e))
                 continue
             if response.code >= 500 or response.code == 409:
                 log.warn("inspection post answered {code}: {text}",

@@ -8,7 +8,6 @@ import base64
 import gzip
 import os
 import shutil
-import tracemalloc
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -36,18 +35,6 @@ class InlineContext(RunningAgent):
         return defer.maybeDeferred(func, *args, **kwargs)
 
 
-def peak_of(func: Callable[[], Any]) -> tuple[int, Any]:
-    tracemalloc.start()
-    try:
-        try:
-            outcome: Any = func()
-        except Exception as e:
-            outcome = e
-        return tracemalloc.get_traced_memory()[1], outcome
-    finally:
-        tracemalloc.stop()
-
-
 def real_drive(directory: str) -> str:
     """A config drive made the way Ironic makes one (genisoimage, gzip,
     base64)."""
@@ -66,7 +53,7 @@ class DecodeTests(SynchronousTestCase):
     def test_bomb_stops_at_the_limit(self) -> None:
         drive = hi.config_drive_bomb(128 * MiB)
         self.assertLess(len(drive), 200 * 1024)
-        peak, outcome = peak_of(lambda: configdrive.decode(drive))
+        peak, outcome = hi.peak_of(lambda: configdrive.decode(drive))
         self.assertIsInstance(outcome, errors.DeploymentError,
                               type(outcome))
         self.assertIn("Config drive size exceeds maximum limit of 64MiB",

@@ -208,3 +208,18 @@ class EveryTests(SynchronousTestCase):
         self.assertFalse(loop.running)
         self.assertEqual([f.type for f in seen], [KeyError])
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_stopping_a_loop_its_failure_stopped_is_harmless(self) -> None:
+        # owners stop their loops in a finally: the loop's own failure
+        # must not turn that into an AssertionError hiding their result
+        clock = Clock()
+
+        def tick() -> None:
+            raise KeyError("tick")
+
+        loop = every(clock, 1.0, tick, what="ticker")
+        clock.advance(1.0)
+        self.assertFalse(loop.running)
+        loop.stop()
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+

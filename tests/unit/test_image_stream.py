@@ -12,7 +12,7 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -118,6 +118,13 @@ class Images(Resource):
         if path == "/broken":
             request.setResponseCode(503)
             return b"later"
+        if path in ("/endless-404", "/endless-503"):
+            # an error page that never ends
+            request.setResponseCode(int(path[-3:]))
+            self.lost = request.notifyFinish()
+            request.write(b"x" * 65536)
+            self.pending.append(request)
+            return NOT_DONE_YET
         if path == "/stall":
             request.setHeader(b"content-length", str(len(DATA)).encode())
             request.write(DATA[:1000])
@@ -198,6 +205,19 @@ class StreamTests(TestCase):
         with self.assertRaises(errors.ImageDownloadFatalError) as cm:
             await self.stream("/missing")
         self.assertIn("answered HTTP 404", str(cm.exception))
+
+    async def test_an_error_body_is_not_read_to_its_end(self) -> None:
+        for path, error in (("/endless-404", errors.ImageDownloadFatalError),
+                            ("/endless-503", errors.ImageDownloadError)):
+            with self.assertRaises(error):
+                await self.stream(path)
+            # the agent closed the connection: the server sees it lost
+            lost = self.images.lost
+            give_up = reactor.callLater(5, lost.cancel)
+            with self.assertRaises(Exception) as cm:
+                await lost
+            self.assertNotIsInstance(cm.exception, CancelledError)
+            give_up.cancel()
 
     async def test_5xx_is_retryable(self) -> None:
         with self.assertRaises(errors.ImageDownloadError) as cm:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-import tracemalloc
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -21,20 +20,6 @@ from ipa_twisted.image.sink import Device
 from tests import hostile_images as hi
 
 MiB = 1024 * 1024
-
-
-def peak_of(func: Callable[[], Any]) -> tuple[int, Any]:
-    """(peak bytes allocated while ``func`` ran, what it returned or
-    raised)."""
-    tracemalloc.start()
-    try:
-        try:
-            outcome: Any = func()
-        except Exception as e:
-            outcome = e
-        return tracemalloc.get_traced_memory()[1], outcome
-    finally:
-        tracemalloc.stop()
 
 
 class Sizes:
@@ -107,7 +92,7 @@ class MemoryTests(SynchronousTestCase):
     def test_zstd_cluster_inflates_to_one_cluster_at_most(self) -> None:
         image = hi.qcow2_zstd_bomb(inflated=256 * MiB)
         self.assertLess(len(image), 300 * 1024)
-        peak, outcome = peak_of(lambda: feed(image))
+        peak, outcome = hi.peak_of(lambda: feed(image))
         self.assertIsInstance(outcome, tuple, type(outcome))
         stream, emit = outcome
         self.assertEqual(emit.writes, [(0, 65536)])
@@ -117,7 +102,7 @@ class MemoryTests(SynchronousTestCase):
     def test_overlapping_compressed_clusters(self) -> None:
         # 2048 extents one byte apart, each as long as the format allows
         image = hi.qcow2_overlapping_compressed(count=2048)
-        peak, outcome = peak_of(lambda: feed(image))
+        peak, outcome = hi.peak_of(lambda: feed(image))
         self.assertIsInstance(outcome, qcow2.Qcow2Error, type(outcome))
         self.assertIn("overlap", str(outcome))
         self.assertLess(peak, 16 * MiB)
@@ -125,7 +110,7 @@ class MemoryTests(SynchronousTestCase):
     def test_virtual_size_is_checked_before_anything_is_sized(self) -> None:
         # 1 TiB of 4 KiB clusters: a 32 MiB bitmap
         image = hi.qcow2_huge_bitmap(size=1 << 40, cb=12)
-        peak, outcome = peak_of(lambda: feed(image, max_size=5 << 30))
+        peak, outcome = hi.peak_of(lambda: feed(image, max_size=5 << 30))
         self.assertIsInstance(outcome, qcow2.Qcow2Error, type(outcome))
         self.assertIn("is larger than the device (5368709120 bytes)",
                       str(outcome))
@@ -136,7 +121,7 @@ class MemoryTests(SynchronousTestCase):
         size = 1 << 43
         head = hi.header(cluster_bits=12, size=size,
                          l1_size=size // (4096 * 512), l1_offset=4096)
-        peak, outcome = peak_of(lambda: feed(head.ljust(4096, b"\0")))
+        peak, outcome = hi.peak_of(lambda: feed(head.ljust(4096, b"\0")))
         self.assertIsInstance(outcome, qcow2.Qcow2Error, type(outcome))
         self.assertIn("more than this agent can track", str(outcome))
         self.assertLess(peak, MiB)
@@ -210,7 +195,7 @@ class Qcow2TargetTests(TestCase):
     async def test_virtual_size_checked_before_the_bitmap(self) -> None:
         target = Qcow2Target(reactor, Device.open(self.disk(64 * MiB)), None)
         image = hi.qcow2_huge_bitmap(size=1 << 40, cb=12)  # 32 MiB bitmap
-        peak, outcome = peak_of(lambda: target.write(image))
+        peak, outcome = hi.peak_of(lambda: target.write(image))
         await target.abort()
         self.assertIsInstance(outcome, errors.InvalidImage, type(outcome))
         self.assertIn("larger than the device", str(outcome))

@@ -327,3 +327,21 @@ class MissingTests(SynchronousTestCase):
         agent = {t.name for t in tools.of_scope(tools.AGENT)}
         test = {t.name for t in tools.of_scope(tools.TEST)}
         self.assertLess(agent, test)
+
+
+class SearchPathTests(SynchronousTestCase):
+    """The agent runs its tools from the path its start-up warning
+    searches: a tool the warning found is never 'not found' when run."""
+
+    def test_system_directories_follow_the_callers_path(self) -> None:
+        self.assertEqual(tools.search_path("/opt/x:/usr/bin").split(":"),
+                         ["/opt/x", "/usr/bin", "/usr/local/sbin",
+                          "/usr/local/bin", "/usr/sbin", "/sbin", "/bin"])
+
+    def test_the_process_runner_uses_it(self) -> None:
+        from ipa_twisted import process
+
+        self.patch(os, "environ", {"PATH": "/bin"})
+        self.assertEqual(process.default_env()["PATH"],
+                         tools.search_path("/bin"))
+        self.assertIn("/usr/sbin", process.default_env()["PATH"].split(":"))

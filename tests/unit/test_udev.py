@@ -184,7 +184,7 @@ class RootDiskWaitTests(SynchronousTestCase):
 
     def test_a_udev_event_ends_the_wait(self) -> None:
         events = FakeEvents()
-        self.manager._device_events = events
+        self.context.device_watcher = events
         d = ensureDeferred(self.manager.get_os_install_device())
         self.assertNoResult(d)
         self.assertEqual(self.listed, 1)
@@ -199,7 +199,7 @@ class RootDiskWaitTests(SynchronousTestCase):
 
     def test_events_for_other_disks_look_again_and_wait_on(self) -> None:
         events = FakeEvents()
-        self.manager._device_events = events
+        self.context.device_watcher = events
         d = ensureDeferred(self.manager.get_os_install_device())
         self.clock.advance(30)
         events.waits[0][1].callback(True)  # some other disk changed
@@ -213,7 +213,7 @@ class RootDiskWaitTests(SynchronousTestCase):
         self.assertEqual(events.closed, 1)
 
     def test_without_udev_it_polls(self) -> None:
-        self.manager._device_events = udev.Polling(self.clock)
+        self.context.device_watcher = udev.Polling(self.clock)
         d = ensureDeferred(self.manager.get_os_install_device())
         self.disks.append(disk("/dev/vdb", "LATE"))
         self.clock.advance(119)
@@ -223,7 +223,7 @@ class RootDiskWaitTests(SynchronousTestCase):
         self.assertEqual(self.listed, 2)
 
     def test_without_a_disk_it_gives_up_after_the_attempts(self) -> None:
-        self.manager._device_events = udev.Polling(self.clock)
+        self.context.device_watcher = udev.Polling(self.clock)
         d = ensureDeferred(self.manager.get_os_install_device())
         self.clock.advance(120)
         self.failureResultOf(d, errors.DeviceNotFound)
@@ -242,7 +242,7 @@ class PartitionWaitTests(SynchronousTestCase):
 
     def test_a_udev_event_ends_the_wait(self) -> None:
         events = FakeEvents()
-        self.context.device_events = events
+        self.context.device_events = lambda: events
         d = ensureDeferred(configdrive.wait_for_partitions(
             self.context, "/dev/vdz", [self.part]))
         self.assertNoResult(d)
@@ -254,6 +254,8 @@ class PartitionWaitTests(SynchronousTestCase):
         self.assertEqual(self.clock.seconds(), 0)
 
     def test_without_udev_it_polls(self) -> None:
+        # what the agent's device_events() gives on a clock: polling
+        self.context.device_events = lambda: udev.device_events(self.clock)
         d = ensureDeferred(configdrive.wait_for_partitions(
             self.context, "/dev/vdz", [self.part]))
         open(self.part, "w").close()
