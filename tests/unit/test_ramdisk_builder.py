@@ -3,8 +3,11 @@ kernel module selection, the cache key's inputs."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import sys
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -151,3 +154,59 @@ class SlimTests(SynchronousTestCase):
         self.assertEqual(sorted(set(builder.SMOKE_ARGS) - set(names)), [])
         self.assertIn("bsdtar -xf", builder.SMOKE_SCRIPT)
         self.assertIn("mcopy", builder.SMOKE_SCRIPT)
+
+
+def load_start_agent() -> Any:
+    """ramdisk/start-agent (a script: no .py) as a module."""
+    path = os.path.join(TOP, "ramdisk", "start-agent")
+    loader = importlib.machinery.SourceFileLoader("start_agent", path)
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("start_agent", loader))
+    loader.exec_module(module)
+    return module
+
+
+class StartAgentTests(SynchronousTestCase):
+    """ramdisk/start-agent's preload: what twistd needs first, then the
+    rest of the agent only while the network is not up yet."""
+
+    def setUp(self) -> None:
+        self.start_agent = load_start_agent()
+        self.imported: list[str] = []
+        self.patch(self.start_agent.importlib, "import_module",
+                   self.imported.append)
+
+    def test_core_only_once_the_network_is_up(self) -> None:
+        self.assertEqual(self.start_agent.preload(stop=lambda: True), [])
+        self.assertEqual(self.imported, list(self.start_agent.CORE))
+
+    def test_everything_but_tests_while_waiting(self) -> None:
+        self.start_agent.preload(stop=lambda: False)
+        core = list(self.start_agent.CORE)
+        self.assertEqual(self.imported[:len(core)], core)
+        self.assertIn("ipa_twisted.image.pipeline", self.imported)
+        self.assertIn("ipa_twisted.api.app", self.imported)
+        self.assertFalse([n for n in self.imported
+                          if n.startswith(self.start_agent.SKIP)])
+
+    def test_stops_as_soon_as_the_network_is_up(self) -> None:
+        checks = []
+
+        def stop() -> bool:
+            checks.append(len(self.imported))
+            return len(checks) > 3
+
+        self.start_agent.preload(stop=stop)
+        self.assertEqual(len(checks), 4)
+        # no import after the check that said stop
+        self.assertEqual(len(self.imported), checks[-1])
+        self.assertLess(len(self.imported), len(self.start_agent.CORE) + 4)
+
+    def test_a_failing_import_is_reported(self) -> None:
+        def fail(name: str) -> None:
+            raise ImportError(f"no {name}")
+
+        self.patch(self.start_agent.importlib, "import_module", fail)
+        failed = self.start_agent.preload(stop=lambda: True)
+        self.assertEqual(len(failed), len(self.start_agent.CORE))
+        self.assertIn("ipa_twisted.agent: ImportError", failed[-1])
