@@ -432,7 +432,6 @@ OPTIONS_BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
 OPTIONS_BY_KERNEL: Mapping[str, Option] = {
     o.kernel: o for o in OPTIONS if o.kernel
 }
-OPTIONS_BY_FLAG: Mapping[str, Option] = {o.flag: o for o in OPTIONS}
 
 
 # ------------------------------------------------------------------ sources

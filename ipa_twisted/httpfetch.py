@@ -60,7 +60,9 @@ class EncodedBody(ResponseFailed):
         return self.message
 
 
-def _stop(transport: Any) -> None:
+def stop_transport(transport: Any) -> None:
+    """Stop a response body's transport (closing its connection), if it
+    has one."""
     if transport is not None:
         transport.stopProducing()
 
@@ -77,7 +79,7 @@ class _Collect(Protocol):
         self.chunks = []
         if not self.done.called:
             self.done.errback(Failure(error))
-        _stop(self.transport)
+        stop_transport(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -110,7 +112,7 @@ def read_body(response: IResponse, clock: IReactorTime, limit: int,
 
     def cancel(d: "defer.Deferred[bytes]") -> None:
         protocol.chunks = []
-        _stop(protocol.transport)
+        stop_transport(protocol.transport)
 
     done: defer.Deferred[bytes] = defer.Deferred(cancel)
     protocol = _Collect(limit, done)
@@ -127,7 +129,7 @@ def discard_body(response: IResponse) -> None:
     """Read nothing of ``response``'s body: close its connection."""
     protocol = Protocol()
     response.deliverBody(protocol)
-    _stop(protocol.transport)
+    stop_transport(protocol.transport)
 
 
 async def _get(http: Any, clock: IReactorTime, url: str, limit: int,
@@ -222,4 +224,5 @@ class IdentityAgent:
 
 
 __all__ = ["BodyTooLarge", "EncodedBody", "IdentityAgent", "describe",
+           "stop_transport",
            "discard_body", "get_bytes", "read_body"]

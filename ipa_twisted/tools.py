@@ -57,6 +57,10 @@ TOOLS: tuple[Tool, ...] = (
          "the inventory"),
     Tool("blkdiscard", "util-linux", "erase_devices on disks whose "
          "discarded blocks read back as zeroes"),
+    Tool("env", "coreutils", "burnin_gpu (gpu_burn runs in its install "
+         "directory); the deploy benchmark"),
+    Tool("fio", "fio", "burnin_disk (the disks' read/write/verify run), "
+         "burnin_network (fio's net engine between two nodes)"),
     Tool("efibootmgr", "efibootmgr", "UEFI boot entries (install_bootloader "
          "on UEFI machines, clean_uefi_nvram)"),
     Tool("hdparm", "hdparm", "erase_devices on ATA disks (security erase, "
@@ -100,6 +104,7 @@ TOOLS: tuple[Tool, ...] = (
          "that a timeout or a cancel stops all it started"),
     Tool("smartctl", "smartmontools", "erase_devices on ATA disks (can ATA "
          "security commands reach the drive)"),
+    Tool("stress-ng", "stress-ng", "burnin_cpu and burnin_memory"),
     Tool("sgdisk", "gdisk", "GPT whole-disk images (moving the backup "
          "header), config drives on GPT disks"),
     Tool("sync", "coreutils", "flushing disks before power off"),
@@ -133,7 +138,6 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dpkg-deb", "dpkg", "the UEFI test machine (unpacking packages)",
          TEST),
     Tool("gcc", "gcc", "the loop-device geometry shim", TEST),
-    Tool("env", "coreutils", "the deploy benchmark", TEST),
     Tool("genisoimage", "genisoimage", "config drives", TEST),
     Tool("gzip", "gzip", "compressed images", TEST),
     Tool("ldd", "libc-bin", "the UEFI test machine's initramfs", TEST),

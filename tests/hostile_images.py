@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import lzma
 import struct
 import tracemalloc
 import zlib
@@ -171,19 +172,82 @@ def qcow2_many_pending(tables: int = 64, cb: int = 16) -> bytes:
 # -------------------------------------------------------- other payloads
 
 
+#: zeros per deflate segment of a bomb (each ends byte-aligned with the
+#: compressor's state reset, so the segments of zeros are all alike)
+BOMB_SEGMENT = 4 * MiB
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros_deflated(n: int) -> bytes:
+    """Raw deflate blocks of ``n`` zero bytes, not final, ending with a
+    full flush: they can follow any such blocks, and be repeated."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(bytes(n)) + c.flush(zlib.Z_FULL_FLUSH)
+
+
 @functools.lru_cache(maxsize=8)
-def gzip_bomb(inflated: int) -> bytes:
-    """gzip of ``inflated`` zero bytes (about 1/1000 of that)."""
-    c = zlib.compressobj(9, zlib.DEFLATED, 31)
-    chunk = bytes(16 * MiB)
-    out = []
-    left = inflated
-    while left:
-        n = min(left, len(chunk))
-        out.append(c.compress(chunk[:n]))
-        left -= n
-    out.append(c.flush())
-    return b"".join(out)
+def gzip_bomb(inflated: int, tail: bytes = b"") -> bytes:
+    """gzip of ``inflated`` zero bytes (then ``tail``), about 1/1000 of
+    that: one gzip member, its deflate stream the same segment of zeros
+    compressed once and repeated (compressing 1 GiB of zeros at level 9
+    takes seconds, which a test asking for a bomb should not wait for)."""
+    whole, rest = divmod(inflated, BOMB_SEGMENT)
+    crc = 0
+    if whole:
+        zeros = bytes(BOMB_SEGMENT)
+        segment_crc = zlib.crc32(zeros)
+        for _ in range(whole):
+            crc = zlib.crc32(zeros, crc) if crc else segment_crc
+    crc = zlib.crc32(bytes(rest) + tail, crc)
+    last = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = [_zeros_deflated(BOMB_SEGMENT)] * whole + [
+        last.compress(bytes(rest) + tail) + last.flush()]
+    # the gzip header: deflate, no name, no time, best compression, any OS
+    head = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    size = (inflated + len(tail)) & 0xFFFFFFFF
+    return head + b"".join(body) + struct.pack("<II", crc, size)
+
+
+def xz_asking_for(dict_size: int, data: bytes) -> bytes:
+    """An xz stream of ``data`` whose header says its dictionary is
+    ``dict_size`` bytes (a decoder allocates what the header says).
+
+    Compressing with a dictionary that large makes the encoder allocate
+    and clear it (256 MiB: a third of a second); the data is compressed
+    with a small one instead, and the LZMA2 filter's property in the
+    block header then set to ``dict_size`` (its CRC32 made again).  Any
+    dictionary at least as large as the encoder's decodes the data."""
+    props = [p for p in range(41)
+             if (2 | (p & 1)) << (p // 2 + 11) == dict_size]
+    if not props:
+        raise ValueError(f"no LZMA2 dictionary is {dict_size} bytes")
+    out = bytearray(lzma.compress(data, filters=[
+        {"id": lzma.FILTER_LZMA2, "dict_size": 1024 * 1024}]))
+    start = 12  # after the stream header
+    end = start + (out[start] + 1) * 4  # the block header, its CRC last
+    flags = out[start + 1]
+    at = start + 2
+
+    def vli() -> int:
+        nonlocal at
+        value = shift = 0
+        while True:
+            byte = out[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    if flags & 0x40:  # compressed size
+        vli()
+    if flags & 0x80:  # uncompressed size
+        vli()
+    if (flags & 3, vli(), vli()) != (0, lzma.FILTER_LZMA2, 1):
+        raise ValueError("not a single LZMA2 filter")
+    out[at] = props[0]
+    out[end - 4:end] = struct.pack("<I", zlib.crc32(out[start:end - 4]))
+    return bytes(out)
 
 
 def config_drive_bomb(inflated: int = 1024 * MiB) -> str:

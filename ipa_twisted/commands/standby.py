@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.internet.defer import CancelledError
 from twisted.internet import defer
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ipa_twisted import errors
@@ -381,12 +380,19 @@ class StandbyExtension(Extension):
                 await run(["partprobe", device], timeout=120.0)
             except ProcessError as e:
                 log.warn("partprobe {dev}: {e}", dev=device, e=e.reason)
+        # the kernel's view (sysfs) is usually there already; otherwise
+        # each wait ends at udev's next block event (or after half a second
+        # where no udev runs)
         partitions: list[str] = []
-        for _ in range(10):
-            partitions = blockio.partitions_of(device)
-            if partitions:
-                break
-            await deferLater(self.agent.reactor, 0.5)
+        watch = self.agent.device_events().watch("block")
+        try:
+            for _ in range(10):
+                partitions = blockio.partitions_of(device)
+                if partitions:
+                    break
+                await watch.next(0.5)
+        finally:
+            watch.close()
         if not partitions:
             raise errors.DeploymentError(
                 f"No partitions found on the device {device} after writing "

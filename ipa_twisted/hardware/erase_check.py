@@ -17,6 +17,7 @@ afterwards: a sample that was not all zeroes must have changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -53,17 +54,27 @@ def sample_offsets(size: int, count: int = SAMPLES, sample: int = SAMPLE,
     return sorted(o for o in offsets if 0 <= o <= last)
 
 
+@functools.lru_cache(maxsize=256)
+def _pattern(start: int) -> bytes:
+    """64 bytes counting up from ``start`` (mod 256), 0xA5 for a zero."""
+    return bytes((start + i) & 0xFF or 0xA5 for i in range(64))
+
+
 def marker(token: bytes, offset: int, sample: int = SAMPLE) -> bytes:
     """The bytes written at ``offset``: every 4 KiB chunk carries the magic,
     the token, the offset and its index, then a pattern."""
     out = bytearray()
     for index in range(sample // CHUNK):
         head = MAGIC + token + b" %016x %04x " % (offset, index)
-        body = bytes((offset // CHUNK + index + i) & 0xFF or 0xA5
-                     for i in range(64))
+        body = _pattern((offset // CHUNK + index) & 0xFF)
         chunk = (head + body * (CHUNK // len(body) + 1))[:CHUNK]
         out += chunk
     return bytes(out)
+
+
+def _is_zero(data: bytes) -> bool:
+    """All zero bytes (compared at C speed, not byte by byte)."""
+    return data == bytes(len(data))
 
 
 def _aligned(size: int) -> mmap.mmap:
@@ -140,7 +151,7 @@ def prepare(guard: DeviceGuard, path: str, size: int,
         data = read_samples(path, offsets, sample)
         return Baseline(offsets, sample,
                         digests=[hashlib.sha256(d).hexdigest() for d in data],
-                        zero_before=[not any(d) for d in data],
+                        zero_before=[_is_zero(d) for d in data],
                         note=f"markers could not be written ({e}); samples "
                              f"read before the erase instead")
 
@@ -153,7 +164,7 @@ def check(path: str, baseline: Baseline, expect_zeroes: bool
     kept: list[int] = []
     not_zero: list[int] = []
     for i, (offset, got) in enumerate(zip(baseline.offsets, data)):
-        is_zero = not any(got)
+        is_zero = _is_zero(got)
         if is_zero:
             zero += 1
         if baseline.token is not None:

@@ -507,27 +507,47 @@ class DiskEraser:
             loop.stop()
 
     async def _nvme_sanitize(self, dev: BlockDevice, action: int) -> None:
-        await self._run(["nvme", "sanitize", dev.name, f"--sanact={action}"],
-                        timeout=120.0)
-        deadline = self.clock.seconds() + _timeout(dev.size, 4 * 3600)
         seen_running = False
-        while True:
-            await deferLater(self.clock, self.poll)
-            status = erase.parse_sanitize_log((await self._run(
-                ["nvme", "sanitize-log", dev.name, "-o", "json"],
-                timeout=60.0)).out)
+
+        def progress(out: str) -> tuple[bool, float | None]:
+            nonlocal seen_running
+            status = erase.parse_sanitize_log(out)
             if status.state == erase.SANITIZE_RUNNING:
                 seen_running = True
-                self._phase(dev.name, "erasing", fraction=status.fraction)
-            elif status.state in (erase.SANITIZE_DONE,
-                                  erase.SANITIZE_DONE_NO_DEALLOCATE):
-                return
-            elif status.state == erase.SANITIZE_FAILED:
+                return True, status.fraction
+            if status.state in (erase.SANITIZE_DONE,
+                                erase.SANITIZE_DONE_NO_DEALLOCATE):
+                return False, None
+            if status.state == erase.SANITIZE_FAILED:
                 raise EraseFailed("the controller reports the sanitize "
                                   "failed (sanitize log)")
-            elif seen_running:
+            if seen_running:
                 raise EraseFailed(f"unexpected sanitize state "
                                   f"{status.state}")
+            return True, None  # (not started yet)
+
+        await self._sanitize(
+            dev, ["nvme", "sanitize", dev.name, f"--sanact={action}"],
+            ["nvme", "sanitize-log", dev.name, "-o", "json"], progress)
+
+    async def _sanitize(self, dev: BlockDevice, start: list[str],
+                        status: list[str],
+                        progress: Callable[[str], tuple[bool, float | None]]
+                        ) -> None:
+        """Start a sanitize with ``start``, then run ``status`` every
+        ``poll`` seconds: ``progress`` reads its output and answers whether
+        it still runs and the fraction done (when known), or raises
+        EraseFailed when the device reports a failure."""
+        await self._run(start, timeout=120.0)
+        deadline = self.clock.seconds() + _timeout(dev.size, 4 * 3600)
+        while True:
+            await deferLater(self.clock, self.poll)
+            running, fraction = progress(
+                (await self._run(status, timeout=60.0)).out)
+            if not running:
+                return
+            if fraction is not None:
+                self._phase(dev.name, "erasing", fraction=fraction)
             if self.clock.seconds() > deadline:
                 raise EraseFailed("sanitize still running at its deadline")
 
@@ -605,21 +625,15 @@ class DiskEraser:
                               f"after the erase)")
 
     async def _ata_sanitize(self, dev: BlockDevice, option: str) -> None:
-        await self._run(["hdparm", "--yes-i-know-what-i-am-doing", option,
-                         dev.name], timeout=120.0)
-        deadline = self.clock.seconds() + _timeout(dev.size, 4 * 3600)
-        while True:
-            await deferLater(self.clock, self.poll)
-            status = erase.parse_hdparm_sanitize_status((await self._run(
-                ["hdparm", "--sanitize-status", dev.name],
-                timeout=60.0)).out)
+        def progress(out: str) -> tuple[bool, float | None]:
+            status = erase.parse_hdparm_sanitize_status(out)
             if status.failed:
                 raise EraseFailed("the drive reports the sanitize failed")
-            if not status.running:
-                return
-            self._phase(dev.name, "erasing", fraction=status.fraction)
-            if self.clock.seconds() > deadline:
-                raise EraseFailed("sanitize still running at its deadline")
+            return status.running, status.fraction
+
+        await self._sanitize(
+            dev, ["hdparm", "--yes-i-know-what-i-am-doing", option, dev.name],
+            ["hdparm", "--sanitize-status", dev.name], progress)
 
     # ---- every disk
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from ipa_twisted import errors
 from ipa_twisted.hardware import (
     blockio,
+    burnin,
     erase,
     eraser,
     hints,
@@ -62,15 +63,20 @@ CLEAN_UEFI_NVRAM_ARGSINFO = {
 }
 
 #: The steps of IPA 13.0.0's GenericHardwareManager that this agent does
-#: not offer yet (burn-in, bootc): they are not advertised, so that Ironic
-#: never runs a step that would claim success without doing its work.
-NOT_YET = {
-    "clean": ("burnin_cpu", "burnin_gpu", "burnin_disk", "burnin_memory",
-              "burnin_network"),
+#: not offer yet (bootc): they are not advertised, so that Ironic never
+#: runs a step that would claim success without doing its work.
+NOT_YET: dict[str, tuple[str, ...]] = {
+    "clean": (),
     "deploy": ("execute_bootc_install",),
-    "service": ("burnin_cpu", "burnin_gpu", "burnin_memory",
-                "burnin_network", "execute_bootc_install"),
+    "service": ("execute_bootc_install",),
 }
+
+#: IPA's burn-in steps: clean steps; service steps too, but for the disk
+#: one (it destroys the data of a deployed machine)
+BURNIN_CLEAN = ("burnin_cpu", "burnin_gpu", "burnin_disk", "burnin_memory",
+                "burnin_network")
+BURNIN_SERVICE = ("burnin_cpu", "burnin_gpu", "burnin_memory",
+                  "burnin_network")
 
 #: device path nodes that start the path of an efibootmgr entry
 _DEVICE_PATH = re.compile(r"\s(?=(?:BBS|HD|FvFile|FvVol|PciRoot|VenMsg|VenHw|"
@@ -657,7 +663,7 @@ class GenericHardwareManager(HardwareManager):
                   interface="raid"),
             _step("create_configuration", 0, abortable=True,
                   interface="raid"),
-        ]
+        ] + [_step(name, 0, abortable=True) for name in BURNIN_CLEAN]
 
     def _inject_priority(self) -> int:
         agent = getattr(self, "agent", None)
@@ -683,10 +689,43 @@ class GenericHardwareManager(HardwareManager):
                   argsinfo=raid.APPLY_ARGSINFO),
             _step("create_configuration", 0, abortable=True,
                   interface="raid"),
+        ] + [_step(name, 0, abortable=True) for name in BURNIN_SERVICE] + [
             _step("write_image", 0),
             _step("inject_files", self._inject_priority(),
                   argsinfo=inject.ARGSINFO),
         ]
+
+    # ------------------------------------------------------------ burn-in
+
+    async def burnin_cpu(self, node: Any, ports: Any) -> dict[str, Any]:
+        """Clean and service step: stress-ng's cpu stressor (see
+        hardware/burnin.py for the node's driver_info keys)."""
+        self.agent.cache_node(node)
+        return await burnin.stress_ng(self.agent, node, "burnin_cpu", "cpu")
+
+    async def burnin_memory(self, node: Any, ports: Any) -> dict[str, Any]:
+        """Clean and service step: stress-ng's vm stressor."""
+        self.agent.cache_node(node)
+        return await burnin.stress_ng(self.agent, node, "burnin_memory",
+                                      "vm")
+
+    async def burnin_disk(self, node: Any, ports: Any) -> dict[str, Any]:
+        """Clean step: a verified fio read/write run on every disk the
+        agent may erase (allow-list, skip_block_devices)."""
+        self.agent.cache_node(node)
+        return await burnin.fio_disk(self.agent, node,
+                                     await self._erasable_disks(node))
+
+    async def burnin_network(self, node: Any, ports: Any) -> dict[str, Any]:
+        """Clean and service step: fio's net engine with a partner node,
+        each way."""
+        self.agent.cache_node(node)
+        return await burnin.fio_network(self.agent, node, "burnin_network")
+
+    async def burnin_gpu(self, node: Any, ports: Any) -> dict[str, Any]:
+        """Clean and service step: gpu_burn (from its install directory)."""
+        self.agent.cache_node(node)
+        return await burnin.gpu_burn(self.agent, node, "burnin_gpu")
 
     # ------------------------------------------------------ software RAID
 

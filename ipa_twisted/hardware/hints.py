@@ -250,10 +250,3 @@ def find_devices(devices: Iterable[Mapping[str, Any]],
     parsed = parse_hints(hints)
     return [d for d in devices if device_matches(d, parsed)]
 
-
-def match_root_device(devices: Iterable[Mapping[str, Any]],
-                      hints: Mapping[str, Any] | None
-                      ) -> Mapping[str, Any] | None:
-    """The first device (in list order) that matches every hint."""
-    found = find_devices(devices, hints)
-    return found[0] if found else None

@@ -41,11 +41,6 @@ ETH_HEADER = 14
 MAX_FRAME = 9216
 
 TLV_END = 0
-TLV_NAMES = {
-    1: "chassis_id", 2: "port_id", 3: "ttl", 4: "port_description",
-    5: "system_name", 6: "system_description", 7: "system_capabilities",
-    8: "management_address", 127: "organizationally_specific",
-}
 
 
 class LLDPParseError(ValueError):

@@ -44,7 +44,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from ipa_twisted import errors
-from ipa_twisted.httpfetch import BodyTooLarge, discard_body, read_body
+from ipa_twisted.httpfetch import (BodyTooLarge, describe, discard_body,
+                                   read_body, stop_transport)
 from ipa_twisted.image.sink import DiskStalled, SinkError
 from ipa_twisted.looping import every
 
@@ -109,11 +110,6 @@ def widen_reads(transport: Any, size: int) -> bool:
     return False
 
 
-def _stop(transport: Any) -> None:
-    if transport is not None:
-        transport.stopProducing()
-
-
 def plain_tcp(transport: Any) -> Any:
     """The TCP connection under a response's transport, when the body
     comes over it as it is (no TLS); else None."""
@@ -136,7 +132,7 @@ class _Body(Protocol):
         self.received = 0
         # cancelled: close the connection (CancelledError follows)
         self.done: defer.Deferred[int] = defer.Deferred(
-            lambda _: _stop(self.transport))
+            lambda _: stop_transport(self.transport))
         #: what the consumer raised (never a network error: not retried)
         self.consumer_error: BaseException | None = None
         #: reading straight into the consumer: (connection, target)
@@ -163,7 +159,7 @@ class _Body(Protocol):
         self.consumer_error = e
         if not self.done.called:
             self.done.errback(Failure(e))
-        _stop(self.transport)
+        stop_transport(self.transport)
 
     def _go_direct(self) -> None:
         offer = getattr(self.consumer, "direct_target", None)
@@ -235,13 +231,6 @@ def _progress(consumer: Any) -> int:
     return int(getattr(consumer, "progress", 0) or 0)
 
 
-def _describe(failure: Failure) -> str:
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        return "; ".join(r.getErrorMessage() for r in reasons)
-    return failure.getErrorMessage() or repr(failure.value)
-
-
 def _phrase(response: IResponse) -> str:
     phrase = getattr(response, "phrase", b"")
     if isinstance(phrase, bytes):
@@ -271,7 +260,7 @@ async def _get(http: Any, clock: IReactorTime, url: str,
         raise
     except Exception as e:
         raise errors.ImageDownloadError(
-            image_id, f"cannot reach {url}: {_describe(Failure(e))}"
+            image_id, f"cannot reach {url}: {describe(e)}"
         ) from None
     return response
 
@@ -338,7 +327,7 @@ async def stream_body(
     last: list[Any] = [0, _progress(consumer), clock.seconds()]
 
     def stop_with(error: BaseException | Failure) -> None:
-        _stop(body.transport)
+        stop_transport(body.transport)
         if not body.done.called:
             body.done.errback(error)
 
@@ -396,7 +385,7 @@ async def stream_body(
         raise errors.ImageDownloadError(
             image_id,
             f"connection to {url} broke after {body.received} bytes: "
-            f"{_describe(Failure(e))}",
+            f"{describe(e)}",
         ) from None
     finally:
         check.stop()
@@ -450,5 +439,5 @@ async def fetch_range(http: Any, clock: IReactorTime, url: str, start: int,
         raise
     except Exception as e:
         raise errors.ImageDownloadError(
-            image_id, f"{url}: {_describe(Failure(e))}") from None
+            image_id, f"{url}: {describe(e)}") from None
     return body  # (shorter where the file ends first)

@@ -13,9 +13,10 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import SkipTest
 from twisted.web.server import Site
 
+from tests.integration import harness as h
+from tests.integration.base import unavailable
 from tests.unit.test_image_pipeline import RAW, _PipelineBase
 
 
@@ -88,7 +89,7 @@ class ConnectProxy(Protocol):
 class IPv6ProxyTests(_PipelineBase):
     def setUp(self) -> None:
         if not ipv6_loopback():
-            raise SkipTest("no IPv6 loopback here")
+            unavailable(h.Unavailable("no IPv6 loopback here"))
         super().setUp()
 
     async def through_proxy(self, image_host: str) -> tuple[Any, str]:

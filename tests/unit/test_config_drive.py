@@ -61,12 +61,14 @@ class DecodeTests(SynchronousTestCase):
         self.assertLess(peak, 80 * MiB)
 
     def test_exactly_the_limit_is_fine(self) -> None:
-        image = bytes(configdrive.MAX_BYTES)
-        drive = base64.b64encode(gzip.compress(image, 1)).decode()
-        self.assertEqual(len(configdrive.decode(drive)), len(image))
+        # gzip of MAX_BYTES zeros (then b"x"), made without compressing
+        # 64 MiB twice (see hostile_images.gzip_bomb)
+        limit = configdrive.MAX_BYTES
+        drive = base64.b64encode(hi.gzip_bomb(limit)).decode()
+        self.assertEqual(len(configdrive.decode(drive)), limit)
         with self.assertRaises(errors.DeploymentError):
-            configdrive.decode(base64.b64encode(gzip.compress(
-                image + b"x", 1)).decode())
+            configdrive.decode(base64.b64encode(hi.gzip_bomb(
+                limit, b"x")).decode())
 
     def test_several_gzip_members(self) -> None:
         drive = base64.b64encode(gzip.compress(b"abc") + gzip.compress(b"de"))

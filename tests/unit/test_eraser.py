@@ -6,6 +6,7 @@ tests/fixtures/erase.  The real thing runs in tests/integration
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -25,6 +26,14 @@ from tests.fixtures import load
 
 MiB = 1024 * 1024
 SIZE = 8 * MiB
+
+
+@functools.lru_cache(maxsize=2)
+def noise(size: int) -> bytes:
+    """Random bytes, the old data on a disk: made once per size (each
+    disk is a file of its own, and nothing compares one disk's old data
+    with another's), not 8 MiB from os.urandom for every disk."""
+    return os.urandom(size)
 
 
 class Context(RunningAgent):
@@ -58,7 +67,7 @@ class Disks(SynchronousTestCase):
              discard: int = 0, ro: str = "0") -> BlockDevice:
         path = os.path.join(self.root, kname)
         with open(path, "wb") as f:
-            f.write(os.urandom(size))
+            f.write(noise(size))
         base = os.path.join(self.sys, kname)
         os.makedirs(os.path.join(base, "queue"))
         for name, value in (("queue/discard_max_bytes", str(discard)),
@@ -102,9 +111,12 @@ class Disks(SynchronousTestCase):
 
     @staticmethod
     def zero(path: str) -> None:
+        """Every byte reads as zero (the file emptied and extended again:
+        a hole, not 8 MiB written)."""
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
-            f.write(bytes(size))
+            f.truncate(0)
+            f.truncate(size)
 
     def tool(self, name: str, act: Callable[[Sequence[str]], Any]) -> None:
         self.process.handlers[name] = act
@@ -440,6 +452,78 @@ class ConcurrencyAndProgressTests(Disks):
             worker.erase_all([dev], "erase_devices")))[dev.name]
         self.assertEqual(report["method"], erase.OVERWRITE)
         self.assertEqual(seen, [50.0])
+
+
+class SanitizeWaitTests(Disks):
+    """The wait after a sanitize starts (NVMe and ATA share it): poll the
+    status every POLL seconds until the device says it ended.  The status
+    texts are built from the fields the parsers read (their parsing of
+    real captures is tested in test_erase)."""
+
+    def nvme_log(self, state: int, sprog: int = 0) -> str:
+        import json
+
+        return json.dumps({"sprog": sprog, "sstat": state})
+
+    def wait(self, tool: str, outputs: list[str], start: Callable[
+            [eraser.DiskEraser, BlockDevice], Any],
+             step: float = eraser.POLL) -> tuple[Any, list[Any]]:
+        dev = self.disk(f"nvme{len(self.disks)}n1", size=MiB)
+        calls: list[Sequence[str]] = []
+
+        def act(argv: Sequence[str]) -> ProcessResult:
+            calls.append(argv)
+            if len(calls) == 1:  # (the start)
+                return result(argv)
+            return result(argv, outputs.pop(0))
+
+        self.tool(tool, act)
+        d = ensureDeferred(start(self.eraser(), dev))
+        while outputs and not d.called:
+            self.clock.advance(step)
+        return d, calls
+
+    def test_nvme_waits_until_done(self) -> None:
+        d, calls = self.wait("nvme", [
+            self.nvme_log(erase.SANITIZE_RUNNING, 16384),
+            self.nvme_log(erase.SANITIZE_RUNNING, 49152),
+            self.nvme_log(erase.SANITIZE_DONE, 65535)],
+            lambda w, dev: w._nvme_sanitize(dev, 4))
+        self.successResultOf(d)
+        self.assertEqual([c[1] for c in calls],
+                         ["sanitize"] + ["sanitize-log"] * 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_nvme_failure_and_unexpected_state(self) -> None:
+        d, _ = self.wait("nvme", [self.nvme_log(erase.SANITIZE_FAILED)],
+                         lambda w, dev: w._nvme_sanitize(dev, 2))
+        self.assertIn("reports the sanitize failed",
+                      str(self.failureResultOf(d, eraser.EraseFailed).value))
+        d, _ = self.wait("nvme", [self.nvme_log(erase.SANITIZE_RUNNING),
+                                  self.nvme_log(0)],
+                         lambda w, dev: w._nvme_sanitize(dev, 2))
+        self.assertIn("unexpected sanitize state 0",
+                      str(self.failureResultOf(d, eraser.EraseFailed).value))
+
+    def test_ata_running_without_progress_is_still_running(self) -> None:
+        # hdparm prints no Progress line at first: not the end of it
+        d, calls = self.wait("hdparm", [
+            "State: SD2 Sanitize operation In Process\n",
+            "State: SD2 Sanitize operation In Process\nProgress: 0x8000\n",
+            "State: SD0 Sanitize Idle\n"],
+            lambda w, dev: w._ata_sanitize(dev, "--sanitize-block-erase"))
+        self.successResultOf(d)
+        self.assertEqual(len(calls), 4)
+
+    def test_deadline(self) -> None:
+        # (each poll comes a day late: the second is past the deadline)
+        outputs = [self.nvme_log(erase.SANITIZE_RUNNING)] * 3
+        d, calls = self.wait("nvme", outputs,
+                             lambda w, dev: w._nvme_sanitize(dev, 2),
+                             step=24 * 3600.0)
+        self.assertEqual(len(calls), 2)
+        self.assertIn("still running at its deadline",
+                      str(self.failureResultOf(d, eraser.EraseFailed).value))
 
 
 class SampleTests(SynchronousTestCase):

@@ -1,5 +1,6 @@
 """Root device hints: a reference table of cases, and properties
-(hypothesis) that must hold for any values."""
+(hypothesis) that must hold for any values (how many examples each runs:
+tests/properties.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted.hardware import hints
+from tests.properties import examples
 
 GiB = 1024 ** 3
 
@@ -90,7 +92,7 @@ device_bytes = st.integers(min_value=0, max_value=200000 * GiB)
 
 
 class PropertyTests(SynchronousTestCase):
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(text)
     def test_a_value_matches_itself_whatever_the_case(self, value: str
                                                       ) -> None:
@@ -101,7 +103,7 @@ class PropertyTests(SynchronousTestCase):
             hint = hints.parse_hint("model", variant)
             self.assertTrue(hints.match_value(hint, value))
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(text, text)
     def test_equal_and_not_equal_are_complements(self, a: str, b: str
                                                  ) -> None:
@@ -109,7 +111,7 @@ class PropertyTests(SynchronousTestCase):
         ne = hints.match_value(hints.parse_hint("vendor", f"s!= {a}"), b)
         self.assertNotEqual(eq, ne)
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(text, text, text)
     def test_in_is_substring(self, prefix: str, word: str, suffix: str
                              ) -> None:
@@ -117,7 +119,7 @@ class PropertyTests(SynchronousTestCase):
         value = prefix + word.strip() + suffix
         self.assertTrue(hints.match_value(hint, value))
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=examples(200), deadline=None)
     @given(st.lists(text, min_size=1, max_size=5), st.data())
     def test_or_matches_each_alternative(self, alternatives: list[str],
                                          data: Any) -> None:
@@ -126,7 +128,7 @@ class PropertyTests(SynchronousTestCase):
         chosen = data.draw(st.sampled_from(alternatives))
         self.assertTrue(hints.match_value(hint, chosen.strip()))
 
-    @settings(max_examples=500, deadline=None)
+    @settings(max_examples=examples(500), deadline=None)
     @given(sizes_gib, device_bytes)
     def test_numeric_operators_agree_with_python(self, size: int,
                                                  value: int) -> None:
@@ -138,7 +140,7 @@ class PropertyTests(SynchronousTestCase):
             hint = hints.parse_hint("size", f"{op} {size}")
             self.assertEqual(hints.match_value(hint, value), result, op)
 
-    @settings(max_examples=500, deadline=None)
+    @settings(max_examples=examples(500), deadline=None)
     @given(sizes_gib, sizes_gib, device_bytes, st.booleans(), st.booleans())
     def test_range_agrees_with_inequalities(self, a: int, b: int, value: int,
                                             lo_in: bool, hi_in: bool) -> None:
@@ -152,7 +154,7 @@ class PropertyTests(SynchronousTestCase):
             hints.match_value(hints.parse_hint("size", expression), value),
             expected)
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=examples(200), deadline=None)
     @given(st.lists(st.one_of(st.none(), text), min_size=1, max_size=4),
            text)
     def test_list_values_match_if_any_does(self, values: list[str | None],
@@ -163,7 +165,7 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(hints.device_matches({"serial": values}, [hint]),
                          expected)
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=examples(200), deadline=None)
     @given(st.integers(max_value=0))
     def test_sizes_must_be_positive(self, size: int) -> None:
         with self.assertRaises(hints.HintError):

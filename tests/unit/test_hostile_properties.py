@@ -3,7 +3,7 @@ bytes, on mutated real inputs: the qcow2 reader (files made here by
 qemu-img), the config-drive decoder (a drive made as Ironic makes one:
 genisoimage, gzip, base64) and the partition-table reader (the format
 gate's detection, blockio's GPT/MBR probes and the ``parted -m`` parser,
-on disk images partitioned here by sgdisk and parted).
+on disk images partitioned here by parted, GPT and MBR).
 
 Whatever the mutation, each reader ends with a result or the agent's own
 error (never another exception), and its memory stays under a bound
@@ -35,9 +35,11 @@ from ipa_twisted.testing import FakeProcessRunner
 from tests import hostile_images as hi
 from tests.integration import harness as h
 from tests.integration.base import unavailable
+from tests.properties import examples
 
 MiB = 1024 * 1024
-SETTINGS = settings(max_examples=60, deadline=None,
+#: (how many examples: tests/properties.py; the full counts in CI)
+SETTINGS = settings(max_examples=examples(60), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.data_too_large])
 
@@ -108,17 +110,23 @@ class Qcow2Files:
                 f.write(b"pattern!" * 12000)
                 f.truncate(256 * 1024)
             made = {}
-            for name, options in (
+            # the four conversions run side by side
+            running = {name: subprocess.Popen(
+                ["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                 *options, raw, os.path.join(d, name)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                for name, options in (
                     ("plain", ["-o", "cluster_size=4096"]),
                     ("zlib", ["-c", "-o", "cluster_size=4096"]),
                     ("zstd", ["-c", "-o",
                               "cluster_size=4096,compression_type=zstd"]),
-                    ("v2", ["-o", "compat=0.10,cluster_size=512"])):
-                out = os.path.join(d, name)
-                subprocess.run(["qemu-img", "convert", "-f", "raw", "-O",
-                                "qcow2", *options, raw, out], check=True,
-                               capture_output=True)
-                with open(out, "rb") as f:
+                    ("v2", ["-o", "compat=0.10,cluster_size=512"]))}
+            for name, process in running.items():
+                _, err = process.communicate()
+                if process.returncode:
+                    raise subprocess.CalledProcessError(
+                        process.returncode, process.args, stderr=err)
+                with open(os.path.join(d, name), "rb") as f:
                     made[name] = f.read()
         finally:
             shutil.rmtree(d, ignore_errors=True)
@@ -169,7 +177,7 @@ def run_qcow2(data: bytes, chunk: int, max_size: int) -> qcow2.Qcow2Stream:
 
 
 class Qcow2Properties(SynchronousTestCase):
-    @settings(SETTINGS, max_examples=120)
+    @settings(SETTINGS, max_examples=examples(120))
     @given(st.data())
     def test_mutated_images(self, data: st.DataObject) -> None:
         files = Qcow2Files.get()
@@ -288,8 +296,8 @@ class ConfigDriveProperties(SynchronousTestCase):
 
 
 class Disks:
-    """8 MiB disk images partitioned by sgdisk (GPT) and parted (MBR),
-    and parted's own reading of each (``parted -s -m ... print``)."""
+    """8 MiB disk images partitioned by parted (GPT and MBR), and
+    parted's own reading of each (``parted -s -m ... print``)."""
 
     made: dict[str, tuple[bytes, bytes, str]] | None = None
     SIZE = 8 * MiB
@@ -299,15 +307,17 @@ class Disks:
         """name -> (first 64 KiB, last 64 KiB, parted -m output)."""
         if cls.made is not None:
             return cls.made
-        for name in ("sgdisk", "parted"):
-            tool(name)
+        tool("parted")
         d = tempfile.mkdtemp(prefix="ipa-disk-prop-")
         made = {}
         try:
             for name, argv in (
-                    ("gpt", [["sgdisk", "-n", "1:2048:+2M", "-t", "1:ef00",
-                              "-c", "1:EFI", "-n", "2:0:0", "-c",
-                              "2:config-2"]]),
+                    # (not sgdisk: it syncs every file system and then
+                    # sleeps a second after writing a table)
+                    ("gpt", [["parted", "-s", "{}", "mklabel", "gpt",
+                              "mkpart", "EFI", "fat32", "1MiB", "3MiB",
+                              "set", "1", "esp", "on",
+                              "mkpart", "config-2", "3MiB", "100%"]]),
                     ("mbr", [["parted", "-s", "{}", "mklabel", "msdos",
                               "mkpart", "primary", "ext4", "1MiB", "4MiB",
                               "mkpart", "primary", "fat32", "4MiB",
@@ -317,8 +327,6 @@ class Disks:
                     f.truncate(cls.SIZE)
                 for cmd in argv:
                     cmd = [path if c == "{}" else c for c in cmd]
-                    if cmd[0] == "sgdisk":
-                        cmd.append(path)
                     subprocess.run(cmd, check=True, capture_output=True)
                 listing = subprocess.run(
                     ["parted", "-s", "-m", path, "unit", "MiB", "print"],

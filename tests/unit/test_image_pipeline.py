@@ -31,6 +31,7 @@ from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.image.proxy import bypass, proxy_for
 from ipa_twisted.image.writer import download_to_device, retry_pause
 from ipa_twisted.testing import FakeProcessRunner
+from tests import hostile_images as hi
 from tests.integration import harness as h
 from tests.integration.base import unavailable
 
@@ -145,9 +146,19 @@ class PipelineTests(_PipelineBase):
                          ("raw", len(RAW), 1))
         self.assertEqual(self.disk_bytes(len(RAW)), RAW)
 
+    #: qemu-img's output for RAW, by its options: made once per process
+    #: (RAW does not change), as several tests ask for the same image
+    made: dict[tuple[tuple[str, ...], bool], bytes] = {}
+
     def qcow2(self, *options: str, grow: bool = False) -> bytes:
         if shutil.which("qemu-img") is None:
             unavailable(h.Unavailable("needs qemu-img (qemu-utils)"))
+        key = (options, grow)
+        if key not in self.made:
+            self.made[key] = self._qemu_img(options, grow)
+        return self.made[key]
+
+    def _qemu_img(self, options: tuple[str, ...], grow: bool) -> bytes:
         raw = os.path.abspath(self.mktemp())
         image = raw + ".qcow2"
         with open(raw, "wb") as f:
@@ -202,8 +213,9 @@ class PipelineTests(_PipelineBase):
         # an xz header may ask for any dictionary (up to 1.5 GiB): the
         # decoder allocates what it says
         inner = RAW[:65536] + bytes(MiB)
-        packed = lzma.compress(inner, filters=[
-            {"id": lzma.FILTER_LZMA2, "dict_size": 256 * MiB}])
+        # (the block header xz writes for a 256 MiB dictionary, without
+        # the encoder allocating one)
+        packed = hi.xz_asking_for(256 * MiB, inner)
         with self.assertRaises(errors.InvalidImage) as cm:
             await self.write(self.serve("huge-dict.xz", packed))
         self.assertIn("needs more than 128 MiB", str(cm.exception))

@@ -102,6 +102,10 @@ class _Base(_PipelineBase):
         await self.until(lambda: box, clock, step)
         return box[0]
 
+    def stall_seen(self) -> bool:
+        """The writer has logged that the disk completes nothing."""
+        return any("nothing completed for" in line for line in self.logged)
+
     def retried(self) -> bool:
         return any("trying again" in line for line in self.logged)
 
@@ -235,7 +239,11 @@ class StalledDiskTests(_Base):
         clock = self.use_clock(image_download_connection_timeout="5")
         self.block_disk_writes()
         _, box = self.started(self.write(self.serve("disk.img", data)))
-        result = await self.outcome(box, clock, 0.25)
+        # a quarter of a second a turn until the stall is seen; then only
+        # the writer's grace for its stuck threads is left (they are in a
+        # write that never returns): 2.5 s a turn
+        await self.until(self.stall_seen, clock, 0.25)
+        result = await self.outcome(box, clock, 2.5)
         self.assertIsInstance(result, Failure)
         self.assertIsInstance(result.value, errors.ImageWriteError)
         self.assertIn("the disk has not completed a write for 5 s",
@@ -381,7 +389,12 @@ class StalledDiskCommandTests(_Base):
         result = runner.execute("standby.prepare_image",
                                 {"image_info": info})
         self.assertEqual(result.status, "RUNNING")
-        await self.until(lambda: result.status != "RUNNING", clock, 0.5)
+        # half a second a turn while the download runs and stalls; from
+        # there on only the writer's grace for its stuck threads and the
+        # wipe's 60 s timeout are awaited (their threads are stuck in a
+        # write that never returns): 5 s a turn
+        await self.until(self.stall_seen, clock, 0.5)
+        await self.until(lambda: result.status != "RUNNING", clock, 5.0)
         self.assertEqual(result.status, "FAILED")
         self.assertEqual(result.error["type"], "ImageWriteError")
         self.assertIn("the disk has not completed a write for 5 s",

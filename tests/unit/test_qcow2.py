@@ -44,15 +44,21 @@ class Images:
             f.write(os.urandom(1234567))
             f.truncate(8 * MiB + 4096)
         j = os.path.join
-        qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, j(d, "plain"))
-        qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", raw,
-                 j(d, "zlib"))
-        qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
-                 "compression_type=zstd", raw, j(d, "zstd"))
-        qemu_img("convert", "-f", "raw", "-O", "qcow2", "-o",
-                 "cluster_size=512", raw, j(d, "small"))
-        qemu_img("convert", "-f", "raw", "-O", "qcow2", "-o", "compat=0.10",
-                 raw, j(d, "v2"))
+        # the conversions run side by side
+        converting = [subprocess.Popen(
+            ["qemu-img", "convert", *options, "-f", "raw", "-O", "qcow2",
+             raw, j(d, name)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for name, options in (
+                ("plain", []), ("zlib", ["-c"]),
+                ("zstd", ["-c", "-o", "compression_type=zstd"]),
+                ("small", ["-o", "cluster_size=512"]),
+                ("v2", ["-o", "compat=0.10"]))]
+        for process in converting:
+            _, err = process.communicate()
+            if process.returncode:
+                raise subprocess.CalledProcessError(
+                    process.returncode, process.args, stderr=err)
         shutil.copy(j(d, "plain"), j(d, "grown"))
         qemu_img("resize", j(d, "grown"), "+4G")
         subprocess.run(["qemu-io", "-c", "write -P 7 4G 64k", "-c",

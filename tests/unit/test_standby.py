@@ -441,6 +441,44 @@ class AfterWriteTests(SynchronousTestCase):
         self.assertEqual(self.after(gpt.MOVED), [("partprobe", "/dev/sdz")])
         self.assertEqual(self.told, ["/dev/sdz"])
 
+    def test_partitions_seen_at_udevs_event_not_after_a_sleep(self) -> None:
+        # the partitions reach sysfs late: the wait ends at the next block
+        # event of the agent's one udev source (this test's reactor has no
+        # clock: a sleep would fail it)
+        from twisted.internet.defer import succeed
+
+        from ipa_twisted.process import ProcessResult
+
+        class Events:
+            watches: list[str] = []
+            closed = 0
+
+            def watch(self, subsystem: str = "block") -> Any:
+                Events.watches.append(subsystem)
+                return self
+
+            def next(inner, timeout: float) -> Any:
+                self.kernel_knows = True
+                return succeed(True)
+
+            def close(self) -> None:
+                Events.closed += 1
+
+        reads = []
+
+        def partitions_of(device: str) -> list[str]:
+            reads.append(device)
+            return self.found if self.kernel_knows and len(reads) > 2 else []
+
+        self.patch(blockio, "partitions_of", partitions_of)
+        self.kernel_knows = False
+        self.refuse_blkpg = True
+        self.process.handlers["partprobe"] = lambda argv: ProcessResult(
+            tuple(argv), 0, b"", b"")
+        self.context.device_watcher = Events()  # type: ignore[assignment]
+        self.assertEqual(self.after(gpt.NO_GPT), [("partprobe", "/dev/sdz")])
+        self.assertEqual((Events.watches, Events.closed), (["block"], 1))
+
     def test_partprobe_for_a_table_that_is_not_gpt(self) -> None:
         self.kernel_knows = False
 

@@ -274,7 +274,12 @@ class StepTests(SynchronousTestCase):
             step("erase_pstore", 0, True),
             step("clean_uefi_nvram", 0, True, argsinfo=True),
             step("delete_configuration", 0, True, interface="raid"),
-            step("create_configuration", 0, True, interface="raid")])
+            step("create_configuration", 0, True, interface="raid"),
+            step("burnin_cpu", 0, True),
+            step("burnin_gpu", 0, True),
+            step("burnin_disk", 0, True),
+            step("burnin_memory", 0, True),
+            step("burnin_network", 0, True)])
         self.assertEqual(generic.get_deploy_steps({}, []), [
             step("erase_devices_metadata", 0),
             step("apply_configuration", 0, interface="raid",
@@ -287,6 +292,11 @@ class StepTests(SynchronousTestCase):
             step("apply_configuration", 0, interface="raid",
                  argsinfo=raid.APPLY_ARGSINFO),
             step("create_configuration", 0, True, interface="raid"),
+            # as IPA: no burnin_disk (it would destroy a deployed disk)
+            step("burnin_cpu", 0, True),
+            step("burnin_gpu", 0, True),
+            step("burnin_memory", 0, True),
+            step("burnin_network", 0, True),
             step("write_image", 0),
             step("inject_files", 0, argsinfo=inject.ARGSINFO)])
         for kind in ("clean", "deploy", "service"):
