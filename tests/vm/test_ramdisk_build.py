@@ -32,7 +32,10 @@ class RamdiskBuildTests(SynchronousTestCase):
         size = os.path.getsize(initramfs)
         h.say(f"initramfs {size / MiB:.1f} MiB, kernel "
               f"{os.path.getsize(self.built['kernel']) / MiB:.1f} MiB")
-        self.assertLessEqual(size, 80 * MiB)
+        # issue #16: at most 100 MiB.  64.8 MiB before the burn-in tools
+        # (fio, stress-ng and their libraries: RADOS, RBD, GlusterFS,
+        # Mesa's GBM/EGL) came in; 80.6 MiB with them
+        self.assertLessEqual(size, 85 * MiB)
         with open(self.built["kernel"], "rb") as f:
             self.assertEqual(f.read(0x206)[0x202:], b"HdrS")  # bzImage
         listing = subprocess.run(
