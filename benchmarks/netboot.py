@@ -104,9 +104,13 @@ def ipa_ramdisk(cache: str) -> dict[str, Any]:
         builder.configure(root, args, "ipa-" + key)  # type: ignore
         with open(os.path.join(root, "init"), "rb") as f:
             text = f.read()
-        text = text.replace(
-            b"twistd --nodaemon --pidfile= --logfile=- ipa $conf",
-            b"ironic-python-agent")
+        # IPA, as its own ramdisks start it: once the network is up
+        for ours, theirs in (
+                (b"/usr/share/ipa-twisted/start-agent $conf",
+                 b"ironic-python-agent"), (b"\nearly=1\n", b"\nearly=0\n")):
+            if ours not in text:
+                raise SystemExit(f"benchmark: {ours!r} not in ramdisk/init")
+            text = text.replace(ours, theirs)
         with open(os.path.join(root, "init"), "wb") as f:
             f.write(text)
         builder.chroot(root, ["python3", "-m", "compileall", "-q", "-j", "1",
@@ -121,9 +125,10 @@ def ipa_ramdisk(cache: str) -> dict[str, Any]:
     return result
 
 
-def deploy(name: str, files: dict[str, Any],
-           markers: dict[str, str]) -> dict[str, Any]:
+def deploy(name: str, files: dict[str, Any], markers: dict[str, str],
+           serial_dir: str | None = None) -> dict[str, Any]:
     env = nb.Netboot(automated_clean=False)
+    machine = None
     try:
         api = env.api
         disk = nb.Disk(os.path.join(env.workdir, "disk0.img"), "BENCH-DISK")
@@ -167,22 +172,31 @@ def deploy(name: str, files: dict[str, Any],
             "active_after_power_on_s": time.monotonic() - boot.started,
             **boot.seen}
     finally:
+        if serial_dir and machine is not None:
+            os.makedirs(serial_dir, exist_ok=True)
+            for boot in machine.boots:
+                shutil.copy(boot.serial, os.path.join(
+                    serial_dir, f"{name.split()[0]}-serial-{boot.number}.log"))
         env.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["ours", "ipa"])
+    parser.add_argument("--serial-dir", help="keep each boot's serial "
+                        "console log there")
     args = parser.parse_args()
     cache = os.path.join(h.cache_dir(), "ramdisk")
     rows = []
     if args.only != "ipa":
-        rows.append(deploy("ipa-twisted", nb.ramdisk(), nb.MARKERS))
+        rows.append(deploy("ipa-twisted", nb.ramdisk(), nb.MARKERS,
+                           args.serial_dir))
     if args.only != "ours":
         t0 = time.monotonic()
         files = ipa_ramdisk(cache)
         h.say(f"IPA reference ramdisk: {time.monotonic() - t0:.0f} s")
-        rows.append(deploy("IPA 13.0.0", files, IPA_MARKERS))
+        rows.append(deploy("IPA 13.0.0", files, IPA_MARKERS,
+                           args.serial_dir))
     cols = ["initramfs_mib", "kernel", "init", "agent", "lookup",
             "heartbeat", "active_after_power_on_s", "active_s"]
     print("\n| ramdisk | " + " | ".join(cols) + " |")

@@ -16,8 +16,10 @@ In order (each step logs what it did):
    generate the certificate; the callback URL.
 
 :meth:`Registrar.register` returns a :class:`Registration`, or None when
-the agent must not serve (Ironic handed the token out already and this
-agent does not have it).  A fatal problem raises :class:`FatalError` or an
+the agent must not serve: Ironic handed the token out already and this
+agent does not have it, or inspection was all there was to do (no Ironic
+API URL: the agent stays idle, as IPA does, rather than exit and be
+started again to inspect again).  A fatal problem raises :class:`FatalError` or an
 :class:`~ipa_twisted.errors.AgentError` (one line for the log).
 """
 
@@ -174,6 +176,14 @@ class Registrar:
                      t=self.reactor.seconds() - t0)
             node_uuid = result.node_uuid if result is not None else None
             config = self.config  # inspection's mDNS may have changed it
+        if not api_urls and inspection.is_enabled(config):
+            # as IPA: inspection was the job.  Ending the process would
+            # only have the ramdisk start the agent again, and inspect
+            # again; without a lookup there is no token, so no API either
+            log.info("inspection done and no Ironic API URL: no lookup, no "
+                     "API, no heartbeats; idle until the machine is powered "
+                     "off")
+            return None
         if not api_urls:
             raise FatalError("no Ironic API URL (ipa-api-url / --api-url, or "
                              "found by mDNS) and not --standalone: nothing "

@@ -124,7 +124,8 @@ TOOLS: tuple[Tool, ...] = (
          TEST),
     Tool("cat", "coreutils", "process tests", TEST),
     Tool("cpio", "cpio", "packing the ramdisk (ramdisk/build)", TEST),
-    Tool("cc", "gcc", "the loop-device geometry shim of the GRUB tests",
+    Tool("cc", "gcc", "the loop-device geometry shim of the GRUB tests; "
+         "ICU's stub data in the ramdisk (ramdisk/build)",
          TEST),
     Tool("curl", "curl", "the deploy benchmark", TEST),
     Tool("dd", "coreutils", "test images", TEST),
@@ -173,8 +174,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("strip", "binutils", "smaller libraries in the ramdisk "
          "(ramdisk/build)", TEST),
     Tool("tar", "tar", "cached test images", TEST),
-    Tool("unshare", "util-linux", "the sandbox of every agent under test",
-         TEST),
+    Tool("unshare", "util-linux", "the sandbox of every agent under test; "
+         "the ramdisk build's smoke test", TEST),
     Tool("useradd", "passwd", "the rescue user of the rescue test (in the "
          "sandbox's own /etc)", TEST),
     Tool("virsh", "libvirt-clients", "the network-boot test machine "

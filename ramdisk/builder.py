@@ -59,7 +59,8 @@ agent_tools = _load_tools()
 
 #: Changing the recipe of a stage: bump its version (the cache key).
 BASE_RECIPE = 3
-RAMDISK_RECIPE = 4
+KERNEL_RECIPE = 1
+RAMDISK_RECIPE = 5
 
 SUITE = "bookworm"
 #: 2026-01-01: the default SOURCE_DATE_EPOCH (mtimes in the ramdisk)
@@ -112,6 +113,13 @@ MODULES = [
     "net/8021q/*", "net/802/*", "net/llc/*", "net/packet/*",
     "lib/*", "crypto/*", "arch/x86/crypto/*",
 ]
+#: Matched by MODULES but left out (unless another module needs them):
+#: the floppy driver (no server has a floppy controller; under QEMU it
+#: probes the emulated one at every boot), Ceph and cluster-RAID
+#: clients, NVMe-oF and Fibre Channel target (serving) modes.
+MODULES_LEFT_OUT = ["drivers/block/floppy.ko*", "drivers/block/rbd.ko*",
+                    "drivers/md/md-cluster.ko*", "drivers/nvme/target/*",
+                    "drivers/scsi/qla2xxx/tcm_qla2xxx.ko*"]
 #: Python's own test suite and tools that nothing in the agent imports.
 PRUNE = ["usr/lib/python3.11/test", "usr/lib/python3.11/idlelib",
          "usr/lib/python3.11/tkinter", "usr/lib/python3.11/turtledemo",
@@ -123,16 +131,77 @@ PRUNE = ["usr/lib/python3.11/test", "usr/lib/python3.11/idlelib",
          "usr/lib/udev/hwdb.bin", "etc/udev/hwdb.bin",
          "etc/machine-id", "var/lib/dbus/machine-id"]
 #: In the installed wheels: test suites, zstandard's cffi backend (the C
-#: one is used), type stubs.
+#: one is used), type stubs; Twisted's protocols and tools the agent does
+#: not use (SSH, mail, chat, raw packets, GPS, trial) and their twistd
+#: plugins (twisted.web needs twisted.spread: it stays).
 PRUNE_PYTHON = ["*/test", "*/tests", "zstandard/_cffi.*",
-                "zstandard/backend_cffi.py", "*.pyi"]
+                "zstandard/backend_cffi.py", "*.pyi",
+                "twisted/conch", "twisted/mail", "twisted/words",
+                "twisted/pair", "twisted/positioning", "twisted/trial",
+                "twisted/newsfragments",
+                "twisted/plugins/twisted_conch.py",
+                "twisted/plugins/twisted_mail.py",
+                "twisted/plugins/twisted_words.py",
+                "twisted/plugins/twisted_trial.py",
+                "twisted/plugins/cred_sshkeys.py"]
+#: Cut from our ramdisk's Debian root (not the IPA reference's:
+#: benchmarks/netboot.py): what nothing in the ramdisk runs or reads.
+#: Globs, relative to the root.
+SLIM = [
+    # perl: only Debian's packaging scripts use it (debconf, adduser,
+    # update-rc.d), and nothing installs packages in the ramdisk
+    "usr/bin/perl", "usr/bin/perl5.*", "usr/lib/x86_64-linux-gnu/perl-base",
+    "usr/lib/x86_64-linux-gnu/perl", "usr/share/perl5",
+    # the sources of udev's hardware database (hwdb.bin is gone: PRUNE)
+    "usr/lib/udev/hwdb.d",
+    # dpkg's per-package file lists and checksums (its status file stays:
+    # `dpkg -l` still lists what is in the ramdisk)
+    "var/lib/dpkg/info/*",
+    # shell completions, initramfs-tools hooks, debugger helpers, Debian's
+    # Python byte-compiling helpers
+    "usr/share/bash-completion", "usr/share/zsh", "usr/share/initramfs-tools",
+    "usr/share/gcc", "usr/share/gdb", "usr/share/python3",
+    # Python: the C test modules, turtle graphics, frozen-module examples
+    "usr/lib/python3.11/lib-dynload/_test*",
+    "usr/lib/python3.11/lib-dynload/_ctypes_test.*",
+    "usr/lib/python3.11/lib-dynload/_xxtestfuzz.*",
+    "usr/lib/python3.11/lib-dynload/xxlimited*",
+    "usr/lib/python3.11/turtle.py", "usr/lib/python3.11/__phello__",
+    # libraries nothing here links (the smoke test's ldd check fails the
+    # build if one is needed after all) and programs the agent never runs
+    # that alone need big ones: ICU's i18n (xfs_scrub), Berkeley DB
+    # (arpd, pam_userdb, Python's dbm.ndbm), SQLite (Python's sqlite3)
+    "usr/lib/x86_64-linux-gnu/libicui18n.so*",
+    "usr/lib/x86_64-linux-gnu/libicuio.so*",
+    "usr/lib/x86_64-linux-gnu/libicutu.so*",
+    "usr/lib/x86_64-linux-gnu/libicutest.so*",
+    "usr/sbin/xfs_scrub", "usr/sbin/xfs_scrub_all",
+    "usr/lib/x86_64-linux-gnu/libdb-5.3.so", "usr/sbin/arpd",
+    "usr/lib/x86_64-linux-gnu/security/pam_userdb.so",
+    "usr/lib/python3.11/lib-dynload/_dbm.*",
+    "usr/lib/x86_64-linux-gnu/libsqlite3.so*",
+    "usr/lib/python3.11/lib-dynload/_sqlite3.*", "usr/lib/python3.11/sqlite3",
+    "usr/lib/x86_64-linux-gnu/libmvec.so*",
+    "usr/lib/x86_64-linux-gnu/libexpatw.so*",
+    "usr/lib/x86_64-linux-gnu/libformw.so*",
+    "usr/lib/x86_64-linux-gnu/libmenuw.so*",
+    "usr/lib/x86_64-linux-gnu/liburcu-*", "usr/lib/x86_64-linux-gnu/libgdbm*",
+    "usr/lib/x86_64-linux-gnu/libhistory.so*",
+    "usr/lib/x86_64-linux-gnu/libnsl.so.1", "usr/lib/x86_64-linux-gnu/libpsx.so*",
+]
+#: glibc's character set converters (iconv) kept: mtools converts file
+#: names to the FAT code page (850 by default, 437 the other common one);
+#: Python has its own codecs.  The rest (8 MB) go.
+GCONV_KEEP = ["IBM437.so", "IBM850.so"]
+LIBDIR = "usr/lib/x86_64-linux-gnu"
 STATE_FILES = ["var/log", "var/lib/dpkg/status-old",
                "var/lib/dpkg/available-old", "var/cache/debconf/config.dat-old"]
 
 #: The agent's sources: what goes into its wheel (and the cache key).
 AGENT_SOURCES = ["ipa_twisted", "twisted/plugins", "setup.cfg",
                  "pyproject.toml", "README.md"]
-RAMDISK_FILES = ["builder.py", "init", "udhcpc", "requirements.txt"]
+RAMDISK_FILES = ["builder.py", "init", "udhcpc", "start-agent",
+                 "requirements.txt"]
 
 MiB = 1024 ** 2
 
@@ -318,7 +387,9 @@ def module_closure(moddir: str) -> list[str]:
             mod, _, rest = line.partition(":")
             deps[mod] = rest.split()
     wanted = [m for m in deps if any(fnmatch.fnmatch(m, "kernel/" + p)
-                                     for p in MODULES)]
+                                     for p in MODULES)
+              and not any(fnmatch.fnmatch(m, "kernel/" + p)
+                          for p in MODULES_LEFT_OUT)]
     keep: set[str] = set()
     stack = list(wanted)
     while stack:
@@ -330,48 +401,95 @@ def module_closure(moddir: str) -> list[str]:
     return sorted(keep)
 
 
+def kernel_stage(base: str) -> str:
+    """The kernel and the modules of MODULES (and what they need), each
+    compressed, in a cache directory beside the base, named by the base
+    (its kernel package), MODULES and this recipe: compressing them is
+    the slow part of the ramdisk stage.  Returns that directory:
+    ``vmlinuz``, ``version``, ``modules/VERSION/...``."""
+    key = digest([f"kernel {KERNEL_RECIPE}".encode(),
+                  os.path.basename(base).encode(),
+                  " ".join(MODULES).encode(),
+                  " ".join(MODULES_LEFT_OUT).encode()])[:16]
+    out = os.path.join(os.path.dirname(base), f"kernel-{key}")
+    if os.path.exists(os.path.join(out, "done")):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    work = tempfile.mkdtemp(prefix="ipa-kernel-", dir=os.path.dirname(base))
+    try:
+        deb = [n for n in os.listdir(base) if n.endswith(".deb")][0]
+        kdir = os.path.join(work, "kernel")
+        run(["dpkg-deb", "-x", os.path.join(base, deb), kdir])
+        mods = os.path.join(kdir, "lib", "modules")
+        version = os.listdir(mods)[0]
+        moddir = os.path.join(mods, version)
+        run(["depmod", "-b", kdir, version])  # the package has none
+        keep = module_closure(moddir)
+        target = os.path.join(out, "modules", version)
+        os.makedirs(target)
+        for name in ("modules.order", "modules.builtin",
+                     "modules.builtin.modinfo"):
+            if os.path.exists(os.path.join(moddir, name)):
+                shutil.copy2(os.path.join(moddir, name), target)
+        for mod in keep:
+            dest = os.path.join(target, mod)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy2(os.path.join(moddir, mod), dest)
+        # each module compressed (kmod unpacks the few it loads): the
+        # initramfs is smaller by ~70 MB; -19 rather than -15: 2 MB less
+        # to fetch and unpack, and zstd unpacks both as fast.  One zstd
+        # per core, each single-threaded (the same bytes every time).
+        plain = [os.path.join(target, m) for m in keep if m.endswith(".ko")]
+        jobs = max(1, min(4, os.cpu_count() or 1))
+        procs = [subprocess.Popen(["zstd", "-q", "--rm", "-19", "-T1"]
+                                  + plain[i::jobs]) for i in range(jobs)]
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("ramdisk: compressing the modules failed")
+        order = os.path.join(target, "modules.order")
+        if os.path.exists(order):
+            with open(order) as f:
+                text = f.read()
+            with open(order, "w") as f:
+                f.write(re.sub(r"\.ko$", ".ko.zst", text, flags=re.M))
+        shutil.copy2(os.path.join(kdir, "boot", f"vmlinuz-{version}"),
+                     os.path.join(out, "vmlinuz"))
+        with open(os.path.join(out, "version"), "w") as f:
+            f.write(version + "\n")
+        with open(os.path.join(out, "count"), "w") as f:
+            f.write(f"{len(keep)}\n")
+        open(os.path.join(out, "done"), "w").close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def install_kernel(base: str, root: str, work: str) -> tuple[str, str]:
-    """Unpack the kernel package; copy the chosen modules into ``root``;
-    depmod.  Returns (vmlinuz path, version)."""
-    deb = [n for n in os.listdir(base) if n.endswith(".deb")][0]
-    kdir = os.path.join(work, "kernel")
-    run(["dpkg-deb", "-x", os.path.join(base, deb), kdir])
-    mods = os.path.join(kdir, "lib", "modules")
-    version = os.listdir(mods)[0]
-    moddir = os.path.join(mods, version)
-    run(["depmod", "-b", kdir, version])  # the package has no modules.dep
-    keep = module_closure(moddir)
-    target = os.path.join(root, "lib", "modules", version)
-    os.makedirs(target, exist_ok=True)
-    for name in ("modules.order", "modules.builtin",
-                 "modules.builtin.modinfo"):
-        if os.path.exists(os.path.join(moddir, name)):
-            shutil.copy2(os.path.join(moddir, name), target)
-    for mod in keep:
-        dest = os.path.join(target, mod)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copy2(os.path.join(moddir, mod), dest)
-    # each module compressed (kmod unpacks the few it loads): the
-    # initramfs the kernel unpacks at boot is smaller by ~70 MB
-    plain = [os.path.join(target, m) for m in keep if m.endswith(".ko")]
-    for i in range(0, len(plain), 100):
-        run(["zstd", "-q", "--rm", "-15"] + plain[i:i + 100])
-    order = os.path.join(target, "modules.order")
-    if os.path.exists(order):
-        with open(order) as f:
-            text = f.read()
-        with open(order, "w") as f:
-            f.write(re.sub(r"\.ko$", ".ko.zst", text, flags=re.M))
+    """The kernel stage's modules into ``root``; depmod.  Returns
+    (vmlinuz path, version)."""
+    stage = kernel_stage(base)
+    with open(os.path.join(stage, "version")) as f:
+        version = f.read().strip()
+    with open(os.path.join(stage, "count")) as f:
+        count = f.read().strip()
+    shutil.copytree(os.path.join(stage, "modules", version),
+                    os.path.join(root, "lib", "modules", version),
+                    dirs_exist_ok=True)
     run(["depmod", "-b", root, version])
-    say(f"kernel {version}: {len(keep)} modules kept")
-    return os.path.join(kdir, "boot", f"vmlinuz-{version}"), version
+    say(f"kernel {version}: {count} modules kept")
+    return os.path.join(stage, "vmlinuz"), version
+
+
+CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                      "/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
+              "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def chroot(root: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                   "/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
+    env = {**CHROOT_ENV,
            "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "0"),
            "PYTHONHASHSEED": "0"}
+    del env["PYTHONDONTWRITEBYTECODE"]
     return run(["chroot", root] + argv, env=env, **kw)
 
 
@@ -448,8 +566,9 @@ def configure(root: str, args: argparse.Namespace, build_id: str) -> None:
     os.chmod(os.path.join(root, "init"), 0o755)
     share = os.path.join(root, "usr", "share", "ipa-twisted")
     os.makedirs(share, exist_ok=True)
-    shutil.copy(os.path.join(HERE, "udhcpc"), os.path.join(share, "udhcpc"))
-    os.chmod(os.path.join(share, "udhcpc"), 0o755)
+    for name in ("udhcpc", "start-agent"):
+        shutil.copy(os.path.join(HERE, name), os.path.join(share, name))
+        os.chmod(os.path.join(share, name), 0o755)
     etc = os.path.join(root, "etc")
     for name, text in (("hostname", "ipa-twisted\n"),
                        ("hosts", "127.0.0.1 localhost ipa-twisted\n"
@@ -524,6 +643,218 @@ def prune(root: str) -> None:
             if d == ".cache":
                 shutil.rmtree(os.path.join(top, d))
                 dirs.remove(d)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+#: ICU's "stub data" (what ICU builds when its data is to be loaded from
+#: files): a table of contents with no entries, exported under the name
+#: libicuuc looks for.  ICU then finds no locale data and fails cleanly
+#: where it would need some (converters other than the algorithmic
+#: UTF-8/16/32 and Latin-1); only libxml2 links ICU here, for XML in
+#: encodings other than those, and only through bsdtar's libarchive (xar
+#: archives), never for the ISO 9660 config drives the agent extracts.
+ICU_STUB = """\
+struct toc {
+    unsigned short header_size; unsigned char magic1, magic2;
+    unsigned short info_size, info_reserved;
+    unsigned char big_endian, charset_family, sizeof_uchar, reserved;
+    unsigned char format[4], format_version[4], data_version[4];
+    char padding[8];
+    unsigned int count, reserved2;
+    int no_entries[4];
+};
+__attribute__((visibility("default"), aligned(16)))
+const struct toc SYMBOL = {
+    32, 0xda, 0x27, 20, 0, 0, 0, 2, 0,
+    {'T', 'o', 'C', 'P'}, {1, 0, 0, 0}, {0, 0, 0, 0}, {0}, 0, 0, {0}};
+"""
+
+
+def stub_icu_data(root: str, work: str) -> None:
+    """Replace ICU's data library (31 MB of locale data, there because
+    libarchive links libxml2, which links ICU) with ICU's empty stub."""
+    libdir = os.path.join(root, LIBDIR)
+    found = [n for n in os.listdir(libdir)
+             if re.fullmatch(r"libicudata\.so\.\d+\.\d+", n)]
+    if not found:
+        return
+    if not shutil.which("cc"):
+        raise SystemExit("ramdisk: needs a C compiler (cc) for ICU's stub "
+                         "data (tools/setup-host.sh installs gcc)")
+    name = found[0]
+    major = name.split(".")[2]
+    source = os.path.join(work, "icudata-stub.c")
+    with open(source, "w") as f:
+        f.write(ICU_STUB.replace("SYMBOL", f"icudt{major}_dat"))
+    stub = os.path.join(work, name)
+    run(["cc", "-shared", "-fPIC", "-O2", "-nostdlib",
+         f"-Wl,-soname,libicudata.so.{major}", "-Wl,--build-id=none",
+         "-o", stub, source])
+    shutil.copy(stub, os.path.join(libdir, name))
+
+
+def slim(root: str, work: str) -> None:
+    """What our ramdisk does without (SLIM, glibc's converters but
+    GCONV_KEEP, ICU's data); stale bytecode; the standard library's
+    bytecode made to trust itself (see below)."""
+    import glob
+
+    for pattern in SLIM:
+        for path in sorted(glob.glob(os.path.join(root, pattern))):
+            _remove(path)
+    gconv = os.path.join(root, LIBDIR, "gconv")
+    if os.path.isdir(gconv):
+        for name in os.listdir(gconv):
+            if name.endswith(".so") and name not in GCONV_KEEP:
+                os.unlink(os.path.join(gconv, name))
+    stub_icu_data(root, work)
+    for top in (os.path.join(root, "usr/lib/python3.11"),
+                os.path.join(root, "usr/lib/python3")):
+        for path, dirs, files in os.walk(top):
+            if os.path.basename(path) != "__pycache__":
+                continue
+            parent = os.path.dirname(path)
+            for name in files:
+                module = name.split(".")[0]
+                full = os.path.join(path, name)
+                if not (os.path.exists(os.path.join(parent, module + ".py"))
+                        or os.path.isdir(os.path.join(parent, module))):
+                    os.unlink(full)       # its source was cut
+                    continue
+                trust_bytecode(full)
+            if not os.listdir(path):
+                os.rmdir(path)
+
+
+def trust_bytecode(pyc: str) -> None:
+    """Debian compiles the standard library to bytecode that carries its
+    source's hash and is checked against it (flags 0b11): each import
+    reads and hashes the source again.  Flag it unchecked (0b01), as our
+    own bytecode is: the ramdisk's files never change."""
+    with open(pyc, "r+b") as f:
+        head = f.read(8)
+        if len(head) == 8 and head[4:8] == b"\x03\0\0\0":
+            f.seek(4)
+            f.write(b"\x01\0\0\0")
+
+
+#: How each listed agent tool is run by the build's smoke test (chroot,
+#: /proc mounted): an argument that makes it print its version or usage
+#: and exit 0.  Tools not named here: --version.
+SMOKE_ARGS = {
+    "chpasswd": ["--help"], "hdparm": ["-V"], "ip": ["-V"],
+    "ipmitool": ["-V"], "lshw": ["-version"], "mkfs.ext4": ["-V"],
+    "mkfs.vfat": ["--help"], "mkfs.xfs": ["-V"], "openssl": ["version"],
+    "udevadm": ["--version"], "efibootmgr": ["--version"],
+}
+#: What the agent does with the tools whose libraries the build cuts
+#: (bsdtar: ICU; mcopy: glibc's converters) and the disk tools, on files.
+SMOKE_SCRIPT = """\
+set -eu
+cd "$(mktemp -d)"
+mkdir -p src/openstack/latest out
+echo '{"uuid": "smoke"}' > src/openstack/latest/meta_data.json
+echo ok > src/openstack/latest/vendor_data2.json
+bsdtar -cf drive.iso --format iso9660 --options joliet,rockridge -C src .
+bsdtar -xf drive.iso -C out
+cmp src/openstack/latest/meta_data.json out/openstack/latest/meta_data.json
+dd if=/dev/zero of=vfat.img bs=1M count=8 2>/dev/null
+mkfs.vfat -n CONFIG-2 vfat.img >/dev/null
+mcopy -s -i vfat.img out/openstack ::/
+mtype -i vfat.img ::/openstack/latest/meta_data.json > back.json
+cmp back.json src/openstack/latest/meta_data.json
+dd if=/dev/zero of=disk.img bs=1M count=64 2>/dev/null
+parted -s disk.img mklabel gpt mkpart p1 ext4 1MiB 32MiB
+sgdisk -e -p disk.img >/dev/null
+blkid -p disk.img >/dev/null
+mkfs.ext4 -q -F -L smoke disk.img
+mkswap disk.img >/dev/null
+wipefs -a -q disk.img
+echo smoke passed
+"""
+#: The agent's Python side: ramdisk/start-agent imports every module of
+#: the agent, twistd finds the plugin.  (Importing klein installs the
+#: default reactor, as it does when twistd makes the agent's service.)
+SMOKE_PYTHON = """\
+import importlib, importlib.machinery, importlib.util, sys
+path = "/usr/share/ipa-twisted/start-agent"
+loader = importlib.machinery.SourceFileLoader("start_agent", path)
+start_agent = importlib.util.module_from_spec(
+    importlib.util.spec_from_loader("start_agent", loader))
+loader.exec_module(start_agent)
+failed = start_agent.preload()
+for name in start_agent.SKIP:
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        failed.append(f"{name}: {e!r}")
+from twisted.plugin import getPlugins
+from twisted.application.service import IServiceMaker
+names = [p.tapname for p in getPlugins(IServiceMaker)]
+if "ipa" not in names:
+    failed.append(f"no ipa plugin for twistd: {names}")
+if failed:
+    sys.exit("\\n".join(failed))
+"""
+#: Runs ARGV in the image: a private mount namespace in which the root is
+#: read-only (the test leaves no trace in the image), with /proc and a
+#: tmpfs /tmp.
+IN_IMAGE = """\
+mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && \\
+exec chroot "$0" sh -c 'mount -t proc proc /proc && \\
+    mount -t tmpfs tmpfs /tmp && exec "$@"' sh "$@"
+"""
+
+
+def smoke_test(root: str) -> None:
+    """Fail the build unless every listed agent tool runs in the image
+    (its libraries load, it starts), what the agent does with the tools
+    whose dependencies were cut still works, every program and Python
+    extension finds its libraries, and the agent's modules import."""
+    names = [t.name for t in agent_tools.of_scope(agent_tools.AGENT)
+             if not t.optional]
+    lines = ["failed="]
+    for name in names:
+        argv = " ".join([name] + SMOKE_ARGS.get(name, ["--version"]))
+        lines.append(f"out=$({argv} 2>&1 </dev/null) || "
+                     f"failed=\"$failed\n{name}: exit $?: $(echo \"$out\" "
+                     f"| head -n 3)\"")
+        lines.append(f"case \"$out\" in *'error while loading'*|"
+                     f"*'symbol lookup error'*) failed=\"$failed\n{name}: "
+                     f"$out\" ;; esac")
+    # every ELF program and Python extension: its libraries resolve
+    lines.append(
+        "for f in /usr/bin/* /usr/sbin/* /usr/local/bin/* "
+        "/usr/lib/python3.11/lib-dynload/*.so "
+        "$(find /usr/local/lib/python3.11 -name '*.so'); do "
+        "[ -f \"$f\" ] || continue; "
+        "head -c 4 \"$f\" | grep -q ELF || continue; "
+        "out=$(ldd \"$f\" 2>&1) || continue; "
+        "case \"$out\" in *'not found'*) "
+        "failed=\"$failed\n$f: $(echo \"$out\" | grep 'not found')\" ;; "
+        "esac; done")
+    lines.append('[ -z "$failed" ] || { printf "%b\n" "$failed"; exit 1; }')
+    script = "\n".join(lines) + "\n"
+    checks = [("tools", ["sh", "-c", script]),
+              ("a config drive, a disk", ["sh", "-c", SMOKE_SCRIPT]),
+              ("the agent's modules", ["python3", "-c", SMOKE_PYTHON])]
+    for what, argv in checks:
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--fork",
+             "sh", "-c", IN_IMAGE, root] + argv,
+            env=CHROOT_ENV, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"ramdisk: smoke test ({what}) failed in the "
+                             f"image:\n{result.stdout[-3000:]}"
+                             f"{result.stderr[-3000:]}")
+    say(f"smoke test: {len(names)} agent tools run, a config drive and a "
+        f"disk made, the agent's modules import")
 
 
 def pack(root: str, path: str, epoch: int, compress: list[str]) -> int:
@@ -602,7 +933,9 @@ def build_ramdisk(args: argparse.Namespace, cache: str, base: str,
         install_python(root, wheels, own)
         configure(root, args, key)
         prune(root)
+        slim(root, work)
         check_tools(root)
+        smoke_test(root)
         shutil.copy(vmlinuz, os.path.join(out, "ipa-twisted.kernel"))
         os.utime(os.path.join(out, "ipa-twisted.kernel"),
                  (args.epoch, args.epoch))

@@ -3,8 +3,11 @@ kernel module selection, the cache key's inputs."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import sys
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -73,6 +76,16 @@ class ModuleTests(SynchronousTestCase):
             "kernel/drivers/nvme/host/nvme.ko"])
 
 
+    def test_left_out_unless_needed(self) -> None:
+        moddir = self.mktemp()
+        os.makedirs(moddir)
+        with open(os.path.join(moddir, "modules.dep"), "w") as f:
+            f.write("kernel/drivers/block/floppy.ko:\n"
+                    "kernel/drivers/block/virtio_blk.ko:\n")
+        self.assertEqual(builder.module_closure(moddir),
+                         ["kernel/drivers/block/virtio_blk.ko"])
+
+
 class SourceTests(SynchronousTestCase):
 
     def test_the_agent_sources_are_in_the_key(self) -> None:
@@ -82,3 +95,118 @@ class SourceTests(SynchronousTestCase):
         self.assertIn("setup.cfg", files)
         self.assertFalse([f for f in files if f.endswith(".pyc")])
         self.assertEqual(files, sorted(files))
+
+
+class SlimTests(SynchronousTestCase):
+    """What the build cuts from our ramdisk, on a made-up root."""
+
+    def make(self, root: str, rel: str, data: bytes = b"x") -> str:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_cuts_and_keeps(self) -> None:
+        root = self.mktemp()
+        gconv = builder.LIBDIR + "/gconv/"
+        stdlib = "usr/lib/python3.11/"
+        cut = ["usr/bin/perl", "usr/bin/perl5.36.0",
+               builder.LIBDIR + "/perl-base/strict.pm",
+               "usr/share/perl5/Debconf/Db.pm",
+               "usr/lib/udev/hwdb.d/20-OUI.hwdb",
+               "var/lib/dpkg/info/udev.list",
+               gconv + "EUC-JP.so", gconv + "ISO8859-2.so",
+               stdlib + "turtle.py",
+               stdlib + "__pycache__/turtle.cpython-311.pyc",
+               stdlib + "lib-dynload/_testcapi.cpython-311-x86_64-linux-gnu.so"]
+        kept = ["usr/bin/python3.11", "var/lib/dpkg/status",
+                gconv + "IBM850.so", gconv + "IBM437.so",
+                gconv + "gconv-modules.cache",
+                stdlib + "os.py", stdlib + "__pycache__/os.cpython-311.pyc",
+                stdlib + "json/__init__.py",
+                stdlib + "json/__pycache__/__init__.cpython-311.pyc",
+                "usr/lib/udev/rules.d/80-net-setup-link.rules"]
+        for rel in cut + kept:
+            self.make(root, rel)
+        builder.slim(root, self.mktemp())
+        self.assertEqual([r for r in cut
+                          if os.path.lexists(os.path.join(root, r))], [])
+        self.assertEqual([r for r in kept
+                          if not os.path.exists(os.path.join(root, r))], [])
+
+    def test_debian_bytecode_made_unchecked(self) -> None:
+        root = self.mktemp()
+        body = b"\x00" * 8 + b"code"
+        checked = self.make(root, "a.pyc", b"\xa7\r\r\n\x03\0\0\0" + body)
+        timestamp = self.make(root, "b.pyc", b"\xa7\r\r\n\x00\0\0\0" + body)
+        builder.trust_bytecode(checked)
+        builder.trust_bytecode(timestamp)
+        with open(checked, "rb") as f:
+            self.assertEqual(f.read(), b"\xa7\r\r\n\x01\0\0\0" + body)
+        with open(timestamp, "rb") as f:   # not hash-based: left alone
+            self.assertEqual(f.read(), b"\xa7\r\r\n\x00\0\0\0" + body)
+
+    def test_smoke_test_runs_every_needed_tool(self) -> None:
+        # every non-optional agent tool has a way to run it that exits 0
+        names = [t.name for t in tools.of_scope(tools.AGENT)
+                 if not t.optional]
+        self.assertEqual(sorted(set(builder.SMOKE_ARGS) - set(names)), [])
+        self.assertIn("bsdtar -xf", builder.SMOKE_SCRIPT)
+        self.assertIn("mcopy", builder.SMOKE_SCRIPT)
+
+
+def load_start_agent() -> Any:
+    """ramdisk/start-agent (a script: no .py) as a module."""
+    path = os.path.join(TOP, "ramdisk", "start-agent")
+    loader = importlib.machinery.SourceFileLoader("start_agent", path)
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("start_agent", loader))
+    loader.exec_module(module)
+    return module
+
+
+class StartAgentTests(SynchronousTestCase):
+    """ramdisk/start-agent's preload: what twistd needs first, then the
+    rest of the agent only while the network is not up yet."""
+
+    def setUp(self) -> None:
+        self.start_agent = load_start_agent()
+        self.imported: list[str] = []
+        self.patch(self.start_agent.importlib, "import_module",
+                   self.imported.append)
+
+    def test_core_only_once_the_network_is_up(self) -> None:
+        self.assertEqual(self.start_agent.preload(stop=lambda: True), [])
+        self.assertEqual(self.imported, list(self.start_agent.CORE))
+
+    def test_everything_but_tests_while_waiting(self) -> None:
+        self.start_agent.preload(stop=lambda: False)
+        core = list(self.start_agent.CORE)
+        self.assertEqual(self.imported[:len(core)], core)
+        self.assertIn("ipa_twisted.image.pipeline", self.imported)
+        self.assertIn("ipa_twisted.api.app", self.imported)
+        self.assertFalse([n for n in self.imported
+                          if n.startswith(self.start_agent.SKIP)])
+
+    def test_stops_as_soon_as_the_network_is_up(self) -> None:
+        checks = []
+
+        def stop() -> bool:
+            checks.append(len(self.imported))
+            return len(checks) > 3
+
+        self.start_agent.preload(stop=stop)
+        self.assertEqual(len(checks), 4)
+        # no import after the check that said stop
+        self.assertEqual(len(self.imported), checks[-1])
+        self.assertLess(len(self.imported), len(self.start_agent.CORE) + 4)
+
+    def test_a_failing_import_is_reported(self) -> None:
+        def fail(name: str) -> None:
+            raise ImportError(f"no {name}")
+
+        self.patch(self.start_agent.importlib, "import_module", fail)
+        failed = self.start_agent.preload(stop=lambda: True)
+        self.assertEqual(len(failed), len(self.start_agent.CORE))
+        self.assertIn("ipa_twisted.agent: ImportError", failed[-1])

@@ -171,6 +171,33 @@ class StartUpTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.successResultOf(agent.stopService())
 
+    def test_inspection_without_an_api_url_stays_idle(self) -> None:
+        # as IPA: inspection posted once, then no lookup and no heartbeat;
+        # the agent neither fails nor exits (the ramdisk's init would
+        # start it again, and it would inspect again and again)
+        agent = self.agent(
+            api_url=None, inspection_dhcp_wait_timeout="0",
+            inspection_callback_url="http://ironic.example:6385/v1/"
+                                    "continue_inspection")
+        agent._exit_on_fatal = True
+        with capturedLogs() as events:
+            agent.startService()
+            for _ in range(30):
+                self.settle(10)
+        self.successResultOf(agent.when_ready())
+        self.assertEqual(self.http.sent,
+                         [("POST /v1/continue_inspection", False)])
+        self.assertEqual(self.reactor.ports, [])
+        self.assertIsNone(agent.heartbeater)
+        self.assertNotIn("shutdown", self.reactor.triggers.get("after", {}))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        said = [e["log_format"].format(**e) for e in events]
+        self.assertIn("inspection done and no Ironic API URL: no lookup, no "
+                      "API, no heartbeats; idle until the machine is powered "
+                      "off", said)
+        self.successResultOf(agent.stopService())
+        self.assertNothingLeft(agent)
+
     def test_fatal_error_ends_the_process(self) -> None:
         self.ironic.lookup_answers = [(404, {"error_message": "no node"})]
         agent = self.agent(lookup_timeout="0")

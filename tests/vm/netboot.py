@@ -36,6 +36,7 @@ device does on a real machine).
 from __future__ import annotations
 
 import configparser
+import hashlib
 import os
 import re
 import socket
@@ -83,7 +84,10 @@ def ramdisk() -> dict[str, Any]:
         if not os.path.exists(path):
             raise h.Unavailable(f"needs {path} (apt install ipxe pxelinux "
                                 f"syslinux-common: tools/setup-host.sh)")
-    out = os.path.join(h.cache_dir(), "ramdisk-out")
+    # one output directory per checkout: the cache is shared, and another
+    # checkout's build must not replace the files this one boots
+    out = os.path.join(h.cache_dir(), "ramdisk-out-" + hashlib.sha256(
+        os.path.realpath(TOP).encode()).hexdigest()[:12])
     t0 = time.monotonic()
     result = subprocess.run([os.path.join(TOP, "ramdisk", "build"),
                              "-o", out], capture_output=True, text=True)

@@ -32,7 +32,10 @@ class RamdiskBuildTests(SynchronousTestCase):
         size = os.path.getsize(initramfs)
         h.say(f"initramfs {size / MiB:.1f} MiB, kernel "
               f"{os.path.getsize(self.built['kernel']) / MiB:.1f} MiB")
-        self.assertLessEqual(size, 100 * MiB)
+        # issue #16: at most 100 MiB.  64.8 MiB before the burn-in tools
+        # (fio, stress-ng and their libraries: RADOS, RBD, GlusterFS,
+        # Mesa's GBM/EGL) came in; 80.6 MiB with them
+        self.assertLessEqual(size, 85 * MiB)
         with open(self.built["kernel"], "rb") as f:
             self.assertEqual(f.read(0x206)[0x202:], b"HdrS")  # bzImage
         listing = subprocess.run(
@@ -41,6 +44,7 @@ class RamdiskBuildTests(SynchronousTestCase):
         names = set(listing)
         self.assertEqual(listing[:2], [".", "bin"])  # sorted
         for path in ("init", "usr/share/ipa-twisted/udhcpc",
+                     "usr/share/ipa-twisted/start-agent",
                      "etc/ipa-twisted/build-id"):
             self.assertTrue(path in names, path)
         wanted = ["twistd", "python3", "udevadm", "busybox"] + [
@@ -48,6 +52,21 @@ class RamdiskBuildTests(SynchronousTestCase):
         missing = [name for name in wanted
                    if not any(f"{d}/{name}" in names for d in BIN_DIRS)]
         self.assertEqual(missing, [])
+        # what the build cuts (ramdisk/builder.py SLIM): no perl, only
+        # mtools' converters, ICU's data a stub
+        self.assertFalse([n for n in names if n.startswith(
+            ("usr/bin/perl", "usr/lib/udev/hwdb.d/", "usr/share/perl5/"))])
+        self.assertEqual(sorted(n.rsplit("/", 1)[1] for n in names
+                                if "/gconv/" in n and n.endswith(".so")),
+                         ["IBM437.so", "IBM850.so"])
+        verbose = subprocess.run(
+            f"zstd -dc {initramfs} | cpio -tv --quiet "
+            f"'usr/lib/x86_64-linux-gnu/libicudata.so.*'", shell=True,
+            capture_output=True, text=True, check=True).stdout.split("\n")
+        icu = [line.split() for line in verbose if " -> " not in line
+               and line.strip()]
+        self.assertEqual(len(icu), 1, verbose)
+        self.assertLess(int(icu[0][4]), 64 * 1024)   # 31 MB from Debian
         # only the modules servers need: no sound, graphics or wireless
         modules = [n for n in names if n.endswith(".ko.zst")]
         self.assertTrue(any("/virtio_blk.ko" in m for m in modules))

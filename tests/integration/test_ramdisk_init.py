@@ -1,0 +1,70 @@
+"""ramdisk/init's shell functions, run by sh on a made-up sysfs and udev
+database (no root, no VM)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from twisted.trial.unittest import SynchronousTestCase
+
+INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "ramdisk", "init")
+
+
+def function(name: str) -> str:
+    """The text of shell function NAME in ramdisk/init (up to the first
+    line that is a lone closing brace)."""
+    with open(INIT) as f:
+        lines = f.read().split("\n")
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith(f"{name}() {{"))
+    end = lines.index("}", start)
+    return "\n".join(lines[start:end + 1]) + "\n"
+
+
+class UdevDoneTests(SynchronousTestCase):
+    """udev_done IFACE: has udev finished with the boot interface (named,
+    so /init may use its name)?"""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.net = os.path.join(self.root, "net")
+        self.data = os.path.join(self.root, "data")
+        os.makedirs(os.path.join(self.net, "eth0"))
+        os.makedirs(self.data)
+        with open(os.path.join(self.net, "eth0", "ifindex"), "w") as f:
+            f.write("2\n")
+
+    def done(self, iface: str = "eth0") -> bool:
+        result = subprocess.run(
+            ["sh", "-c", function("udev_done") + 'udev_done "$1"', "sh",
+             iface], env={"SYS_NET": self.net, "UDEV_DATA": self.data,
+                          "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            capture_output=True, text=True)
+        self.assertEqual(result.stderr, "")
+        return result.returncode == 0
+
+    def entry(self, *lines: str) -> None:
+        with open(os.path.join(self.data, "n2"), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    def test_not_yet_seen(self) -> None:
+        self.assertFalse(self.done())
+
+    def test_no_such_interface(self) -> None:
+        self.assertFalse(self.done("eth9"))
+
+    def test_rules_ran(self) -> None:
+        self.entry("I:1234567", "E:ID_NET_NAME_PATH=enp0s3",
+                   "E:ID_NET_DRIVER=virtio_net")
+        self.assertTrue(self.done())
+
+    def test_about_to_be_renamed(self) -> None:
+        # systemd-udevd writes the entry, marked, just before it renames
+        # the interface (eth0 -> ens2): eth0 is not the name to use yet.
+        # (Seen on the console: "boot interface eth0", then the kernel's
+        # "ens2: renamed from eth0", then DHCP failing on eth0.)
+        self.entry("I:1234567", "E:ID_NET_DRIVER=virtio_net",
+                   "E:ID_RENAMING=1")
+        self.assertFalse(self.done())
