@@ -44,6 +44,7 @@ meant; nothing that a tool would read as an option of its own).
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -149,8 +150,22 @@ def _text(info: Mapping[str, Any], key: str, default: str | None,
     return text
 
 
+#: where a burn-in's output file may never go: a tool would write its
+#: report over a disk (or into the kernel's files), past the allow-list
+NOT_OUTPUT = ("/dev", "/proc", "/sys")
+
+
 def outputfile(info: Mapping[str, Any], key: str) -> str | None:
-    return _text(info, key, None, None, "a file name")
+    """A file the tool writes its report to: a regular file (or none yet)
+    outside /dev, /proc and /sys, wherever links lead."""
+    path = _text(info, key, None, None, "a file name")
+    if path is None:
+        return None
+    real = os.path.realpath(path)
+    if any(real == top or real.startswith(top + "/") for top in NOT_OUTPUT
+    ) or (os.path.exists(real) and not os.path.isfile(real)):
+        raise _bad(key, path, "a regular file outside /dev, /proc and /sys")
+    return path
 
 
 def driver_info(node: Any) -> Mapping[str, Any]:

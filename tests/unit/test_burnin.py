@@ -183,6 +183,12 @@ class StressNgTests(BurninCase):
                 ("burnin_cpu", {"agent_burnin_cpu_cpu": True}),
                 ("burnin_memory", {"agent_burnin_vm_vm-bytes": "--help"}),
                 ("burnin_memory", {"agent_burnin_vm_outputfile": "-x"}),
+                # (a report written over a disk, or a kernel file)
+                ("burnin_disk", {"agent_burnin_fio_disk_outputfile":
+                                 "/dev/sda"}),
+                ("burnin_network", {"agent_burnin_fio_network_outputfile":
+                                    "/sys/block/sda/../../x"}),
+                ("burnin_cpu", {"agent_burnin_cpu_outputfile": "/tmp"}),
                 ("burnin_disk", {"agent_burnin_fio_disk_loops": 0}),
                 ("burnin_gpu", {"agent_burnin_gpu_install_dir": "gpu"}),
                 ("burnin_gpu", {"agent_burnin_gpu_memory": "lots"})):
