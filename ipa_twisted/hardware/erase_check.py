@@ -10,9 +10,13 @@ not even one 4 KiB part of it; for the methods that promise zeroes it must
 read as zeroes.  A device that says it erased itself but still returns a
 marker has not erased that place: the check fails.
 
-When the markers cannot be written (a drive that refuses writes), the
-samples are read before the erase instead and compared by digest
-afterwards: a sample that was not all zeroes must have changed.
+Every marker is read back once written: a device that acknowledges
+writes it does not keep (a dm ``flakey`` target with ``drop_writes``
+does it on purpose) would otherwise pass a
+check that only asks "is the marker gone?".  When the markers cannot be
+written (a drive that refuses writes) or do not read back, the samples
+are read before the erase instead and compared by digest afterwards: a
+sample that was not all zeroes must have changed.
 """
 
 from __future__ import annotations
@@ -146,14 +150,25 @@ def prepare(guard: DeviceGuard, path: str, size: int,
     token = token if token is not None else os.urandom(8).hex().encode()
     try:
         write_markers(guard, path, offsets, token, sample)
-        return Baseline(offsets, sample, token=token)
     except OSError as e:
         data = read_samples(path, offsets, sample)
-        return Baseline(offsets, sample,
-                        digests=[hashlib.sha256(d).hexdigest() for d in data],
-                        zero_before=[_is_zero(d) for d in data],
-                        note=f"markers could not be written ({e}); samples "
-                             f"read before the erase instead")
+        note = (f"markers could not be written ({e}); samples read before "
+                f"the erase instead")
+    else:
+        data = read_samples(path, offsets, sample)
+        lost = [o for o, got in zip(offsets, data)
+                if got != marker(token, o, sample)]
+        if not lost:
+            return Baseline(offsets, sample, token=token)
+        # acknowledged, not kept: a marker that never landed cannot be
+        # "gone" afterwards; the samples as they read now are the baseline
+        note = (f"markers written, but {len(lost)} of {len(offsets)} did "
+                f"not read back (first at {lost[0]}): the device does not "
+                f"keep the writes it acknowledges; the samples as read then "
+                f"are the baseline")
+    return Baseline(offsets, sample,
+                    digests=[hashlib.sha256(d).hexdigest() for d in data],
+                    zero_before=[_is_zero(d) for d in data], note=note)
 
 
 def check(path: str, baseline: Baseline, expect_zeroes: bool

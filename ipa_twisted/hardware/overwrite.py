@@ -87,6 +87,11 @@ def overwrite(guard: DeviceGuard, path: str, size: int,
                 view = memoryview(buffers[turn])[:length]
                 try:
                     n = os.pwritev(fd, [view], offset)
+                except OSError as e:
+                    # where it failed is the report's news (a bad range)
+                    raise OSError(e.errno, f"{e.strerror}, writing the "
+                                  f"{kind} pass at byte {offset} of "
+                                  f"{path}") from e
                 finally:
                     view.release()
                 if following is not None:

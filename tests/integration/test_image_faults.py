@@ -176,19 +176,14 @@ class DeviceMapperFaultTests(uefi_vm.MachineTestCase):
         path, the command's result)."""
         image = os.path.join(self.www, "disk.img")
         digest = h.make_disk_image(image, 160 * MiB)
-        setup = (
-            "modprobe -a dm-mod dm-flakey\n"
-            "sectors=$(blockdev --getsz /dev/vda)\n"
-            f'printf "{table}" | dmsetup create --noudevsync dying\n'
-            "dmsetup mknodes\n"  # no udev: lsblk needs /dev/mapper/dying
-            "echo \"dm table: $(dmsetup table dying | tr '\\n' ';')\"\n")
+        setup = uefi_vm.device_mapper_setup([("dying", table)])
         machine = self.machine
         self.start_agent(["--standalone", "--agent-token", TOKEN,
                           "--listen-host", "0.0.0.0",
                           "--device-allowlist", "/dev/dm-0",
                           "--image-download-connection-retries", "1"],
                          setup=setup)
-        machine.wait_for_serial(r"dm table: 0 \d+ ", 5)
+        machine.wait_for_serial(r"dm dying: 0 \d+ ", 5)
         status, _, body = agent_api.call(
             self.netns, "POST", f"/v1/commands/?wait=true&agent_token={TOKEN}",
             {"name": "standby.prepare_image", "params": {"image_info": {
@@ -208,7 +203,7 @@ class DeviceMapperFaultTests(uefi_vm.MachineTestCase):
         machine, image, _ = self.write_to_dm(
             f"0 {good} linear /dev/vda 0\\n"
             f"{good} $((sectors - {good})) error\\n")
-        machine.wait_for_serial(rf"dm table: 0 {good} linear \d+:0 0;"
+        machine.wait_for_serial(rf"dm dying: 0 {good} linear \d+:0 0;"
                                 rf"{good} \d+ error", 5)
         # the first 64 MiB still work: the partition table was wiped there,
         # the end of the disk could not be
@@ -229,7 +224,7 @@ class DeviceMapperFaultTests(uefi_vm.MachineTestCase):
         # a disk that reads but takes no write at all: up 0 s, down 1 h
         machine, _, _ = self.write_to_dm(
             "0 $sectors flakey /dev/vda 0 0 3600 1 error_writes\\n")
-        machine.wait_for_serial(r"dm table: 0 \d+ flakey \d+:0 0 0 3600 1 "
+        machine.wait_for_serial(r"dm dying: 0 \d+ flakey \d+:0 0 0 3600 1 "
                                 r"error_writes", 5)
         # nothing can make it unbootable: the agent says so
         machine.wait_for_serial(r"could not wipe /dev/dm-0 after a failed "

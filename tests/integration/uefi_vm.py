@@ -428,6 +428,26 @@ def start_agent(test: Any, machine: UefiMachine, www: str,
                   f"{machine.read_serial()[-3000:]}")
 
 
+def device_mapper_setup(tables: list[tuple[str, str]],
+                        modules: str = "dm-mod dm-flakey") -> str:
+    """Guest shell (a ``setup`` for :func:`start_agent`) that makes the
+    device-mapper devices ``tables`` names, in order (so the first is
+    /dev/dm-0 on a fresh boot), each from its table (``\\n`` between
+    lines; shell expansions such as $sectors, the size of /dev/vda in
+    sectors, work), and prints each one's table on the serial console as
+    "dm NAME: line;line;".  No udev runs in the guest, hence
+    ``--noudevsync`` and ``dmsetup mknodes`` (lsblk needs /dev/mapper)."""
+    script = (f"modprobe -a {modules}\n"
+              "sectors=$(blockdev --getsz /dev/vda)\n")
+    for name, table in tables:
+        script += f'printf "{table}" | dmsetup create --noudevsync {name}\n'
+    script += "dmsetup mknodes\n"
+    for name, _ in tables:
+        script += (f"echo \"dm {name}: $(dmsetup table {name} | "
+                   f"tr '\\n' ';')\"\n")
+    return script
+
+
 class MachineTestCase(SandboxTestCase):
     """A sandboxed test whose agent runs in a test machine: ``self.machine``
     (its disk a 5 GiB loop device), ``self.www`` (served in the guest on

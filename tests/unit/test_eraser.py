@@ -6,6 +6,7 @@ tests/fixtures/erase.  The real thing runs in tests/integration
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from typing import Any, Callable, Sequence
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ipa_twisted import errors
 from ipa_twisted.config import load_config
 from ipa_twisted.context import RunningAgent
-from ipa_twisted.hardware import erase, erase_check, eraser
+from ipa_twisted.hardware import erase, erase_check, eraser, overwrite
 from ipa_twisted.hardware.disks import BlockDevice, DeviceGuard
 from ipa_twisted.hardware.generic import GenericHardwareManager
 from ipa_twisted.process import ProcessResult
@@ -524,6 +525,87 @@ class SanitizeWaitTests(Disks):
         self.assertEqual(len(calls), 2)
         self.assertIn("still running at its deadline",
                       str(self.failureResultOf(d, eraser.EraseFailed).value))
+
+
+class DroppedWritesTests(Disks):
+    """A device that acknowledges every write and keeps none (what a dm
+    ``flakey`` target with ``drop_writes`` does): the markers never land,
+    so "the marker is gone" proves nothing; the check must compare with
+    the bytes as they were instead."""
+
+    def drop_writes(self) -> None:
+        def markers(guard: DeviceGuard, path: str, *args: Any) -> None:
+            guard.check(path)  # "written"
+
+        def passes(guard: DeviceGuard, path: str, size: int,
+                   kinds: Sequence[str], done: Callable[[int], None],
+                   stop: Callable[[], bool]) -> None:
+            guard.check(path)
+            done(size * len(kinds))  # "written"
+
+        self.patch(erase_check, "write_markers", markers)
+        self.patch(overwrite, "overwrite", passes)
+
+    def test_baseline_of_markers_that_did_not_land(self) -> None:
+        dev = self.disk("dm-2")
+        self.drop_writes()
+        baseline = erase_check.prepare(DeviceGuard(self.disks), dev.name,
+                                       SIZE)
+        self.assertIsNone(baseline.token)
+        assert baseline.note is not None
+        self.assertIn(f"markers written, but {len(baseline.offsets)} of "
+                      f"{len(baseline.offsets)} did not read back",
+                      baseline.note)
+        check = erase_check.check(dev.name, baseline, expect_zeroes=False)
+        self.assertEqual((check["mode"], check["passed"], check["unchanged"]),
+                         ("digests", False, check["samples"]))
+
+    def test_overwrite_without_zeroes_fails_the_step(self) -> None:
+        dev = self.disk("dm-2")
+        self.drop_writes()
+        report = self.erase([dev], {"driver_internal_info": {
+            "agent_erase_devices_iterations": 1,
+            "agent_erase_devices_zeroize": False}})[dev.name]
+        self.assertEqual(report["result"], "failed")
+        self.assertEqual(report["reason"],
+                         f"Error erasing block device: {dev.name} was not "
+                         f"erased: overwrite: reported success, but the "
+                         f"read-back check failed")
+        check = report["attempts"][0]["verification"]
+        self.assertEqual((check["expect"], check["unchanged"]),
+                         ("changed", check["samples"]))
+        self.assertIn("did not read back", check["note"])
+        with open(dev.name, "rb") as f:
+            self.assertEqual(f.read(), noise(SIZE))
+
+    def test_a_device_that_keeps_its_writes_is_unaffected(self) -> None:
+        dev = self.disk("dm-0")
+        baseline = erase_check.prepare(DeviceGuard(self.disks), dev.name,
+                                       SIZE)
+        self.assertIsNotNone(baseline.token)
+        self.assertIsNone(baseline.note)
+
+
+class FailingWriteTests(Disks):
+
+    def test_the_failed_write_says_where(self) -> None:
+        dev = self.disk("dm-1")
+        real = os.pwritev
+
+        def pwritev(fd: int, buffers: Any, offset: int) -> int:
+            if offset >= 3 * MiB:  # a dm error target from MiB 3 on
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real(fd, buffers, offset)
+
+        self.patch(os, "pwritev", pwritev)
+        with self.assertRaises(OSError) as raised:
+            overwrite.overwrite(DeviceGuard(self.disks), dev.name, SIZE,
+                                ["random", "zeroes"], lambda n: None,
+                                chunk=MiB)
+        self.assertEqual(raised.exception.errno, errno.EIO)
+        self.assertEqual(str(raised.exception),
+                         f"[Errno 5] Input/output error, writing the random "
+                         f"pass at byte {3 * MiB} of {dev.name}")
 
 
 class SampleTests(SynchronousTestCase):
