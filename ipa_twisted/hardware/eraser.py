@@ -307,7 +307,10 @@ class DiskEraser:
             if plan.refused:
                 report["refused"] = list(plan.refused)
             await self._execute(dev, caps, plan, report)
-        except (errors.AgentError, OSError, ProcessError) as e:
+        except errors.AgentError as e:
+            report.update(result="failed", reason=e.details)
+            self._phase(dev.name, "failed")
+        except (OSError, ProcessError) as e:
             report.update(result="failed", reason=str(e))
             self._phase(dev.name, "failed")
         except CancelledError:

@@ -6,6 +6,7 @@ its fields empty and logs one line; the inventory as a whole never fails.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -562,10 +563,18 @@ class GenericHardwareManager(HardwareManager):
                   if r.get("result") == "failed"}
         if failed:
             summary = worker.progress.text() if worker.progress else ""
+            # the whole report in the log (the error holds the reasons)
+            log.warn("{step} failed on {devs}; report: {report}", step=step,
+                     devs=", ".join(sorted(failed)),
+                     report=json.dumps(reports, sort_keys=True, default=str))
+
+            def reason(name: str, report: Mapping[str, Any]) -> str:
+                text = str(report.get("reason"))
+                return text if text.startswith(name) else f"{name}: {text}"
+
             raise errors.BlockDeviceEraseError(
-                f"{step} failed on {', '.join(sorted(failed))}: "
-                + "; ".join(f"{name}: {r.get('reason')}"
-                            for name, r in sorted(failed.items()))
+                f"{step} failed: "
+                + "; ".join(reason(n, r) for n, r in sorted(failed.items()))
                 + (f" -- {summary}" if summary else ""))
         return reports
 

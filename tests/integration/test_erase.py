@@ -394,7 +394,7 @@ class DeviceMapperEraseTests(uefi_vm.MachineTestCase):
         error = body["command_error"]
         self.assertEqual(error["type"], "BlockDeviceEraseError")
         self.assertRegex(error["details"], (
-            r"^erase_devices failed on /dev/dm-1: .*/dev/dm-1 was not "
+            r"^erase_devices failed: /dev/dm-1 was not "
             r"erased: overwrite: \[Errno 5\] Input/output error, writing "
             rf"the random pass at byte {16 * MiB} of /dev/dm-1"))
         self.assertNotIn("/dev/dm-0", error["details"])
@@ -408,7 +408,7 @@ class DeviceMapperEraseTests(uefi_vm.MachineTestCase):
             self.assertEqual((status, body["command_status"]),
                              (200, "FAILED"), body)
             self.assertRegex(body["command_error"]["details"], (
-                r"^erase_devices failed on /dev/dm-2: .*/dev/dm-2 was not "
+                r"^erase_devices failed: /dev/dm-2 was not "
                 r"erased: overwrite: reported success, but the read-back "
                 r"check failed"))
         self.machine.wait_for_serial(

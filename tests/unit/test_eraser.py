@@ -264,12 +264,23 @@ class NvmeTests(Disks):
             return [dev]
 
         manager.list_block_devices = disks  # type: ignore[method-assign]
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         failure = self.failureResultOf(ensureDeferred(
             manager.erase_devices({"driver_internal_info": {}}, [])),
             errors.BlockDeviceEraseError)
         text = str(failure.value)
-        self.assertIn("nvme-format-user-data-erase: reported success, but "
-                      "the read-back check failed", text)
+        # each device named once, its reason without a second class name
+        self.assertIn(f"erase_devices failed: {dev.name} was not erased: "
+                      "nvme-format-user-data-erase: reported success, but "
+                      "the read-back check failed", failure.value.details)
+        self.assertEqual(text.count("Error erasing block device"), 1)
+        # the whole report (attempts, the check's figures) is in the log
+        report = next(e["report"] for e in logged if "report" in e)
+        self.assertIn('"verification"', report)
         # the summary goes with the error (and to the heartbeat)
         self.assertIn('"result":"failed"', text)
         self.assertNotIn(("blkdiscard",), [c[:1] for c in self.process.calls])
@@ -568,8 +579,8 @@ class DroppedWritesTests(Disks):
             "agent_erase_devices_zeroize": False}})[dev.name]
         self.assertEqual(report["result"], "failed")
         self.assertEqual(report["reason"],
-                         f"Error erasing block device: {dev.name} was not "
-                         f"erased: overwrite: reported success, but the "
+                         f"{dev.name} was not erased: overwrite: reported "
+                         f"success, but the "
                          f"read-back check failed")
         check = report["attempts"][0]["verification"]
         self.assertEqual((check["expect"], check["unchanged"]),
