@@ -509,7 +509,8 @@ class Machine(Console):
                  cpus: int = 2, smbios: dict[str, str] | None = None,
                  markers: dict[str, str] | None = None,
                  kernel_boot: tuple[str, str, str] | None = None,
-                 netdev: str | None = None) -> None:
+                 netdev: str | None = None,
+                 console_socket: bool = False) -> None:
         self.monitor = os.path.join(workdir, "qemu-monitor.sock")
         self.proc: subprocess.Popen[bytes] | None = None
         #: (kernel, initramfs, command line): QEMU loads them itself (no
@@ -519,6 +520,10 @@ class Machine(Console):
         #: bridge
         self.netdev = netdev or (f"tap,id=n0,ifname={TAP},script=no,"
                                  f"downscript=no")
+        #: the serial console also on a Unix socket (``console``), to
+        #: type on; its output still goes to the boot's file
+        self.console = (os.path.join(workdir, "console.sock")
+                        if console_socket else None)
         super().__init__(netns, workdir, mac, disks, memory_mb, cpus,
                          smbios, markers)
         cleanups.add("qemu", self.close)
@@ -542,8 +547,14 @@ class Machine(Console):
                     "-netdev", self.netdev,
                     "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"
                                f"{net_boot}",
-                    "-serial", f"file:{boot.serial}",
                     "-monitor", f"unix:{self.monitor},server=on,wait=off"]
+            if self.console:
+                argv += ["-chardev", f"socket,id=s0,path={self.console},"
+                                     f"server=on,wait=off,"
+                                     f"logfile={boot.serial}",
+                         "-serial", "chardev:s0"]
+            else:
+                argv += ["-serial", f"file:{boot.serial}"]
             if self.kernel_boot:
                 kernel, initramfs, append = self.kernel_boot
                 argv += ["-kernel", kernel, "-initrd", initramfs,

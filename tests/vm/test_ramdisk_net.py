@@ -199,14 +199,14 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.netns = h.make_netns(self.cleanups)
 
     def boot(self, built: dict[str, Any], switch: VlanSwitch,
-             params: str) -> nb.Machine:
+             params: str, console_socket: bool = False) -> nb.Machine:
         append = (f"console=ttyS0,115200n8 net.ifnames=0 BOOTIF={MAC} "
                   f"ipa-api-url=http://{HOST_IP}:{API_PORT} {params}")
         machine = nb.Machine(
             self.cleanups, self.netns, self.workdir, MAC, [],
             memory_mb=1536, kernel_boot=(built["kernel"],
                                          built["initramfs"], append),
-            netdev=switch.netdev)
+            netdev=switch.netdev, console_socket=console_socket)
         machine.power_on(from_network=False)
         return machine
 
@@ -238,10 +238,11 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.assertGreater(switch.frames(VID, 0x0806), 0)
         self.assertEqual(switch.frames(None, 0x0800), 0)
 
-    def test_ssh_debug_access(self) -> None:
-        """A ramdisk built with --ssh-key: root logs in over SSH
-        (dropbear) with the key, on a static address; the default build
-        is untouched by the variant's."""
+    def test_debug_access(self) -> None:
+        """A ramdisk built with --ssh-key and --debug-password: root logs
+        in over SSH (dropbear) with the key, and on the serial console
+        with the password; on a static address without VLAN.  The
+        default build is untouched by the variant's."""
         keydir = os.path.join(h.cache_dir(), "ramdisk-debug-key")
         key = os.path.join(keydir, "id_ed25519")
         os.makedirs(keydir, exist_ok=True)
@@ -250,7 +251,8 @@ class RamdiskNetworkTests(SynchronousTestCase):
             h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "",
                    "-C", "ipa-twisted-vm-test", "-f", key])
         default_sha = h.file_sha256(self.default["initramfs"])
-        debug = nb.ramdisk("--ssh-key", key + ".pub")
+        debug = nb.ramdisk("--ssh-key", key + ".pub",
+                           "--debug-password", PASSWORD)
         self.assertNotEqual(os.path.dirname(debug["initramfs"]),
                             os.path.dirname(self.default["initramfs"]))
         self.assertEqual(h.file_sha256(self.default["initramfs"]),
@@ -259,8 +261,8 @@ class RamdiskNetworkTests(SynchronousTestCase):
         switch = VlanSwitch(self.cleanups, self.netns, None)
         LookupListener(self.cleanups, self.netns)
         machine = self.boot(debug, switch, (
-            f"ip={GUEST_IP}::{HOST_IP}:24:ramdisk-ssh:eth0:none "
-            f"nameserver=198.51.100.53"))
+            f"ip={GUEST_IP}::{HOST_IP}:24:ramdisk-debug:eth0:none "
+            f"nameserver=198.51.100.53"), console_socket=True)
         t0 = machine.boot.started
         machine.wait_for_serial("SSH \\(dropbear\\) on port 22", 300)
         ssh = ["ip", "netns", "exec", self.netns, "ssh", "-i", key,
@@ -283,9 +285,59 @@ class RamdiskNetworkTests(SynchronousTestCase):
               f"after QEMU started")
         lines = result.stdout.splitlines()
         self.assertEqual(lines[0], "0")
-        self.assertEqual(lines[1], "ramdisk-ssh")
+        self.assertEqual(lines[1], "ramdisk-debug")
         self.assertIn("nameserver 198.51.100.53", lines[2:])
         self.assertIn(f"{GUEST_IP}/24", result.stdout)
         # and no VLAN: the guest's frames went untagged
         self.assertGreater(switch.frames(None, 0x0800), 0)
         self.assertFalse([k for k in switch.seen if k[0] is not None])
+
+        # the serial console: a login prompt, root's password, a shell
+        assert machine.console is not None
+        with socket.socket(socket.AF_UNIX) as console:
+            console.settimeout(1)
+            console.connect(machine.console)
+            typed = Typist(console)
+            typed.line("")
+            typed.expect("ramdisk-debug login:", 120)
+            typed.line("root")
+            typed.expect("Password:", 60)
+            typed.line(PASSWORD)
+            typed.expect("#", 60)
+            typed.line("echo proof-$((6 * 7)) uid=$(id -u)")
+            typed.expect("proof-42 uid=0", 60)
+        h.say(f"serial console: root shell {time.monotonic() - t0:.1f} s "
+              f"after QEMU started")
+
+
+PASSWORD = "ipa-debug-pw"
+
+
+class Typist:
+    """Types on a serial console (a socket) and waits for its answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.text = ""
+        self.mark = 0
+
+    def line(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\r")
+
+    def expect(self, what: str, timeout: float) -> None:
+        """Wait for ``what`` after what the last expect found."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.text.find(what, self.mark)
+            if found >= 0:
+                self.mark = found + len(what)
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what!r} not on the serial console "
+                                     f"in {timeout:.0f} s; it ends:\n"
+                                     f"{self.text[-2000:]}")
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            self.text += data.decode("utf-8", errors="replace")
