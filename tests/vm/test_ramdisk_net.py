@@ -92,8 +92,9 @@ class VlanSwitch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.udp, self.tap], [], [], 0.2)
-            if self.udp in ready:
+            ready, _, _ = select.select([self.udp.fileno(), self.tap], [],
+                                        [], 0.2)
+            if self.udp.fileno() in ready:
                 self._from_guest(self.udp.recv(65536))
             if self.tap in ready:
                 frame = os.read(self.tap, 65536)
@@ -145,6 +146,7 @@ class LookupListener:
                 listener.requests.append({
                     "client": self.client_address[0], "path": url.path,
                     "query": parse_qs(url.query), "at": time.monotonic()})
+                body: dict[str, Any]
                 if url.path == "/":
                     code, body = 200, {"default_version": {
                         "id": "v1", "version": "1.68",
@@ -221,8 +223,13 @@ class RamdiskNetworkTests(SynchronousTestCase):
             f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0:ramdisk-vlan:"
             f"eth0.{VID}:none nameserver={HOST_IP}"))
         t0 = machine.boot.started
-        nb.wait_for(lambda: bool(api.lookups()) or not machine.running(),
-                    180, "the agent's lookup")
+        try:
+            nb.wait_for(lambda: bool(api.lookups()) or not machine.running(),
+                        180, "the agent's lookup")
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; the switch saw {switch.seen}; the console ends:\n"
+                f"{machine.read_serial()[-3000:]}") from None
         serial = machine.read_serial()
         self.assertTrue(api.lookups(), serial[-3000:])
         lookup = api.lookups()[0]
