@@ -206,14 +206,16 @@ TFTP_FILES = {"undionly.kpxe": "/usr/lib/ipxe/undionly.kpxe",
 
 
 def start_dnsmasq(cleanups: h.Cleanups, netns: str, workdir: str,
-                  tftp: str, mode: str = "ipxe") -> subprocess.Popen[bytes]:
-    """dnsmasq on the bridge: DHCP with the rules of ``mode`` (ipxe or
-    pxe), TFTP of Ironic's tftp_root, router advertisements."""
+                  tftp: str, mode: str = "ipxe",
+                  interface: str = BRIDGE) -> subprocess.Popen[bytes]:
+    """dnsmasq on the bridge (or ``interface``): DHCP with the rules of
+    ``mode`` (ipxe or pxe), TFTP of Ironic's tftp_root, router
+    advertisements."""
     conf = os.path.join(workdir, f"dnsmasq-{mode}.conf")
     rules = IPXE_RULES if mode == "ipxe" else PXE_RULES
     with open(conf, "w") as f:
         f.write((DNSMASQ + rules).format(
-            bridge=BRIDGE, first="192.0.2.100", last="192.0.2.200",
+            bridge=interface, first="192.0.2.100", last="192.0.2.200",
             prefix="fd00:ab::", workdir=workdir, host=HOST_IP,
             port=HTTP_PORT, tftp=tftp))
     os.makedirs(tftp, exist_ok=True)

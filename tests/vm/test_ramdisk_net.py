@@ -245,6 +245,32 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.assertGreater(switch.frames(VID, 0x0806), 0)
         self.assertEqual(switch.frames(None, 0x0800), 0)
 
+    def test_dhcp_on_a_named_interface(self) -> None:
+        """ip=:::::eth0:dhcp: DHCP on eth0 (/init took any ip= of seven
+        fields for a static address: no address at all), and the lookup
+        comes from the address dnsmasq leased."""
+        switch = VlanSwitch(self.cleanups, self.netns, None)
+        h.run(["ip", "netns", "exec", self.netns, "ip", "-6", "addr", "add",
+               f"{nb.HOST_IP6}/64", "dev", HOST_TAP, "nodad"])
+        nb.start_dnsmasq(self.cleanups, self.netns, self.workdir,
+                         os.path.join(self.workdir, "tftp"),
+                         interface=HOST_TAP)
+        api = LookupListener(self.cleanups, self.netns)
+        machine = self.boot(self.default, switch, "ip=:::::eth0:dhcp")
+        t0 = machine.boot.started
+        try:
+            nb.wait_for(lambda: bool(api.lookups()) or not machine.running(),
+                        180, "the agent's lookup")
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; the console ends:\n{machine.read_serial()[-3000:]}"
+            ) from None
+        lookup = api.lookups()[0]
+        h.say(f"lookup {lookup['at'] - t0:.1f} s after QEMU started, from "
+              f"{lookup['client']}")
+        self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
+        self.assertIn("DHCP on eth0", machine.read_serial())
+
     def test_debug_access(self) -> None:
         """A ramdisk built with --ssh-key and --debug-password: root logs
         in over SSH (dropbear) with the key, and on the serial console
