@@ -170,6 +170,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("qemu-system-x86_64", "qemu-system-x86", "the UEFI test machine",
          TEST),
     Tool("sh", "dash", "process tests", TEST),
+    Tool("ssh", "openssh-client", "logging in to a ramdisk built with "
+         "--ssh-key (tests/vm/test_ramdisk_net.py)", TEST),
+    Tool("ssh-keygen", "openssh-client", "the key of the --ssh-key "
+         "ramdisk test (tests/vm/test_ramdisk_net.py)", TEST),
     Tool("sleep", "coreutils", "process tests", TEST),
     Tool("strip", "binutils", "smaller libraries in the ramdisk "
          "(ramdisk/build)", TEST),
