@@ -152,8 +152,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("minfo", "mtools", "checking an ESP is a FAT filesystem", TEST),
     Tool("mmd", "mtools", "making ESPs", TEST),
     Tool("mtype", "mtools", "reading ESPs", TEST),
-    Tool("nginx", "nginx-light", "the deploy benchmark (serves images as "
-         "Ironic deployments do: sendfile)", TEST),
+    Tool("nginx", "nginx-light", "the deploy benchmark and the network "
+         "boot tests (serves images and /httpboot as Ironic deployments "
+         "do: sendfile)", TEST),
     Tool("partx", "util-linux", "reading partition tables", TEST),
     Tool("pkill", "procps", "stopping test processes", TEST),
     Tool("prlimit", "util-linux", "the agent under a low open-file limit",

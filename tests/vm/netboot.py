@@ -328,9 +328,11 @@ class Netboot:
         self.api = self.ironic.api
         h.say(f"Ironic {h.IRONIC_VERSION} up on {api} in "
               f"{time.monotonic() - t0:.1f} s")
-        h.serve_http(self.cleanups, self.netns, HTTP_PORT, argv=[
-            sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
-            str(HTTP_PORT), "--directory", self.httpboot])
+        # nginx, as Ironic deployments serve /httpboot (Python's
+        # http.server took a core of this 2-core machine from the guest
+        # while iPXE fetched the ramdisk)
+        h.serve_nginx(self.cleanups, self.netns, HTTP_PORT, self.httpboot,
+                      self.workdir, bind="0.0.0.0")
         self.dhcp = start_dnsmasq(self.cleanups, self.netns, self.workdir,
                                   self.tftp)
 
