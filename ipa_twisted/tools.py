@@ -125,8 +125,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("cat", "coreutils", "process tests", TEST),
     Tool("cpio", "cpio", "packing the ramdisk (ramdisk/build)", TEST),
     Tool("cc", "gcc", "the loop-device geometry shim of the GRUB tests; "
-         "ICU's stub data in the ramdisk (ramdisk/build)",
-         TEST),
+         "ICU's stub data and the stub libraries in the ramdisk "
+         "(ramdisk/build)", TEST),
     Tool("curl", "curl", "the deploy benchmark", TEST),
     Tool("dd", "coreutils", "test images", TEST),
     Tool("dnsmasq", "dnsmasq-base", "DHCP and TFTP for the network-boot "
@@ -176,6 +176,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ssh-keygen", "openssh-client", "the key of the --ssh-key "
          "ramdisk test (tests/vm/test_ramdisk_net.py)", TEST),
     Tool("sleep", "coreutils", "process tests", TEST),
+    Tool("nm", "binutils", "the symbols the ramdisk's stub libraries "
+         "define (ramdisk/build)", TEST),
+    Tool("readelf", "binutils", "what the ramdisk's programs link "
+         "(ramdisk/build)", TEST),
     Tool("strip", "binutils", "smaller libraries in the ramdisk "
          "(ramdisk/build)", TEST),
     Tool("tar", "tar", "cached test images", TEST),

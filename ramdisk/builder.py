@@ -60,7 +60,7 @@ agent_tools = _load_tools()
 #: Changing the recipe of a stage: bump its version (the cache key).
 BASE_RECIPE = 3
 KERNEL_RECIPE = 1
-RAMDISK_RECIPE = 5
+RAMDISK_RECIPE = 6
 
 SUITE = "bookworm"
 #: 2026-01-01: the default SOURCE_DATE_EPOCH (mtimes in the ramdisk)
@@ -699,6 +699,212 @@ def stub_icu_data(root: str, work: str) -> None:
     shutil.copy(stub, os.path.join(libdir, name))
 
 
+#: Libraries that only engines and stressors the agent never runs need:
+#: fio's Ceph (RBD, RADOS), GlusterFS, NBD, RDMA and persistent-memory
+#: engines, stress-ng's IPsec and GPU (EGL, GLES, GBM) stressors.  Both
+#: programs link them directly (and bind every symbol at start), so each
+#: is replaced by a stub that defines what the programs here take from it,
+#: under the same versions; calling one prints the library's and the
+#: symbol's name and exits 127.  What only these libraries needed goes
+#: too (Ceph's common library, Mesa, ...): ~45 MB unpacked, ~11 MB to
+#: fetch.  The agent's fio jobs (libaio, psync, net) and stress-ng's cpu
+#: and vm stressors run in the smoke test.
+STUB_LIBRARIES = ["librbd.so.1", "librados.so.2", "libgfapi.so.0",
+                  "libnbd.so.0", "libibverbs.so.1", "librdmacm.so.1",
+                  "libpmem.so.1", "libpmemblk.so.1", "libIPSec_MB.so.1",
+                  "libEGL.so.1", "libGLESv2.so.2", "libgbm.so.1"]
+STUB_HEAD = """\
+static void missing(const char *text, long length)
+    __attribute__((noreturn, used));
+static void missing(const char *text, long length)
+{
+    long r;
+    __asm__ volatile ("syscall" : "=a"(r)
+                      : "a"(1L), "D"(2L), "S"(text), "d"(length)
+                      : "rcx", "r11", "memory");
+    __asm__ volatile ("syscall" : : "a"(231L), "D"(127L)
+                      : "rcx", "r11", "memory");
+    __builtin_unreachable();
+}
+#define STUB(n, symbol) \
+    void n(void) __asm__(symbol); \
+    void n(void) { static const char m[] = \
+        SONAME " is a stub in this ramdisk: " symbol " called\\n"; \
+        missing(m, sizeof(m) - 1); }
+#define DATA(n, symbol, size) \
+    char n[size] __asm__(symbol) __attribute__((aligned(16))) = {0};
+"""
+
+
+def _elf_files(root: str) -> list[str]:
+    found = []
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    found.append(path)
+    return found
+
+
+def _dynamic(path: str) -> tuple[str | None, list[str]]:
+    """An ELF file's SONAME and NEEDED entries."""
+    out = run(["readelf", "-dW", path], capture_output=True,
+              text=True).stdout
+    soname, needed = None, []
+    for line in out.splitlines():
+        m = re.search(r"\((SONAME|NEEDED)\)[^[]*\[(.+)\]", line)
+        if m and m.group(1) == "SONAME":
+            soname = m.group(2)
+        elif m:
+            needed.append(m.group(2))
+    return soname, needed
+
+
+def _version_needs(path: str) -> dict[str, list[str]]:
+    """{library: [version names]} that ``path`` requires."""
+    out = run(["readelf", "-VW", path], capture_output=True,
+              text=True).stdout
+    needs: dict[str, list[str]] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.search(r"File: (\S+)\s+Cnt:", line)
+        if m:
+            current = needs.setdefault(m.group(1), [])
+            continue
+        m = re.search(r"Name: (\S+)\s+Flags:", line)
+        if m and current is not None:
+            current.append(m.group(1))
+    return needs
+
+
+def _symbols(path: str, defined: bool) -> list[tuple[str, str, int, str]]:
+    """(name, nm type, size, version) of the dynamic symbols ``path``
+    defines, or of those it needs (strong references only)."""
+    argv = ["nm", "-D", "--with-symbol-versions"]
+    argv += ["--defined-only", "-S"] if defined else ["--undefined-only"]
+    out = run(argv + [path], capture_output=True, text=True).stdout
+    symbols = []
+    for line in out.splitlines():
+        fields = line.split()
+        if defined and len(fields) == 4:
+            size, kind, full = int(fields[1], 16), fields[2], fields[3]
+        elif defined and len(fields) == 3:
+            size, kind, full = 0, fields[1], fields[2]
+        elif not defined and len(fields) == 2 and fields[0] == "U":
+            size, kind, full = 0, "U", fields[1]
+        else:
+            continue
+        name, _, version = full.partition("@")
+        symbols.append((name, kind, size, version.lstrip("@")))
+    return symbols
+
+
+def stub_engine_libraries(root: str, work: str,
+                          sonames: Iterable[str] = tuple(STUB_LIBRARIES)
+                          ) -> None:
+    """Replace the libraries ``sonames`` (STUB_LIBRARIES) with stubs and
+    drop what only they need."""
+    elves = _elf_files(root)
+    dynamic = {path: _dynamic(path) for path in elves}
+    by_soname = {so: path for path, (so, _) in dynamic.items() if so}
+    stubbed = {so: by_soname[so] for so in sonames if so in by_soname}
+    if not stubbed:
+        return
+    if not shutil.which("cc"):
+        raise SystemExit("ramdisk: needs a C compiler (cc) for the stub "
+                         "libraries (tools/setup-host.sh installs gcc)")
+    libraries = set(by_soname.values())
+    starts = [p for p in elves if p not in libraries]
+
+    def reached(cut: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(starts)
+        while todo:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            todo += [by_soname[so] for so in dynamic[path][1]
+                     if so not in cut and so in by_soname]
+        return seen
+
+    gone = (reached(set()) - reached(set(stubbed))) - set(stubbed.values())
+    stubs_dir = os.path.join(work, "stubs")
+    os.makedirs(stubs_dir, exist_ok=True)
+    for soname, real in sorted(stubbed.items()):
+        exports = {name: (kind, size) for name, kind, size, _ in
+                   _symbols(real, defined=True)}
+        versions: dict[str, set[str]] = {}
+        wanted: dict[str, str] = {}
+        for path in elves:
+            if path in gone or path in stubbed.values() or \
+                    soname not in dynamic[path][1]:
+                continue
+            for version in _version_needs(path).get(soname, []):
+                versions.setdefault(version, set())
+            # what its other libraries define is theirs, not the stub's
+            others = set()
+            for so in dynamic[path][1]:
+                if so not in stubbed and so in by_soname:
+                    others.update(name for name, *_ in _symbols(
+                        by_soname[so], defined=True))
+            for name, _, _, version in _symbols(path, defined=False):
+                if name not in exports or name in others:
+                    continue
+                if wanted.get(name, version) != version:
+                    raise SystemExit(f"ramdisk: {name} of {soname} is "
+                                     "needed in two versions: no stub")
+                wanted[name] = version
+        lines = [f'#define SONAME "{soname}"', STUB_HEAD]
+        for i, (name, version) in enumerate(sorted(wanted.items())):
+            kind, size = exports[name]
+            if kind in "TtWwi":
+                lines.append(f'STUB(f{i}, "{name}")')
+            else:
+                lines.append(f'DATA(d{i}, "{name}", {max(size, 1)})')
+            versions.setdefault(version or "", set()).add(name)
+        source = os.path.join(stubs_dir, soname + ".c")
+        with open(source, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        named = sorted(v for v in versions if v)
+        unversioned = sorted(versions.get("", set()))
+        script = os.path.join(stubs_dir, soname + ".map")
+        with open(script, "w") as f:
+            if not named:
+                f.write("{ global: %s local: *; };\n" % "".join(
+                    f'"{n}"; ' for n in unversioned))
+            for i, version in enumerate(named):
+                names = sorted(versions[version]) + (
+                    unversioned if i == 0 else [])
+                f.write("%s { global: %s%s};\n" % (
+                    version, "".join(f'"{n}"; ' for n in names),
+                    "local: *; " if i == 0 else ""))
+        stub = os.path.join(stubs_dir, soname)
+        run(["cc", "-shared", "-fPIC", "-O2", "-nostdlib",
+             f"-Wl,-soname,{soname}", "-Wl,--build-id=none",
+             f"-Wl,--version-script={script}", "-o", stub, source])
+        os.unlink(real)
+        shutil.copy(stub, real)
+        os.chmod(real, 0o644)
+    for path in sorted(gone):
+        os.unlink(path)
+    dropped = sum(1 for _ in gone)
+    for top, dirs, files in os.walk(root):
+        for name in files + dirs:
+            path = os.path.join(top, name)
+            if os.path.islink(path) and not os.path.exists(path) and \
+                    os.path.normpath(os.path.join(
+                        top, os.readlink(path))) in gone:
+                os.unlink(path)
+    say(f"stubbed {len(stubbed)} libraries that only unused fio engines "
+        f"and stress-ng stressors need; {dropped} files only they needed "
+        f"left out")
+
+
 def slim(root: str, work: str) -> None:
     """What our ramdisk does without (SLIM, glibc's converters but
     GCONV_KEEP, ICU's data); stale bytecode; the standard library's
@@ -714,6 +920,7 @@ def slim(root: str, work: str) -> None:
             if name.endswith(".so") and name not in GCONV_KEEP:
                 os.unlink(os.path.join(gconv, name))
     stub_icu_data(root, work)
+    stub_engine_libraries(root, work)
     for top in (os.path.join(root, "usr/lib/python3.11"),
                 os.path.join(root, "usr/lib/python3")):
         for path, dirs, files in os.walk(top):
@@ -776,6 +983,20 @@ blkid -p disk.img >/dev/null
 mkfs.ext4 -q -F -L smoke disk.img
 mkswap disk.img >/dev/null
 wipefs -a -q disk.img
+if command -v fio >/dev/null; then
+    # burnin_disk's engine and verification, on a file (fio's other
+    # engines' libraries are stubs: STUB_LIBRARIES)
+    fio --name=smoke --filename=fio.img --size=4M --rw=randwrite \
+        --ioengine=libaio --iodepth=4 --verify=crc32c --bs=64k \
+        --output-format=json >/dev/null
+    fio --name=smoke --filename=fio.img --size=4M --rw=read \
+        --ioengine=psync --bs=64k >/dev/null
+    fio --enghelp=net >/dev/null
+fi
+if command -v stress-ng >/dev/null; then
+    stress-ng --cpu 1 --cpu-ops 10 --vm 1 --vm-bytes 8M --vm-ops 10 \
+        --metrics-brief >/dev/null 2>&1
+fi
 echo smoke passed
 """
 #: The agent's Python side: ramdisk/start-agent imports every module of
