@@ -169,3 +169,34 @@ class ConsoleScriptTests(SynchronousTestCase):
                                       "twisted.scripts.twistd",
                                       "twisted.scripts._twistd_unix", "pdb")
                           if m in answer["modules"]], [])
+
+
+DISKS = """
+import json, sys, tempfile
+from twisted.internet.testing import MemoryReactorClock
+from ipa_twisted.hardware import disks, udev
+
+control = tempfile.NamedTemporaryFile()  # udev runs
+events = udev.device_events(MemoryReactorClock(), control=control.name)
+names = [n for n in ("loop0", "vda", "sda", "nvme0n1")
+         if disks.udev_properties(n)]
+print(json.dumps({"events": type(events).__name__, "read": names,
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+class DiskListingTests(SynchronousTestCase):
+
+    def test_udev_properties_without_pyudev(self) -> None:
+        """The inventory's disks (every agent lists them to register) read
+        udev's properties without pyudev, and knowing that udev runs does
+        not import it: pyudev and libudev (~0.5 MiB) are loaded only
+        when a command watches for disks."""
+        result = subprocess.run(
+            [sys.executable, "-c", DISKS], cwd=TOP, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        answer = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(answer["events"], "Udev")
+        self.assertEqual([m for m in answer["modules"]
+                          if m.split(".")[0] == "pyudev"], [])
