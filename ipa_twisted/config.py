@@ -22,7 +22,6 @@ value came from: :class:`ConfigError`.
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import os
 import re
@@ -467,6 +466,9 @@ def read_ini_files(
             os.path.join(directory, n) for n in names if n.endswith(".conf")
         ]
     found: list[tuple[str, str, str]] = []
+    if paths:
+        # only for config files: memory that most agents never need
+        import configparser
     for path in paths:
         parser = configparser.ConfigParser(interpolation=None)
         try:

@@ -74,6 +74,8 @@ LAZY = (
     "ipa_twisted.inspection.inspector",
     "ipa_twisted.inspection.collectors",
     "ipa_twisted.mdns",
+    # only config files need it (config.py)
+    "configparser",
 )
 
 
