@@ -76,6 +76,10 @@ LAZY = (
     "ipa_twisted.mdns",
     # only config files need it (config.py)
     "configparser",
+    # the entry points of extensions and hardware managers are read
+    # without it (entrypoints.py)
+    "importlib.metadata",
+    "csv",
 )
 
 
