@@ -48,7 +48,7 @@ LAZY = ("zeroconf", "zstandard", "gzip", "tarfile", "hypothesis",
         "ipa_twisted.hardware.inject", "ipa_twisted.inspection.collectors",
         "ipa_twisted.mdns", "automat", "pdb", "twisted.application.app",
         "twisted.scripts.twistd", "importlib.metadata", "configparser",
-        "pyudev")
+        "pyudev", "encodings.idna")
 
 
 def imported(stderr_path: str) -> set[str]:
