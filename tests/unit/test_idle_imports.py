@@ -80,6 +80,9 @@ LAZY = (
     # without it (entrypoints.py)
     "importlib.metadata",
     "csv",
+    # install_bootloader's code (commands/image.py imports it to run)
+    "ipa_twisted.commands.bootloader",
+    "ipa_twisted.confined",
 )
 
 
