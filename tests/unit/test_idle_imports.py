@@ -83,6 +83,8 @@ LAZY = (
     # install_bootloader's code (commands/image.py imports it to run)
     "ipa_twisted.commands.bootloader",
     "ipa_twisted.confined",
+    # the API's OpenAPI document, built when asked for (api/app.py)
+    "ipa_twisted.api.openapi",
 )
 
 
