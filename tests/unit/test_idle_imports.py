@@ -85,6 +85,10 @@ LAZY = (
     "ipa_twisted.confined",
     # the API's OpenAPI document, built when asked for (api/app.py)
     "ipa_twisted.api.openapi",
+    # the image's checksum parsers and the power command's splitter
+    # (commands/standby.py imports them when a command needs them)
+    "ipa_twisted.image.checksum",
+    "shlex",
 )
 
 
