@@ -261,53 +261,7 @@ def spoil(device: str, size: int, pieces: int = 16) -> None:
 
 # ------------------------------------------------------------- servers
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-user root;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    default_type application/octet-stream;
-    client_body_temp_path {work}/nginx-body;
-    proxy_temp_path {work}/nginx-proxy;
-    fastcgi_temp_path {work}/nginx-fastcgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
-
-
-def serve_nginx(cleanups: h.Cleanups, netns: str, port: int, root: str,
-                work: str) -> int:
-    """nginx (one worker, sendfile) serving ``root`` on 127.0.0.1:``port``
-    inside ``netns``, as Ironic deployments serve images.  Returns the
-    worker's PID."""
-    conf = os.path.join(work, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(work=work, port=port, root=root))
-    h.run(["nginx", "-t", "-q", "-e", os.path.join(work, "nginx-error.log"),
-           "-c", conf])
-    master = h.serve_http(cleanups, netns, port, argv=[
-        "nginx", "-e", os.path.join(work, "nginx-error.log"), "-c", conf])
-    deadline = time.monotonic() + 10
-    while True:
-        for pid in descendants(master.pid):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().startswith(b"nginx: worker"):
-                        return pid
-            except OSError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("nginx started no worker")
-        time.sleep(0.05)
+serve_nginx = h.serve_nginx
 
 
 # --------------------------------------------------------------- agents

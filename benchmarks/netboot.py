@@ -172,12 +172,17 @@ def deploy(name: str, files: dict[str, Any], markers: dict[str, str],
             "active_after_power_on_s": time.monotonic() - boot.started,
             **boot.seen}
     finally:
-        if serial_dir and machine is not None:
-            os.makedirs(serial_dir, exist_ok=True)
-            for boot in machine.boots:
-                shutil.copy(boot.serial, os.path.join(
-                    serial_dir, f"{name.split()[0]}-serial-{boot.number}.log"))
-        env.close()
+        try:
+            if serial_dir and machine is not None:
+                os.makedirs(serial_dir, exist_ok=True)
+                for boot in machine.boots:
+                    if not os.path.exists(boot.serial):
+                        continue  # powered off before QEMU made its console
+                    shutil.copy(boot.serial, os.path.join(
+                        serial_dir,
+                        f"{name.split()[0]}-serial-{boot.number}.log"))
+        finally:
+            env.close()
 
 
 def main() -> int:

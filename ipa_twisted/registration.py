@@ -39,6 +39,8 @@ from twisted.logger import Logger
 from ipa_twisted import errors, tls
 from ipa_twisted.config import TOKEN_MIN_LENGTH
 from ipa_twisted.hardware import netif
+from ipa_twisted.hardware.generic import GenericHardwareManager
+from ipa_twisted.hardware.manager import HardwareManager
 from ipa_twisted.inspection import inspection_enabled
 from ipa_twisted.ironic import (
     AGENT_VERIFY_CA_VERSION,
@@ -66,6 +68,13 @@ class FatalError(Exception):
 
 class _NoAddress(Exception):
     pass
+
+
+def _implements(manager: Any, method: str) -> bool:
+    """Does ``manager`` have ``method`` of its own (not the base class's
+    "incompatible")?"""
+    return getattr(type(manager), method, None) is not getattr(
+        HardwareManager, method)
 
 
 def format_callback_url(protocol: str, host: str, port: int) -> str:
@@ -161,9 +170,7 @@ class Registrar:
         config = self.config
         await self._wait_for_interfaces()
         api_urls = await self._api_urls()
-        inventory = await self.context.hardware.dispatch("list_hardware_info")
-        self.macs = tuple(i["mac_address"] for i in inventory["interfaces"]
-                          if i.get("mac_address"))
+        self.macs = await self._lookup_macs()
 
         node_uuid = None
         if inspection_enabled(self.context.config):
@@ -236,6 +243,33 @@ class Registrar:
         self.context.cache_node(result.node)
 
     # ------------------------------------------------------------- steps
+
+    async def _lookup_macs(self) -> tuple[str, ...]:
+        """The MAC addresses the lookup sends.  The lookup needs nothing
+        else, so it does not wait for the inventory (lshw, lscpu, lsblk,
+        the BMC probe: seconds under emulation): the NICs the kernel
+        lists, when the generic manager is the one that would list them;
+        what a manager of higher priority lists (its NICs, else its
+        inventory's) otherwise."""
+        hardware = self.context.hardware
+        for manager in hardware.managers:
+            nics_of = _implements(manager, "list_network_interfaces")
+            if not (nics_of or _implements(manager, "list_hardware_info")):
+                continue
+            if isinstance(manager, GenericHardwareManager):
+                nics: Any = self.interfaces()
+            elif nics_of:
+                nics = await hardware.dispatch("list_network_interfaces")
+            else:
+                nics = (await hardware.dispatch("list_hardware_info")
+                        )["interfaces"]
+            break
+        else:
+            raise errors.HardwareManagerMethodNotFound(
+                "list_network_interfaces")
+        macs = (nic.get("mac_address") if isinstance(nic, dict)
+                else getattr(nic, "mac_address", None) for nic in nics)
+        return tuple(mac for mac in macs if mac)
 
     async def _wait_for_interfaces(self) -> None:
         timeout = self.config.interface_wait_timeout

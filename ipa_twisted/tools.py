@@ -152,8 +152,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("minfo", "mtools", "checking an ESP is a FAT filesystem", TEST),
     Tool("mmd", "mtools", "making ESPs", TEST),
     Tool("mtype", "mtools", "reading ESPs", TEST),
-    Tool("nginx", "nginx-light", "the deploy benchmark (serves images as "
-         "Ironic deployments do: sendfile)", TEST),
+    Tool("nginx", "nginx-light", "the deploy benchmark and the network "
+         "boot tests (serves images and /httpboot as Ironic deployments "
+         "do: sendfile)", TEST),
     Tool("partx", "util-linux", "reading partition tables", TEST),
     Tool("pkill", "procps", "stopping test processes", TEST),
     Tool("prlimit", "util-linux", "the agent under a low open-file limit",
@@ -170,6 +171,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("qemu-system-x86_64", "qemu-system-x86", "the UEFI test machine",
          TEST),
     Tool("sh", "dash", "process tests", TEST),
+    Tool("ssh", "openssh-client", "logging in to a ramdisk built with "
+         "--ssh-key (tests/vm/test_ramdisk_net.py)", TEST),
+    Tool("ssh-keygen", "openssh-client", "the key of the --ssh-key "
+         "ramdisk test (tests/vm/test_ramdisk_net.py)", TEST),
     Tool("sleep", "coreutils", "process tests", TEST),
     Tool("strip", "binutils", "smaller libraries in the ramdisk "
          "(ramdisk/build)", TEST),

@@ -510,6 +510,61 @@ def serve_http(cleanups: Cleanups, netns: str, port: int,
         time.sleep(0.1)
 
 
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    fastcgi_temp_path {work}/nginx-fastcgi;
+    server {{
+        listen {bind}:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def serve_nginx(cleanups: Cleanups, netns: str, port: int, root: str,
+                work: str, bind: str = "127.0.0.1") -> int:
+    """nginx (one worker, sendfile) serving ``root`` on ``bind``:``port``
+    inside ``netns``, as Ironic deployments serve images and boot files.
+    Returns the worker's PID."""
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(work=work, port=port, root=root, bind=bind))
+    run(["nginx", "-t", "-q", "-e", os.path.join(work, "nginx-error.log"),
+         "-c", conf])
+    master = serve_http(cleanups, netns, port, argv=[
+        "nginx", "-e", os.path.join(work, "nginx-error.log"), "-c", conf])
+    deadline = time.monotonic() + 10
+    while True:
+        for task in os.listdir(f"/proc/{master.pid}/task"):
+            try:
+                with open(f"/proc/{master.pid}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                children = []
+            for pid in children:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if f.read().startswith(b"nginx: worker"):
+                            return pid
+                except OSError:
+                    pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("nginx started no worker")
+        time.sleep(0.05)
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
     if proc.poll() is not None:
         return

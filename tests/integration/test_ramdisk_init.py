@@ -68,3 +68,42 @@ class UdevDoneTests(SynchronousTestCase):
         self.entry("I:1234567", "E:ID_NET_DRIVER=virtio_net",
                    "E:ID_RENAMING=1")
         self.assertFalse(self.done())
+
+
+class StaticOfTests(SynchronousTestCase):
+    """static_of IP: is ``ip=IP`` a static address (the kernel's nfsroot
+    syntax), and its parts."""
+
+    def parse(self, value: str) -> tuple[bool, list[str]]:
+        result = subprocess.run(
+            ["sh", "-c", function("static_of") + 'static_of "$1"; ok=$?; '
+             'echo "$ok|$ip_addr|$ip_gw|$ip_bits|$ip_host|$ip_dev"', "sh",
+             value], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            capture_output=True, text=True)
+        self.assertEqual(result.stderr, "")
+        ok, *parts = result.stdout.strip().split("|")
+        return ok == "0", parts
+
+    def test_static_dotted_mask(self) -> None:
+        self.assertEqual(
+            self.parse("192.0.2.50::192.0.2.1:255.255.255.0:node:eth0.100:"
+                       "none"),
+            (True, ["192.0.2.50", "192.0.2.1", "24", "node", "eth0.100"]))
+
+    def test_static_prefix_no_gateway_no_interface(self) -> None:
+        self.assertEqual(self.parse("10.1.2.3:::20:::none"),
+                         (True, ["10.1.2.3", "", "20", "", ""]))
+        self.assertEqual(self.parse("10.1.2.3::::h:eth1:off"),
+                         (True, ["10.1.2.3", "", "24", "h", "eth1"]))
+
+    def test_dhcp_on_an_interface_is_not_static(self) -> None:
+        # before: any value with six colons was a static address, so
+        # ip=:::::eth1:dhcp meant "ip addr add /24", and no DHCP at all
+        ok, parts = self.parse(":::::eth1:dhcp")
+        self.assertFalse(ok)
+        self.assertEqual(parts[-1], "eth1")
+        self.assertFalse(self.parse("10.1.2.3::::h:eth1:dhcp")[0])
+
+    def test_not_static(self) -> None:
+        for value in ("", "dhcp", "on", "::::::none"):
+            self.assertFalse(self.parse(value)[0], value)

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ipa_twisted import errors
 from ipa_twisted.agent import AgentService
 from ipa_twisted.config import load_config
+from ipa_twisted.hardware.generic import GenericHardwareManager
 from ipa_twisted.hardware.manager import HardwareManagers
 from ipa_twisted.hardware.netif import NetworkInterface
 from ipa_twisted.registration import Registrar
@@ -79,13 +80,13 @@ class StartUpTests(SynchronousTestCase):
         self.stub = StubTreq(self.ironic.app.resource())
         self.http: Any = Recording(self.stub, self.reactor)
 
-    def agent(self, **cli: Any) -> AgentService:
+    def agent(self, manager: Any = None, **cli: Any) -> AgentService:
         cli.setdefault("api_url", "http://ironic.example:6385")
         cli.setdefault("advertise_host", "192.0.2.10")
         cli.setdefault("listen_host", "127.0.0.1")
         cli.setdefault("interface_wait_timeout", "0")
         cli.setdefault("run_dir", self.mktemp())
-        manager = FakeHardwareManager()
+        manager = manager or FakeHardwareManager()
 
         def registrar(context: Any, outbound: Any) -> Registrar:
             return Registrar(context, outbound, interfaces=lambda: [
@@ -139,6 +140,61 @@ class StartUpTests(SynchronousTestCase):
         # stopping: no port, nothing scheduled
         self.successResultOf(agent.stopService())
         self.assertNothingLeft(agent)
+
+    def test_lookup_does_not_wait_for_the_inventory(self) -> None:
+        # the lookup sends MAC addresses only: it must not wait for lshw,
+        # lscpu, lsblk and the BMC probe (seconds under emulation)
+        class NICsFirst(FakeHardwareManager):
+            asked = 0
+
+            def list_network_interfaces(self) -> list[NetworkInterface]:
+                return [NetworkInterface(name="eth1",
+                                         mac_address="52:54:00:aa:bb:cc")]
+
+            def list_hardware_info(self) -> Any:
+                self.asked += 1
+                return Deferred()  # still probing
+
+        manager = NICsFirst()
+        agent = self.agent(manager, enable_auto_tls="false")
+        agent.startService()
+        self.settle()
+        self.successResultOf(agent.when_ready())
+        (_, _, args, _, _), = self.ironic.of("/v1/lookup")
+        self.assertEqual(args["addresses"], ["52:54:00:aa:bb:cc"])
+        self.assertEqual(manager.asked, 0)
+        self.successResultOf(agent.stopService())
+
+    def test_lookup_with_the_generic_manager_runs_no_probe(self) -> None:
+        # the generic manager's NICs are the kernel's: no lshw (NIC
+        # speeds), biosdevname or ethtool before the lookup
+        agent = self.agent(GenericHardwareManager(), enable_auto_tls="false")
+        runner = agent.context.process
+        hanging: list[Deferred[Any]] = []
+        for tool in ("lshw", "biosdevname", "ethtool", "lscpu", "lsblk"):
+            runner.handlers[tool] = lambda argv: hanging.append(
+                Deferred()) or hanging[-1]
+        agent.startService()
+        self.settle()
+        self.successResultOf(agent.when_ready())
+        (_, _, args, _, _), = self.ironic.of("/v1/lookup")
+        self.assertEqual(args["addresses"], [MAC])
+        self.assertEqual(hanging, [])
+        self.successResultOf(agent.stopService())
+
+    def test_lookup_macs_from_the_inventory_otherwise(self) -> None:
+        # a manager that only assembles the inventory still has its NICs
+        # looked up
+        agent = self.agent(FakeHardwareManager(inventory={
+            "interfaces": [{"name": "eth0", "mac_address": "52:54:00:01:02:03"},
+                           {"name": "ib0", "mac_address": None}]}),
+            enable_auto_tls="false")
+        agent.startService()
+        self.settle()
+        self.successResultOf(agent.when_ready())
+        (_, _, args, _, _), = self.ironic.of("/v1/lookup")
+        self.assertEqual(args["addresses"], ["52:54:00:01:02:03"])
+        self.successResultOf(agent.stopService())
 
     def test_auto_tls(self) -> None:
         agent = self.agent()

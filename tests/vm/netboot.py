@@ -65,14 +65,17 @@ GiB = 1024 ** 3
 
 # ------------------------------------------------------------ the ramdisk
 
-_built: dict[str, Any] = {}
+_built: dict[tuple[str, ...], dict[str, Any]] = {}
 
 
-def ramdisk() -> dict[str, Any]:
+def ramdisk(*options: str) -> dict[str, Any]:
     """ramdisk/build's kernel and initramfs (built once per cache: the
-    build caches by content), with the build's own report."""
-    if _built:
-        return _built
+    build caches by content), with the build's own report.  ``options``:
+    more of ramdisk/build's options (``--ssh-key FILE``, ...): a variant
+    with its own output directory, so that it never replaces the files
+    of the default build."""
+    if options in _built:
+        return _built[options]
     if os.geteuid() != 0:
         raise h.Unavailable("building the ramdisk needs root")
     for tool in ("mmdebstrap", "cpio", "zstd", "qemu-system-x86_64",
@@ -88,9 +91,13 @@ def ramdisk() -> dict[str, Any]:
     # checkout's build must not replace the files this one boots
     out = os.path.join(h.cache_dir(), "ramdisk-out-" + hashlib.sha256(
         os.path.realpath(TOP).encode()).hexdigest()[:12])
+    if options:
+        out += "-" + hashlib.sha256("\0".join(options).encode()
+                                    ).hexdigest()[:8]
     t0 = time.monotonic()
     result = subprocess.run([os.path.join(TOP, "ramdisk", "build"),
-                             "-o", out], capture_output=True, text=True)
+                             "-o", out, *options],
+                            capture_output=True, text=True)
     took = time.monotonic() - t0
     if result.returncode != 0:
         raise AssertionError(f"ramdisk/build failed:\n{result.stdout[-3000:]}"
@@ -100,11 +107,11 @@ def ramdisk() -> dict[str, Any]:
     for line in report:
         h.say(line)
     h.say(f"ramdisk/build took {took:.1f} s")
-    _built.update({
+    _built[options] = {
         "kernel": os.path.join(out, "ipa-twisted.kernel"),
         "initramfs": os.path.join(out, "ipa-twisted.initramfs"),
-        "seconds": took, "report": report})
-    return _built
+        "seconds": took, "report": report}
+    return _built[options]
 
 
 # --------------------------------------------------------- the boot disk
@@ -199,14 +206,16 @@ TFTP_FILES = {"undionly.kpxe": "/usr/lib/ipxe/undionly.kpxe",
 
 
 def start_dnsmasq(cleanups: h.Cleanups, netns: str, workdir: str,
-                  tftp: str, mode: str = "ipxe") -> subprocess.Popen[bytes]:
-    """dnsmasq on the bridge: DHCP with the rules of ``mode`` (ipxe or
-    pxe), TFTP of Ironic's tftp_root, router advertisements."""
+                  tftp: str, mode: str = "ipxe",
+                  interface: str = BRIDGE) -> subprocess.Popen[bytes]:
+    """dnsmasq on the bridge (or ``interface``): DHCP with the rules of
+    ``mode`` (ipxe or pxe), TFTP of Ironic's tftp_root, router
+    advertisements."""
     conf = os.path.join(workdir, f"dnsmasq-{mode}.conf")
     rules = IPXE_RULES if mode == "ipxe" else PXE_RULES
     with open(conf, "w") as f:
         f.write((DNSMASQ + rules).format(
-            bridge=BRIDGE, first="192.0.2.100", last="192.0.2.200",
+            bridge=interface, first="192.0.2.100", last="192.0.2.200",
             prefix="fd00:ab::", workdir=workdir, host=HOST_IP,
             port=HTTP_PORT, tftp=tftp))
     os.makedirs(tftp, exist_ok=True)
@@ -319,9 +328,11 @@ class Netboot:
         self.api = self.ironic.api
         h.say(f"Ironic {h.IRONIC_VERSION} up on {api} in "
               f"{time.monotonic() - t0:.1f} s")
-        h.serve_http(self.cleanups, self.netns, HTTP_PORT, argv=[
-            sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
-            str(HTTP_PORT), "--directory", self.httpboot])
+        # nginx, as Ironic deployments serve /httpboot (Python's
+        # http.server took a core of this 2-core machine from the guest
+        # while iPXE fetched the ramdisk)
+        h.serve_nginx(self.cleanups, self.netns, HTTP_PORT, self.httpboot,
+                      self.workdir, bind="0.0.0.0")
         self.dhcp = start_dnsmasq(self.cleanups, self.netns, self.workdir,
                                   self.tftp)
 
@@ -500,9 +511,23 @@ class Machine(Console):
     def __init__(self, cleanups: h.Cleanups, netns: str, workdir: str,
                  mac: str, disks: list[Disk], memory_mb: int = 2048,
                  cpus: int = 2, smbios: dict[str, str] | None = None,
-                 markers: dict[str, str] | None = None) -> None:
+                 markers: dict[str, str] | None = None,
+                 kernel_boot: tuple[str, str, str] | None = None,
+                 netdev: str | None = None,
+                 console_socket: bool = False) -> None:
         self.monitor = os.path.join(workdir, "qemu-monitor.sock")
         self.proc: subprocess.Popen[bytes] | None = None
+        #: (kernel, initramfs, command line): QEMU loads them itself (no
+        #: network boot, no Ironic)
+        self.kernel_boot = kernel_boot
+        #: QEMU's -netdev for the NIC (id n0) instead of the tap on the
+        #: bridge
+        self.netdev = netdev or (f"tap,id=n0,ifname={TAP},script=no,"
+                                 f"downscript=no")
+        #: the serial console also on a Unix socket (``console``), to
+        #: type on; its output still goes to the boot's file
+        self.console = (os.path.join(workdir, "console.sock")
+                        if console_socket else None)
         super().__init__(netns, workdir, mac, disks, memory_mb, cpus,
                          smbios, markers)
         cleanups.add("qemu", self.close)
@@ -523,12 +548,21 @@ class Machine(Console):
                     "-boot", "strict=on",
                     "-smbios", "type=1," + ",".join(
                         f"{k}={v}" for k, v in self.smbios.items()),
-                    "-netdev", f"tap,id=n0,ifname={TAP},script=no,"
-                               f"downscript=no",
+                    "-netdev", self.netdev,
                     "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"
                                f"{net_boot}",
-                    "-serial", f"file:{boot.serial}",
                     "-monitor", f"unix:{self.monitor},server=on,wait=off"]
+            if self.console:
+                argv += ["-chardev", f"socket,id=s0,path={self.console},"
+                                     f"server=on,wait=off,"
+                                     f"logfile={boot.serial}",
+                         "-serial", "chardev:s0"]
+            else:
+                argv += ["-serial", f"file:{boot.serial}"]
+            if self.kernel_boot:
+                kernel, initramfs, append = self.kernel_boot
+                argv += ["-kernel", kernel, "-initrd", initramfs,
+                         "-append", append]
             disks = sorted(self.disks, key=lambda d: d.serial !=
                            self.boot_disk_serial)
             for i, disk in enumerate(disks):
