@@ -89,6 +89,12 @@ LAZY = (
     # (commands/standby.py imports them when a command needs them)
     "ipa_twisted.image.checksum",
     "shlex",
+    # the inventory's parsers (hardware/probes.py, generic.py import
+    # them when an inventory is taken; the lookup does not wait for one)
+    "ipa_twisted.hardware.system",
+    "ipa_twisted.hardware.ipmi",
+    "ipa_twisted.hardware.dmi",
+    "ipa_twisted.hardware.lshw",
 )
 
 
