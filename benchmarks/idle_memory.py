@@ -47,7 +47,8 @@ LAZY = ("zeroconf", "zstandard", "gzip", "tarfile", "hypothesis",
         "ipa_twisted.image.configdrive", "ipa_twisted.hardware.eraser",
         "ipa_twisted.hardware.inject", "ipa_twisted.inspection.collectors",
         "ipa_twisted.mdns", "automat", "pdb", "twisted.application.app",
-        "twisted.scripts.twistd")
+        "twisted.scripts.twistd", "importlib.metadata", "configparser",
+        "pyudev", "encodings.idna")
 
 
 def imported(stderr_path: str) -> set[str]:

@@ -22,7 +22,6 @@ value came from: :class:`ConfigError`.
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import os
 import re
@@ -467,6 +466,9 @@ def read_ini_files(
             os.path.join(directory, n) for n in names if n.endswith(".conf")
         ]
     found: list[tuple[str, str, str]] = []
+    if paths:
+        # only for config files: memory that most agents never need
+        import configparser
     for path in paths:
         parser = configparser.ConfigParser(interpolation=None)
         try:
@@ -487,15 +489,26 @@ def read_ini_files(
 # ------------------------------------------------------------------- result
 
 
-@attrs.frozen(kw_only=True)
+def _config_fields() -> dict[str, Any]:
+    """Config's fields: Settings' (plain at run time, settings.py), in
+    their order, then its own."""
+    fields: dict[str, Any] = {
+        name: attrs.field(type=kind)
+        for name, kind in Settings.__annotations__.items()}
+    fields["_sources"] = attrs.field(factory=dict, repr=False)
+    fields["unknown_file_keys"] = attrs.field(factory=list)
+    return fields
+
+
+@attrs.frozen(kw_only=True, these=_config_fields())
 class Config(Settings):
     """Resolved option values, read as typed attributes
     (``config.api_url``: the fields of :class:`~ipa_twisted.settings.
     Settings`), and where each came from."""
 
-    _sources: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    _sources: Mapping[str, str]
     #: Keys of configuration files that are not ours (logged at start).
-    unknown_file_keys: list[str] = attrs.field(factory=list)
+    unknown_file_keys: list[str]
 
     @classmethod
     def of(cls, values: Mapping[str, Any], sources: Mapping[str, str],

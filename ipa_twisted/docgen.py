@@ -52,10 +52,20 @@ mypy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import attrs
 
+if TYPE_CHECKING:
+    typed = attrs.frozen(kw_only=True)
+else:
+    def typed(cls: Any) -> Any:
+        """At run time the fields are made once, on Config (config.py):
+        attrs would make this class's methods too, for nothing."""
+        return cls
 
-@attrs.frozen(kw_only=True)
+
+@typed
 class Settings:
 '''
 

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from ipa_twisted.commands.base import IExtension
+from ipa_twisted.entrypoints import entry_points
 
 if TYPE_CHECKING:
     from ipa_twisted.context import RunningAgent
@@ -44,7 +44,7 @@ def builtin_extensions() -> dict[str, type]:
 
 def load_extensions(agent: RunningAgent) -> dict[str, Any]:
     classes: dict[str, Any] = dict(builtin_extensions())
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(ENTRY_POINT_GROUP):
         try:
             classes[ep.name] = ep.load()
         except Exception:

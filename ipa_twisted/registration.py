@@ -364,8 +364,10 @@ class Registrar:
                 f"automatic TLS needs an IP address to advertise, not "
                 f"{host!r}") from None
         config = self.config
-        cert = await self.context.in_thread(
-            tls.generate_certificate, host, socket.gethostname(),
+        # in a child process: what making it touches stays out of the
+        # agent (tls.py)
+        cert = await tls.make_in_child(
+            self.context.process, host, socket.gethostname(),
             config.tls_certificate_curve, config.auto_tls_allowed_clock_skew,
             config.auto_tls_validity_days)
         try:

@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from ipa_twisted import __version__, encoding, errors
-from ipa_twisted.api import openapi, query
+from ipa_twisted.api import query
 from ipa_twisted.commands.base import CommandRunner
 
 log = Logger()
@@ -327,6 +327,9 @@ class AgentAPI:
 
     @app.route("/v1/openapi.json", methods=["GET"])
     def openapi_document(self, request: IRequest) -> bytes:
+        # imported when asked for: an idle agent need not hold it
+        from ipa_twisted.api import openapi
+
         return self._json(request, openapi.document(self._version))
 
     @app.route("/v1/status", methods=["GET"])

@@ -12,7 +12,6 @@ a command needs them: an idle agent does not hold them (a test checks).
 
 from __future__ import annotations
 
-import shlex
 from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.internet.defer import CancelledError
@@ -24,11 +23,11 @@ from ipa_twisted.commands.base import Extension, async_command, sync_command
 from ipa_twisted.hardware import blockio
 from ipa_twisted.hardware.generic import validate_node_root_hints
 from ipa_twisted.httpfetch import MiB, describe, get_bytes
-from ipa_twisted.image import checksum as checksums
 from ipa_twisted.process import ProcessError
 
 if TYPE_CHECKING:
     from ipa_twisted.context import RunningAgent
+    from ipa_twisted.image import checksum as checksums
 
 
 log = Logger()
@@ -86,6 +85,9 @@ def validate_image_info(image_info: Any, md5_enabled: bool) -> None:
         raise errors.InvalidCommandParamsError(
             "image_info urls must be a non-empty list of URLs"
         )
+    # the image pipeline's parsers: imported when an image comes
+    from ipa_twisted.image import checksum as checksums
+
     for url in urls:
         if not checksums.is_url(url):
             raise errors.InvalidCommandParamsError(
@@ -157,6 +159,8 @@ class StandbyExtension(Extension):
             raise
         except Exception as e:
             log.warn("sync before power action failed: {e}", e=e)
+        import shlex
+
         argv = shlex.split(command)
         log.info("running {argv}", argv=command)
         try:
@@ -186,6 +190,8 @@ class StandbyExtension(Extension):
         device = await self.agent.hardware.dispatch(
             "get_os_install_device", permit_refresh=True)
         self.agent.guard.check(device)
+        from ipa_twisted.image import checksum as checksums
+
         spec = checksums.checksum_spec(image_info, self.agent.md5_enabled)
         expected_algo, expected = await self._resolve_checksum(
             spec, image_info)
@@ -269,6 +275,8 @@ class StandbyExtension(Extension):
                 str(image_info["id"]),
                 f"checksum file {url} answered HTTP {response.code}")
         text = body.decode("utf-8", "replace")
+        from ipa_twisted.image import checksum as checksums
+
         digest = checksums.parse_checksum_file(text, image_info["urls"][0])
         algo = spec.algo or checksums.algo_for_digest(
             digest, self.agent.md5_enabled)

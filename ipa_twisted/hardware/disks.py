@@ -222,20 +222,55 @@ def is_disk_type(kind: str) -> bool:
     return kind == "disk" or kind.startswith("raid") or kind == "mpath"
 
 
-def udev_properties(kname: str) -> Mapping[str, str]:
-    """udev's properties of a block device, by name (pyudev).
+#: where the kernel lists block devices (their ``uevent`` files)
+SYS_CLASS_BLOCK = "/sys/class/block"
+#: udev's database: ``b<major>:<minor>`` per block device it has handled
+UDEV_DATA = "/run/udev/data"
 
-    With no udev daemon (no /run/udev) only the kernel's uevent properties
-    exist: ID_SERIAL and friends are then simply absent.
+
+def udev_properties(kname: str, sys_class_block: str = SYS_CLASS_BLOCK,
+                    udev_data: str = UDEV_DATA) -> Mapping[str, str]:
+    """udev's properties of a block device, by name: what libudev answers
+    (the kernel's ``uevent`` properties, then the ``E:`` entries of the
+    device's record in udev's database), read from the files themselves:
+    pyudev and libudev would stay in the agent's memory for the rest of
+    its life for a handful of serial numbers read at start-up.
+
+    With no udev daemon (no record in /run/udev/data) only the kernel's
+    uevent properties exist: ID_SERIAL and friends are then simply absent.
     """
+    # a sysfs name has "!" where the kernel's name has "/" (cciss/c0d0)
+    sysname = kname.replace("/", "!")
+    props: dict[str, str] = {}
     try:
-        import pyudev
-
-        context = pyudev.Context()
-        device = pyudev.Devices.from_name(context, "block", kname)
-        return dict(device.properties)
-    except Exception:
+        with open(os.path.join(sys_class_block, sysname, "uevent"),
+                  encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, eq, value = line.rstrip("\n").partition("=")
+                if eq:
+                    props[key] = value
+    except OSError:
         return {}
+    # as libudev names them
+    if props.get("DEVNAME"):
+        props["DEVNAME"] = "/dev/" + props["DEVNAME"]
+    real = os.path.realpath(os.path.join(sys_class_block, sysname))
+    if real.startswith("/sys/"):
+        props["DEVPATH"] = real[len("/sys"):]
+    props["SUBSYSTEM"] = "block"
+    major, minor = props.get("MAJOR"), props.get("MINOR")
+    if major and minor:
+        try:
+            with open(os.path.join(udev_data, f"b{major}:{minor}"),
+                      encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("E:"):
+                        key, eq, value = line[2:].rstrip("\n").partition("=")
+                        if eq:
+                            props[key] = value
+        except OSError:
+            pass
+    return props
 
 
 def _udev(props: Mapping[str, str], key: str) -> str | None:

@@ -28,10 +28,8 @@ from ipa_twisted import errors
 from ipa_twisted.hardware import (
     blockio,
     hints,
-    ipmi,
     netif,
     raid,
-    system,
 )
 from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
@@ -40,6 +38,7 @@ from ipa_twisted.process import ProcessError
 
 if TYPE_CHECKING:
     from ipa_twisted.context import RunningAgent
+    from ipa_twisted.hardware import ipmi, system
 
 log = Logger()
 
@@ -319,6 +318,8 @@ class GenericHardwareManager(HardwareManager):
         return await (session or self._session()).system_vendor()
 
     def get_boot_info(self) -> dict[str, Any]:
+        from ipa_twisted.hardware import system
+
         return system.boot_info(self.agent.config.bootif)
 
     async def _bmc(self, session: ProbeSession | None = None
@@ -349,6 +350,10 @@ class GenericHardwareManager(HardwareManager):
     async def list_hardware_info(self) -> dict[str, Any]:
         """The inventory.  Every probe runs at once; one that fails leaves
         its part empty (logged), never the whole inventory."""
+        # the inventory's parsers: imported when one is taken (the lookup
+        # does not wait for it, registration.py)
+        from ipa_twisted.hardware import system
+
         session = self._session()
 
         async def guarded(what: str, coro: Any, default: Any) -> Any:

@@ -17,13 +17,13 @@ such manager and returns ``{class name: result}``.  Methods may return plain val
 from __future__ import annotations
 
 import inspect
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from ipa_twisted import errors
+from ipa_twisted.entrypoints import entry_points
 
 if TYPE_CHECKING:
     from ipa_twisted.context import RunningAgent
@@ -235,7 +235,7 @@ class HardwareManagers:
                           ) -> "HardwareManagers":
         managers = []
         wanted = set(only) if only is not None else None
-        for ep in sorted(metadata.entry_points(group=group),
+        for ep in sorted(entry_points(group),
                          key=lambda e: e.name):
             if wanted is not None and ep.name not in wanted:
                 continue

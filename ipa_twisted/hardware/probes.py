@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
-from ipa_twisted.hardware import dmi, ipmi, lshw, system
 from ipa_twisted.hardware.disks import (
     LSBLK_COLUMNS,
     BlockDevice,
@@ -26,6 +25,9 @@ from ipa_twisted.hardware.disks import (
 )
 from ipa_twisted.observer import OneShotObserver
 from ipa_twisted.process import IProcessRunner, ProcessError, ToolNotFound
+
+if TYPE_CHECKING:
+    from ipa_twisted.hardware import dmi, ipmi, system
 
 log = Logger()
 
@@ -75,6 +77,8 @@ class ProbeSession:
 
     def lshw(self) -> Deferred[dict[str, Any] | None]:
         async def get() -> dict[str, Any] | None:
+            from ipa_twisted.hardware import lshw
+
             out = await self._optional(["lshw", "-quiet", "-json"], 120.0)
             if out is None:
                 return None
@@ -88,6 +92,8 @@ class ProbeSession:
 
     def dmidecode(self) -> Deferred[list[dmi.DMIRecord] | None]:
         async def get() -> list[dmi.DMIRecord] | None:
+            from ipa_twisted.hardware import dmi
+
             out = await self._optional(["dmidecode"])
             if out is None:
                 return None
@@ -122,6 +128,8 @@ class ProbeSession:
         return result.out.rstrip("\n")
 
     async def bmc(self) -> ipmi.BMCInfo | None:
+        from ipa_twisted.hardware import ipmi
+
         if not ipmi.has_ipmi_device():
             return None
 
@@ -138,6 +146,8 @@ class ProbeSession:
     # ------------------------------------------------------------- derived
 
     async def cpu(self) -> system.CPU:
+        from ipa_twisted.hardware import system
+
         lscpu = await self.lscpu()
         try:
             with open("/proc/cpuinfo") as f:
@@ -147,6 +157,8 @@ class ProbeSession:
         return system.parse_cpu(lscpu, cpuinfo, platform.machine())
 
     async def memory(self) -> dict[str, Any]:
+        from ipa_twisted.hardware import dmi, lshw, system
+
         try:
             with open("/proc/meminfo") as f:
                 total = system.parse_meminfo_total(f.read())
@@ -168,6 +180,8 @@ class ProbeSession:
         return {"total": total, "physical_mb": physical}
 
     async def system_vendor(self) -> dict[str, Any]:
+        from ipa_twisted.hardware import dmi, lshw, system
+
         root = await self.lshw()
         if root is not None:
             return lshw.system_vendor(root)
@@ -177,5 +191,7 @@ class ProbeSession:
         return system.system_vendor()
 
     async def nic_speeds(self) -> dict[str, int]:
+        from ipa_twisted.hardware import lshw
+
         root = await self.lshw()
         return lshw.nic_speeds(root) if root is not None else {}

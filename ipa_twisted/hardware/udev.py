@@ -14,6 +14,7 @@ watch.next(timeout)`` after each look that found nothing, and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Callable, Protocol
 
@@ -180,9 +181,9 @@ def device_events(reactor: Any, control: str = UDEV_CONTROL
     """udev events when udev runs and the reactor can watch a socket;
     polling otherwise (a clock, a machine without udev)."""
     if IReactorFDSet.providedBy(reactor) and udev_running(control):
-        try:
-            import pyudev  # noqa: F401
-        except ImportError:
+        # found, not imported: a watch imports it (pyudev and libudev
+        # are memory that an idle agent need not hold)
+        if importlib.util.find_spec("pyudev") is None:
             log.warn("udev runs but pyudev is missing: polling for disks")
         else:
             return Udev(reactor)

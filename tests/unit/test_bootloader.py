@@ -19,9 +19,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
-from ipa_twisted.commands import image
+from ipa_twisted.commands import bootloader, image
 from ipa_twisted.commands.base import CommandRunner
-from ipa_twisted.commands.image import efi_path, find_loaders
+from ipa_twisted.commands.bootloader import efi_path, find_loaders
 from ipa_twisted.config import load_config
 from ipa_twisted.context import RunningAgent
 from ipa_twisted.hardware.disks import DeviceGuard
@@ -91,7 +91,7 @@ class FakeDisk:
     """The file trees of a disk's partitions behind fake ``mount``,
     ``umount`` and ``chroot`` (what the image's grub-install would write),
     with lsblk, blkid and efibootmgr answering from real captures, and a
-    sysfs (``image.SYS_BLOCK``) that lists vda's partitions."""
+    sysfs (``bootloader.SYS_BLOCK``) that lists vda's partitions."""
 
     def __init__(self, runner: FakeProcessRunner,
                  trees: dict[str, dict[str, bytes]],
@@ -176,7 +176,7 @@ class FakeDisk:
     def setpriv(self, argv: Sequence[str]) -> ProcessResult:
         rest = list(argv[1:])
         assert rest[:2] == ["--bounding-set", ",".join(
-            "-" + c for c in image.DROPPED_CAPABILITIES)], argv
+            "-" + c for c in bootloader.DROPPED_CAPABILITIES)], argv
         assert rest[2:4] == ["--", "chroot"], argv
         return self.chroot(rest[3:])
 
@@ -303,10 +303,10 @@ class BootloaderCase(SynchronousTestCase):
     """image.install_bootloader on a UEFI machine, its tools faked."""
 
     def setUp(self) -> None:
-        self.patch(image, "uefi_firmware", lambda: True)
+        self.patch(bootloader, "uefi_firmware", lambda: True)
         self.process = RecordingRunner()
         self.sys_block = fake_sys_block(self, {"vda": ["vda1", "vda2"]})
-        self.patch(image, "SYS_BLOCK", self.sys_block)
+        self.patch(bootloader, "SYS_BLOCK", self.sys_block)
         self.context = RunningAgent(config=load_config({}),
                                     reactor=ThreadsAtOnce(),
                                     disk_threads=ThreadsAtOnce(),
@@ -409,7 +409,7 @@ class InstallBootloaderUefiTests(BootloaderCase):
         self.assertEqual(result.status, "SUCCEEDED", result.error)
 
     def test_bios_ramdisk_and_whole_disk_image_does_nothing(self) -> None:
-        self.patch(image, "uefi_firmware", lambda: False)
+        self.patch(bootloader, "uefi_firmware", lambda: False)
         FakeDisk(self.process, {"/dev/vda1": dict(CSV_LOADER)})
         result = self.install(root_uuid="0x00000000",
                               target_boot_mode="bios")
@@ -449,7 +449,7 @@ class InstallBootloaderUefiTests(BootloaderCase):
     def test_ramdisk_without_uefi_variables(self) -> None:
         # UEFI is asked for, but this ramdisk booted by BIOS: only the
         # removable-media path, and no NVRAM entry
-        self.patch(image, "uefi_firmware", lambda: False)
+        self.patch(bootloader, "uefi_firmware", lambda: False)
         disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/vda2": {}})
         result = self.install(root_uuid=ROOT_PARTUUID)
         self.assertEqual(result.status, "SUCCEEDED", result.error)
@@ -525,10 +525,10 @@ class SealedChrootTests(BootloaderCase):
     def test_a_holder_on_another_disk_is_not_mounted(self) -> None:
         # md0 is built on vda and another disk: its partition is listed
         # under vda by lsblk, but is not vda's
-        self.patch(image, "SYS_BLOCK", fake_sys_block(
+        self.patch(bootloader, "SYS_BLOCK", fake_sys_block(
             self, {"vda": ["vda1", "vda2"]}, holders={"md0p1": "md0"}))
         self.context.guard = DeviceGuard(
-            ["/dev/vda"], sys_block=image.SYS_BLOCK)
+            ["/dev/vda"], sys_block=bootloader.SYS_BLOCK)
         disk = FakeDisk(self.process, {"/dev/vda1": {}, "/dev/md0p1": {}},
                         lsblk="vda disk\nvda1 part\nvda2 part\nmd0 raid1\n"
                               "md0p1 part\n")

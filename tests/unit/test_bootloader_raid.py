@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipa_twisted.commands import image
+from ipa_twisted.commands import bootloader, image
 from ipa_twisted.commands.base import CommandRunner
 from ipa_twisted.config import load_config
 from ipa_twisted.context import RunningAgent
@@ -103,14 +103,14 @@ class RaidDisk(FakeDisk):
 
 class RaidBootloaderTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.patch(image, "uefi_firmware", lambda: True)
+        self.patch(bootloader, "uefi_firmware", lambda: True)
         self.sys = FakeSys(self)
         for name in ("vda", "vdb", "sda"):
             self.sys.disk(name, 1)
         self.sys.array("md0", ["vda1", "vdb1"])
         self.sys.partition("md0", "md0p1", 1)
         self.sys.partition("md0", "md0p2", 2)
-        self.patch(image, "SYS_BLOCK", self.sys.top)
+        self.patch(bootloader, "SYS_BLOCK", self.sys.top)
         self.patch(disks, "SYS_BLOCK", self.sys.top)
         self.process = RecordingRunner()
         self.context = RunningAgent(
@@ -192,7 +192,7 @@ class RaidBootloaderTests(SynchronousTestCase):
                               if "-c" in c]), 2)
 
     def test_bios_grub_on_each_member_disk(self) -> None:
-        self.patch(image, "uefi_firmware", lambda: False)
+        self.patch(bootloader, "uefi_firmware", lambda: False)
         disk = RaidDisk(self.process, self.sys, {"/dev/md0p2": {}})
         disk.blkid_table["/dev/vda"] = "PTTYPE=gpt\n"
         disk.blkid_table["/dev/vdb"] = "PTTYPE=dos\n"

@@ -230,12 +230,27 @@ class TypedSettingsTests(SynchronousTestCase):
 
         from ipa_twisted.settings import Settings
 
-        fields = attrs.fields(Settings)
-        self.assertEqual([f.name for f in fields],
+        fields = list(Settings.__annotations__.items())
+        self.assertEqual([name for name, _ in fields],
                          [o.name for o in cfg.OPTIONS])
-        for field, option in zip(fields, cfg.OPTIONS):
-            self.assertEqual(field.type, cfg.option_type(option),
-                             option.name)
+        for (_, kind), option in zip(fields, cfg.OPTIONS):
+            self.assertEqual(kind, cfg.option_type(option), option.name)
+        # the values' class has them all, then its own
+        self.assertEqual([f.name for f in attrs.fields(cfg.Config)],
+                         [o.name for o in cfg.OPTIONS]
+                         + ["_sources", "unknown_file_keys"])
+        self.assertEqual(
+            [f.type for f in attrs.fields(cfg.Config)][:len(fields)],
+            [kind for _, kind in fields])
+
+    def test_settings_make_no_attrs_methods(self) -> None:
+        """Only Config's are made (an idle agent holds them once)."""
+        import attrs
+
+        from ipa_twisted.settings import Settings
+
+        self.assertFalse(attrs.has(Settings))
+        self.assertTrue(attrs.has(cfg.Config))
 
     def test_defaults_have_the_type(self) -> None:
         import typing

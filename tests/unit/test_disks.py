@@ -7,6 +7,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import errors
+from ipa_twisted.hardware import disks
 from ipa_twisted.hardware.disks import BlockDevice, DeviceGuard, parse_lsblk
 from ipa_twisted.hardware.generic import choose_root_device
 from tests.fixtures import load
@@ -183,3 +184,52 @@ class WipeTests(SynchronousTestCase):
             data = f.read()
         self.assertEqual(data[-1024 * 1024:], bytes(1024 * 1024))
         self.assertEqual(data[:1024 * 1024], b"\xff" * (1024 * 1024))
+
+
+class UdevPropertiesTests(SynchronousTestCase):
+    """udev's properties of a block device, read from sysfs and udev's
+    database as libudev does (without pyudev in the agent's memory)."""
+
+    def setUp(self) -> None:
+        self.sys = self.mktemp()
+        self.data = self.mktemp()
+        os.makedirs(os.path.join(self.sys, "cciss!c0d0"))
+        os.makedirs(self.data)
+        with open(os.path.join(self.sys, "cciss!c0d0", "uevent"), "w") as f:
+            f.write("MAJOR=104\nMINOR=0\nDEVNAME=cciss/c0d0\n"
+                    "DEVTYPE=disk\nDISKSEQ=3\n")
+        with open(os.path.join(self.data, "b104:0"), "w") as f:
+            f.write("S:disk/by-id/wwn-0x5000c500a0b1c2d3\nI:123456\n"
+                    "E:ID_SERIAL=ST4000_Z1Z2\nE:ID_SERIAL_SHORT=Z1Z2\n"
+                    "E:ID_WWN_WITH_EXTENSION=0x5000c500a0b1c2d3\n"
+                    "E:ID_PATH=pci-0000:00:1f.2-ata-1=x\nG:systemd\n"
+                    "Q:systemd\nV:1\n")
+
+    def test_uevent_then_database(self) -> None:
+        props = disks.udev_properties("cciss/c0d0", self.sys, self.data)
+        self.assertEqual(props, {
+            "MAJOR": "104", "MINOR": "0", "DEVNAME": "/dev/cciss/c0d0",
+            "DEVTYPE": "disk", "DISKSEQ": "3", "SUBSYSTEM": "block",
+            "ID_SERIAL": "ST4000_Z1Z2", "ID_SERIAL_SHORT": "Z1Z2",
+            "ID_WWN_WITH_EXTENSION": "0x5000c500a0b1c2d3",
+            "ID_PATH": "pci-0000:00:1f.2-ata-1=x"})
+
+    def test_without_udev(self) -> None:
+        props = disks.udev_properties("cciss/c0d0", self.sys,
+                                      self.mktemp())
+        self.assertEqual(props["DEVNAME"], "/dev/cciss/c0d0")
+        self.assertNotIn("ID_SERIAL", props)
+
+    def test_no_such_device(self) -> None:
+        self.assertEqual(disks.udev_properties("sdq", self.sys, self.data),
+                         {})
+
+    def test_serials_for_the_inventory(self) -> None:
+        output = ('{"blockdevices": [{"kname": "cciss/c0d0", "name": '
+                  '"cciss/c0d0", "type": "disk", "size": 4096, '
+                  '"serial": null, "wwn": null}]}')
+        dev, = parse_lsblk(
+            output, DeviceGuard(None), sys_block=self.sys,
+            udev=lambda k: disks.udev_properties(k, self.sys, self.data))
+        self.assertEqual((dev.serial, dev.wwn_with_extension),
+                         ("Z1Z2", "0x5000c500a0b1c2d3"))

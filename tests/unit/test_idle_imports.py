@@ -74,6 +74,27 @@ LAZY = (
     "ipa_twisted.inspection.inspector",
     "ipa_twisted.inspection.collectors",
     "ipa_twisted.mdns",
+    # only config files need it (config.py)
+    "configparser",
+    # the entry points of extensions and hardware managers are read
+    # without it (entrypoints.py)
+    "importlib.metadata",
+    "csv",
+    # install_bootloader's code (commands/image.py imports it to run)
+    "ipa_twisted.commands.bootloader",
+    "ipa_twisted.confined",
+    # the API's OpenAPI document, built when asked for (api/app.py)
+    "ipa_twisted.api.openapi",
+    # the image's checksum parsers and the power command's splitter
+    # (commands/standby.py imports them when a command needs them)
+    "ipa_twisted.image.checksum",
+    "shlex",
+    # the inventory's parsers (hardware/probes.py, generic.py import
+    # them when an inventory is taken; the lookup does not wait for one)
+    "ipa_twisted.hardware.system",
+    "ipa_twisted.hardware.ipmi",
+    "ipa_twisted.hardware.dmi",
+    "ipa_twisted.hardware.lshw",
 )
 
 
@@ -169,3 +190,34 @@ class ConsoleScriptTests(SynchronousTestCase):
                                       "twisted.scripts.twistd",
                                       "twisted.scripts._twistd_unix", "pdb")
                           if m in answer["modules"]], [])
+
+
+DISKS = """
+import json, sys, tempfile
+from twisted.internet.testing import MemoryReactorClock
+from ipa_twisted.hardware import disks, udev
+
+control = tempfile.NamedTemporaryFile()  # udev runs
+events = udev.device_events(MemoryReactorClock(), control=control.name)
+names = [n for n in ("loop0", "vda", "sda", "nvme0n1")
+         if disks.udev_properties(n)]
+print(json.dumps({"events": type(events).__name__, "read": names,
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+class DiskListingTests(SynchronousTestCase):
+
+    def test_udev_properties_without_pyudev(self) -> None:
+        """The inventory's disks (every agent lists them to register) read
+        udev's properties without pyudev, and knowing that udev runs does
+        not import it: pyudev and libudev (~0.5 MiB) are loaded only
+        when a command watches for disks."""
+        result = subprocess.run(
+            [sys.executable, "-c", DISKS], cwd=TOP, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        answer = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(answer["events"], "Udev")
+        self.assertEqual([m for m in answer["modules"]
+                          if m.split(".")[0] == "pyudev"], [])
