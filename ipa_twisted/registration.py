@@ -364,10 +364,11 @@ class Registrar:
                 f"automatic TLS needs an IP address to advertise, not "
                 f"{host!r}") from None
         config = self.config
-        # in a child process: what making it touches stays out of the
-        # agent (tls.py)
-        cert = await tls.make_in_child(
-            self.context.process, host, socket.gethostname(),
+        # in the agent's process: in a child, the interpreter's start and
+        # cryptography's import cost seconds under emulation before the
+        # first heartbeat, for ~1 MiB of idle memory
+        cert = await self.context.in_thread(
+            tls.generate_certificate, host, socket.gethostname(),
             config.tls_certificate_curve, config.auto_tls_allowed_clock_skew,
             config.auto_tls_validity_days)
         try:

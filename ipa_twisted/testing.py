@@ -6,8 +6,6 @@ Each fake provides the same interface as the real thing and is checked with
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
@@ -47,23 +45,6 @@ class FakeProcessRunner:
             return ProcessResult(tuple(argv), exit_code, out, err)
 
         self.handlers[tool] = handler
-
-    def add_certificate_maker(self) -> None:
-        """Answer the auto-TLS certificate generator's child
-        (:func:`ipa_twisted.tls.make_in_child`) in this process."""
-        from ipa_twisted import tls
-
-        def handler(argv: Sequence[str]) -> ProcessResult:
-            assert list(argv[:3]) == [sys.executable, "-m",
-                                      "ipa_twisted.tls"], argv
-            ip, name, curve, skew, days = argv[3:]
-            cert = tls.generate_certificate(ip, name, curve, int(skew),
-                                            int(days))
-            out = json.dumps({"cert_pem": cert.cert_pem,
-                              "key_pem": cert.key_pem})
-            return ProcessResult(tuple(argv), 0, out.encode(), b"")
-
-        self.handlers[sys.executable] = handler
 
     def run(self, argv: Sequence[str], timeout: float = 60.0,
             check: bool = True, stdin: bytes | None = None,

@@ -9,21 +9,14 @@ heartbeat as ``agent_verify_ca``; Ironic verifies our API with it.
 
 (IPA's certificates live 30 days although its wrapper means 90; ours live
 ``auto_tls_validity_days``, 90 by default.)
-
-The agent makes its certificate in a child process (:func:`make_in_child`,
-``python -m ipa_twisted.tls``): key generation and cryptography's
-certificate builder touch ~1 MiB of its library's code that an agent would
-otherwise hold for the rest of its life, for one certificate.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import os
-import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -33,9 +26,6 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
-
-if TYPE_CHECKING:
-    from ipa_twisted.process import IProcessRunner
 
 CURVES: dict[str, ec.EllipticCurve] = {
     "p256": ec.SECP256R1(),
@@ -93,46 +83,6 @@ def generate_certificate(
         serialization.NoEncryption(),
     ).decode("ascii")
     return GeneratedCertificate(cert_pem, key_pem)
-
-
-def child_argv(ip: str, common_name: str, curve: str = "p384",
-               clock_skew: int = 3600, valid_days: int = 90) -> list[str]:
-    """How :func:`make_in_child` runs :func:`generate_certificate`."""
-    return [sys.executable, "-m", "ipa_twisted.tls", ip, common_name, curve,
-            str(clock_skew), str(valid_days)]
-
-
-def child_env() -> dict[str, str]:
-    """The child imports this package from where the agent did (a source
-    tree as well as an installed package)."""
-    return {"PYTHONPATH": os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))}
-
-
-async def make_in_child(process: IProcessRunner, ip: str, common_name: str,
-                        curve: str = "p384", clock_skew: int = 3600,
-                        valid_days: int = 90) -> GeneratedCertificate:
-    """:func:`generate_certificate` in a child process (``process``, the
-    agent's tool runner); its PEM texts come back on its standard output
-    (never logged)."""
-    result = await process.run(
-        child_argv(ip, common_name, curve, clock_skew, valid_days),
-        timeout=120, env=child_env())
-    try:
-        answer = json.loads(result.stdout)
-        return GeneratedCertificate(str(answer["cert_pem"]),
-                                    str(answer["key_pem"]))
-    except (ValueError, KeyError, TypeError):
-        raise ValueError("the certificate generator answered no "
-                         "certificate") from None
-
-
-def _child_main(argv: Sequence[str]) -> int:
-    ip, common_name, curve, skew, days = argv
-    cert = generate_certificate(ip, common_name, curve, int(skew), int(days))
-    sys.stdout.write(json.dumps({"cert_pem": cert.cert_pem,
-                                 "key_pem": cert.key_pem}))
-    return 0
 
 
 def save_certificate(cert: GeneratedCertificate, directory: str
@@ -254,7 +204,3 @@ def client_policy(
                 f2.read() + b"\n" + f1.read()
             )
     return ClientPolicy(min_version, ciphers, trust, client_cert)
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))

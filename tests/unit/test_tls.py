@@ -6,20 +6,15 @@ import datetime
 import ipaddress
 import os
 import stat
-import subprocess
-import sys
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from twisted.internet.defer import ensureDeferred as ensure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipa_twisted import tls
-from ipa_twisted.process import ProcessResult
-from ipa_twisted.testing import FakeProcessRunner
 
 
 class CertificateTests(SynchronousTestCase):
@@ -53,44 +48,6 @@ class CertificateTests(SynchronousTestCase):
         key = x.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
         self.assertEqual(key.curve.name, "secp384r1")
-
-    def test_child_process(self) -> None:
-        """``python -m ipa_twisted.tls`` (how the agent makes its
-        certificate, :func:`tls.make_in_child`) prints the PEM texts of a
-        key and of its certificate, as asked."""
-        argv = tls.child_argv("192.0.2.8", "node-2", "p256", 60, 7)
-        self.assertEqual(argv[:3], [sys.executable, "-m", "ipa_twisted.tls"])
-        done = subprocess.run(argv, capture_output=True, timeout=120,
-                              env={**os.environ, **tls.child_env()},
-                              cwd="/")
-        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
-        runner = FakeProcessRunner()
-        runner.handlers[sys.executable] = lambda argv: ProcessResult(
-            tuple(argv), 0, done.stdout, b"")
-        cert = self.successResultOf(ensure(tls.make_in_child(
-            runner, "192.0.2.8", "node-2", "p256", 60, 7)))
-        self.assertEqual(runner.calls, [tuple(argv)])
-        x = x509.load_pem_x509_certificate(cert.cert_pem.encode())
-        san = x.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        self.assertEqual(san.value.get_values_for_type(x509.IPAddress),
-                         [ipaddress.ip_address("192.0.2.8")])
-        self.assertEqual(
-            x.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
-            "node-2")
-        self.assertEqual(x.not_valid_after_utc - x.not_valid_before_utc,
-                         datetime.timedelta(days=7, seconds=60))
-        key = x.public_key()
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        self.assertEqual(key.curve.name, "secp256r1")
-        # the key is the certificate's: a server context takes them
-        self.assertEqual(handshake(tls.server_options(
-            cert.cert_pem, cert.key_pem), SSL.TLS1_2_VERSION), "TLSv1.2")
-
-    def test_child_process_garbage(self) -> None:
-        runner = FakeProcessRunner()
-        runner.add(sys.executable, stdout="Traceback...")
-        self.failureResultOf(ensure(tls.make_in_child(runner, "10.0.0.1",
-                                                      "n")), ValueError)
 
     def test_saved_private(self) -> None:
         directory = self.mktemp()

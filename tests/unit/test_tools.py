@@ -297,10 +297,8 @@ class AgentToolsTests(SynchronousTestCase):
         self.assertEqual(
             {where.rsplit(":", 1)[0] for where in self.scan.dynamic},
             # the power commands come from the configuration (their
-            # defaults are checked above); auto-TLS's certificate is made
-            # by the agent's own interpreter (sys.executable -m
-            # ipa_twisted.tls), no tool
-            {"ipa_twisted/commands/standby.py", "ipa_twisted/tls.py"})
+            # defaults are checked above)
+            {"ipa_twisted/commands/standby.py"})
 
     def test_every_listed_tool_has_a_package_or_is_optional(self) -> None:
         for tool in tools.TOOLS:
