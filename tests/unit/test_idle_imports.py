@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -98,16 +99,22 @@ LAZY = (
 )
 
 
-def idle_agent() -> dict[str, object]:
+def run_script(script: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter on this checkout; its last
+    line of output, as JSON."""
     result = subprocess.run(
-        [sys.executable, "-c", START], cwd=TOP, capture_output=True,
+        [sys.executable, "-c", script], cwd=TOP, capture_output=True,
         text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": TOP})
     if result.returncode != 0:
-        raise AssertionError(f"the start-up script failed:\n"
+        raise AssertionError(f"the script failed:\n"
                              f"{result.stderr[-3000:]}")
-    answer: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+    answer: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return answer
+
+
+def idle_agent() -> dict[str, Any]:
+    return run_script(START)
 
 
 class IdleImportsTests(SynchronousTestCase):
@@ -145,11 +152,7 @@ class EntryPointTests(SynchronousTestCase):
     def test_agent_entry_point_reads_no_other_plugin(self) -> None:
         """``ipa-twisted-agent`` finds the ``ipa`` plugin without twistd's
         scan of every plugin (which imports trial, words, cred...)."""
-        result = subprocess.run(
-            [sys.executable, "-c", OPTIONS], cwd=TOP, capture_output=True,
-            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        answer = json.loads(result.stdout.splitlines()[-1])
+        answer = run_script(OPTIONS)
         self.assertEqual(answer["command"], "ipa")
         self.assertEqual(answer["options"], "ipa_twisted.tap")
         self.assertEqual([m for m in ("twisted.trial", "unittest",
@@ -179,11 +182,7 @@ class ConsoleScriptTests(SynchronousTestCase):
         application runner (``twisted.application.app``,
         ``twisted.scripts``) imports ``pdb`` and more, ~0.5 MiB held for
         nothing."""
-        result = subprocess.run(
-            [sys.executable, "-c", SCRIPT], cwd=TOP, capture_output=True,
-            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        answer = json.loads(result.stdout.splitlines()[-1])
+        answer = run_script(SCRIPT)
         self.assertEqual(answer["code"], 0)
         self.assertIn("--device-allowlist", answer["help"])
         self.assertEqual([m for m in ("twisted.application.app",
@@ -213,11 +212,7 @@ class DiskListingTests(SynchronousTestCase):
         udev's properties without pyudev, and knowing that udev runs does
         not import it: pyudev and libudev (~0.5 MiB) are loaded only
         when a command watches for disks."""
-        result = subprocess.run(
-            [sys.executable, "-c", DISKS], cwd=TOP, capture_output=True,
-            text=True, timeout=120, env={**os.environ, "PYTHONPATH": TOP})
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        answer = json.loads(result.stdout.splitlines()[-1])
+        answer = run_script(DISKS)
         self.assertEqual(answer["events"], "Udev")
         self.assertEqual([m for m in answer["modules"]
                           if m.split(".")[0] == "pyudev"], [])
