@@ -26,6 +26,7 @@ Standard library only; runs as root (mmdebstrap's root mode, chroot).
 from __future__ import annotations
 
 import argparse
+import functools
 import fnmatch
 import hashlib
 import json
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
@@ -378,6 +379,21 @@ def agent_wheel(work: str, epoch: int) -> str:
 
 # ------------------------------------------------------------- stage 2
 
+def closure(starts: Iterable[str],
+            neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+    """``starts`` and everything reached from them through
+    ``neighbours``."""
+    seen: set[str] = set()
+    todo = list(starts)
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        todo.extend(neighbours(node))
+    return seen
+
+
 def module_closure(moddir: str) -> list[str]:
     """The modules matching MODULES and every module they depend on
     (paths relative to ``moddir``)."""
@@ -390,15 +406,7 @@ def module_closure(moddir: str) -> list[str]:
                                      for p in MODULES)
               and not any(fnmatch.fnmatch(m, "kernel/" + p)
                           for p in MODULES_LEFT_OUT)]
-    keep: set[str] = set()
-    stack = list(wanted)
-    while stack:
-        mod = stack.pop()
-        if mod in keep:
-            continue
-        keep.add(mod)
-        stack.extend(deps.get(mod, []))
-    return sorted(keep)
+    return sorted(closure(wanted, lambda mod: deps.get(mod, [])))
 
 
 def kernel_stage(base: str) -> str:
@@ -764,6 +772,7 @@ def _dynamic(path: str) -> tuple[str | None, list[str]]:
     return soname, needed
 
 
+@functools.lru_cache(maxsize=None)
 def _version_needs(path: str) -> dict[str, list[str]]:
     """{library: [version names]} that ``path`` requires."""
     out = run(["readelf", "-VW", path], capture_output=True,
@@ -781,6 +790,7 @@ def _version_needs(path: str) -> dict[str, list[str]]:
     return needs
 
 
+@functools.lru_cache(maxsize=None)
 def _symbols(path: str, defined: bool) -> list[tuple[str, str, int, str]]:
     """(name, nm type, size, version) of the dynamic symbols ``path``
     defines, or of those it needs (strong references only)."""
@@ -808,6 +818,8 @@ def stub_engine_libraries(root: str, work: str,
                           ) -> None:
     """Replace the libraries ``sonames`` (STUB_LIBRARIES) with stubs and
     drop what only they need."""
+    _symbols.cache_clear()  # a file of an earlier build may share a path
+    _version_needs.cache_clear()
     elves = _elf_files(root)
     dynamic = {path: _dynamic(path) for path in elves}
     by_soname = {so: path for path, (so, _) in dynamic.items() if so}
@@ -821,16 +833,9 @@ def stub_engine_libraries(root: str, work: str,
     starts = [p for p in elves if p not in libraries]
 
     def reached(cut: set[str]) -> set[str]:
-        seen: set[str] = set()
-        todo = list(starts)
-        while todo:
-            path = todo.pop()
-            if path in seen:
-                continue
-            seen.add(path)
-            todo += [by_soname[so] for so in dynamic[path][1]
-                     if so not in cut and so in by_soname]
-        return seen
+        return closure(starts, lambda path: [
+            by_soname[so] for so in dynamic[path][1]
+            if so not in cut and so in by_soname])
 
     gone = (reached(set()) - reached(set(stubbed))) - set(stubbed.values())
     stubs_dir = os.path.join(work, "stubs")
@@ -892,7 +897,6 @@ def stub_engine_libraries(root: str, work: str,
         os.chmod(real, 0o644)
     for path in sorted(gone):
         os.unlink(path)
-    dropped = sum(1 for _ in gone)
     for top, dirs, files in os.walk(root):
         for name in files + dirs:
             path = os.path.join(top, name)
@@ -901,7 +905,7 @@ def stub_engine_libraries(root: str, work: str,
                         top, os.readlink(path))) in gone:
                 os.unlink(path)
     say(f"stubbed {len(stubbed)} libraries that only unused fio engines "
-        f"and stress-ng stressors need; {dropped} files only they needed "
+        f"and stress-ng stressors need; {len(gone)} files only they needed "
         f"left out")
 
 
