@@ -212,6 +212,24 @@ class RamdiskNetworkTests(SynchronousTestCase):
         machine.power_on(from_network=False)
         return machine
 
+    def first_lookup(self, machine: nb.Machine, api: LookupListener,
+                     switch: VlanSwitch) -> dict[str, Any]:
+        """The agent's first lookup (within 180 s), or a failure with what
+        the switch saw and the end of the console."""
+        t0 = machine.boot.started
+        try:
+            nb.wait_for(lambda: bool(api.lookups()) or not machine.running(),
+                        180, "the agent's lookup")
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; the switch saw {switch.seen}; the console ends:\n"
+                f"{machine.read_serial()[-3000:]}") from None
+        self.assertTrue(api.lookups(), machine.read_serial()[-3000:])
+        lookup: dict[str, Any] = api.lookups()[0]
+        h.say(f"lookup {lookup['at'] - t0:.1f} s after QEMU started, from "
+              f"{lookup['client']}; the switch saw {switch.seen}")
+        return lookup
+
     def test_static_address_on_a_vlan(self) -> None:
         """ip=... on vlan=eth0.100:eth0: the agent's lookup reaches the
         host from the static address, in frames tagged 100 (the switch
@@ -222,19 +240,8 @@ class RamdiskNetworkTests(SynchronousTestCase):
             f"vlan=eth0.{VID}:eth0 "
             f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0:ramdisk-vlan:"
             f"eth0.{VID}:none nameserver={HOST_IP}"))
-        t0 = machine.boot.started
-        try:
-            nb.wait_for(lambda: bool(api.lookups()) or not machine.running(),
-                        180, "the agent's lookup")
-        except AssertionError as e:
-            raise AssertionError(
-                f"{e}; the switch saw {switch.seen}; the console ends:\n"
-                f"{machine.read_serial()[-3000:]}") from None
+        lookup = self.first_lookup(machine, api, switch)
         serial = machine.read_serial()
-        self.assertTrue(api.lookups(), serial[-3000:])
-        lookup = api.lookups()[0]
-        h.say(f"lookup {lookup['at'] - t0:.1f} s after QEMU started, from "
-              f"{lookup['client']}; the switch saw {switch.seen}")
         self.assertEqual(lookup["client"], GUEST_IP)
         self.assertIn(MAC, lookup["query"]["addresses"][0].split(","))
         self.assertIn(f"VLAN eth0.{VID} (id {VID} on eth0)", serial)
@@ -257,17 +264,7 @@ class RamdiskNetworkTests(SynchronousTestCase):
                          interface=HOST_TAP)
         api = LookupListener(self.cleanups, self.netns)
         machine = self.boot(self.default, switch, "ip=:::::eth0:dhcp")
-        t0 = machine.boot.started
-        try:
-            nb.wait_for(lambda: bool(api.lookups()) or not machine.running(),
-                        180, "the agent's lookup")
-        except AssertionError as e:
-            raise AssertionError(
-                f"{e}; the console ends:\n{machine.read_serial()[-3000:]}"
-            ) from None
-        lookup = api.lookups()[0]
-        h.say(f"lookup {lookup['at'] - t0:.1f} s after QEMU started, from "
-              f"{lookup['client']}")
+        lookup = self.first_lookup(machine, api, switch)
         self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
         self.assertIn("DHCP on eth0", machine.read_serial())
 
