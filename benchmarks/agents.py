@@ -72,20 +72,7 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process under it."""
-    found = [pid]
-    i = 0
-    while i < len(found):
-        p = found[i]
-        i += 1
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    found += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return found
+descendants = h.descendants
 
 
 def pss_kib(pid: int) -> int:

@@ -510,6 +510,22 @@ def serve_http(cleanups: Cleanups, netns: str, port: int,
         time.sleep(0.1)
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it."""
+    found = [pid]
+    i = 0
+    while i < len(found):
+        p = found[i]
+        i += 1
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    found += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
 NGINX_CONF = """\
 worker_processes 1;
 daemon off;
@@ -547,19 +563,13 @@ def serve_nginx(cleanups: Cleanups, netns: str, port: int, root: str,
         "nginx", "-e", os.path.join(work, "nginx-error.log"), "-c", conf])
     deadline = time.monotonic() + 10
     while True:
-        for task in os.listdir(f"/proc/{master.pid}/task"):
+        for pid in descendants(master.pid)[1:]:
             try:
-                with open(f"/proc/{master.pid}/task/{task}/children") as f:
-                    children = [int(c) for c in f.read().split()]
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"nginx: worker"):
+                        return pid
             except OSError:
-                children = []
-            for pid in children:
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        if f.read().startswith(b"nginx: worker"):
-                            return pid
-                except OSError:
-                    pass
+                pass
         if time.monotonic() > deadline:
             raise RuntimeError("nginx started no worker")
         time.sleep(0.05)
