@@ -248,15 +248,18 @@ class Registrar:
         """The MAC addresses the lookup sends.  The lookup needs nothing
         else, so it does not wait for the inventory (lshw, lscpu, lsblk,
         the BMC probe: seconds under emulation): the NICs the kernel
-        lists, when the generic manager is the one that would list them;
-        what a manager of higher priority lists (its NICs, else its
-        inventory's) otherwise."""
+        lists, when the generic manager's own code would list them (not a
+        subclass that lists NICs its way); what a manager of higher
+        priority lists (its NICs, else its inventory's) otherwise."""
         hardware = self.context.hardware
         for manager in hardware.managers:
             nics_of = _implements(manager, "list_network_interfaces")
             if not (nics_of or _implements(manager, "list_hardware_info")):
                 continue
-            if isinstance(manager, GenericHardwareManager):
+            if all(getattr(type(manager), m, None) is getattr(
+                    GenericHardwareManager, m) for m in (
+                    "list_network_interfaces", "list_hardware_info")):
+                # the generic manager's own: the kernel's NICs
                 nics: Any = self.interfaces()
             elif nics_of:
                 nics = await hardware.dispatch("list_network_interfaces")

@@ -179,6 +179,23 @@ class StartUpTests(SynchronousTestCase):
         self.assertEqual(hanging, [])
         self.successResultOf(agent.stopService())
 
+    def test_lookup_asks_a_generic_subclass_that_lists_nics(self) -> None:
+        # a manager built on the generic one that lists NICs its own way
+        # is asked, not the kernel
+        class OwnNICs(GenericHardwareManager):
+            def list_network_interfaces(self, session: Any = None
+                                        ) -> list[NetworkInterface]:
+                return [NetworkInterface(name="bond0",
+                                         mac_address="52:54:00:0b:0b:0b")]
+
+        agent = self.agent(OwnNICs(), enable_auto_tls="false")
+        agent.startService()
+        self.settle()
+        self.successResultOf(agent.when_ready())
+        (_, _, args, _, _), = self.ironic.of("/v1/lookup")
+        self.assertEqual(args["addresses"], ["52:54:00:0b:0b:0b"])
+        self.successResultOf(agent.stopService())
+
     def test_lookup_macs_from_the_inventory_otherwise(self) -> None:
         # a manager that only assembles the inventory still has its NICs
         # looked up
