@@ -41,7 +41,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -328,9 +327,7 @@ class Netboot:
         self.api = self.ironic.api
         h.say(f"Ironic {h.IRONIC_VERSION} up on {api} in "
               f"{time.monotonic() - t0:.1f} s")
-        # nginx, as Ironic deployments serve /httpboot (Python's
-        # http.server took a core of this 2-core machine from the guest
-        # while iPXE fetched the ramdisk)
+        # nginx (sendfile), as Ironic deployments serve /httpboot
         h.serve_nginx(self.cleanups, self.netns, HTTP_PORT, self.httpboot,
                       self.workdir, bind="0.0.0.0")
         self.dhcp = start_dnsmasq(self.cleanups, self.netns, self.workdir,
