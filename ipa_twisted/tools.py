@@ -170,7 +170,13 @@ TOOLS: tuple[Tool, ...] = (
          TEST),
     Tool("qemu-system-x86_64", "qemu-system-x86", "the UEFI test machine",
          TEST),
+    Tool("mksquashfs", "squashfs-tools", "the ramdisk's cold part: what "
+         "nothing reads before the lookup (ramdisk/build)", TEST),
+    Tool("unsquashfs", "squashfs-tools", "reading the ramdisk's cold part "
+         "(tests/vm/test_ramdisk_build.py)", TEST),
     Tool("sh", "dash", "process tests", TEST),
+    Tool("dash", "dash", "the made-up root of the ramdisk's cold-part test "
+         "(tests/integration/test_ramdisk_cold.py)", TEST),
     Tool("ssh", "openssh-client", "logging in to a ramdisk built with "
          "--ssh-key (tests/vm/test_ramdisk_net.py)", TEST),
     Tool("ssh-keygen", "openssh-client", "the key of the --ssh-key "

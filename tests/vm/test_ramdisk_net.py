@@ -301,7 +301,8 @@ class RamdiskNetworkTests(SynchronousTestCase):
                "ConnectTimeout=20", "-o", "LogLevel=ERROR",
                f"root@{GUEST_IP}",
                "id -u; hostname; cat /run/resolv.conf; ip -o -4 addr show "
-               "dev eth0"]
+               "dev eth0; grep ' /usr/lib/ipa-twisted/cold squashfs ' "
+               "/proc/mounts; stress-ng --version"]
         deadline = time.monotonic() + 120
         while True:
             result = subprocess.run(ssh, capture_output=True, text=True,
@@ -318,6 +319,9 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.assertEqual(lines[1], "ramdisk-debug")
         self.assertIn("nameserver 198.51.100.53", lines[2:])
         self.assertIn(f"{GUEST_IP}/24", result.stdout)
+        # the cold part is mounted, and a tool in it runs
+        self.assertIn("/usr/lib/ipa-twisted/cold squashfs ro", result.stdout)
+        self.assertIn("stress-ng, version", result.stdout)
         # and no VLAN: the guest's frames went untagged
         self.assertGreater(switch.frames(None, 0x0800), 0)
         self.assertFalse([k for k in switch.seen if k[0] is not None])
