@@ -1338,8 +1338,11 @@ def split_cold(root: str, work: str, hot: set[str], epoch: int) -> dict:
 
 
 def pack(root: str, path: str, epoch: int, compress: list[str]) -> int:
-    """Every mtime set to ``epoch``; a newc cpio of the tree in byte
-    order; compressed.  Returns the unpacked size in bytes."""
+    """Every mtime set to ``epoch``; newc cpio archives of the tree in
+    byte order: COLD_IMAGE (when there is one) alone and uncompressed,
+    the kernel copies it as it is (it is compressed already), then the
+    rest, compressed.  The kernel unpacks such a concatenation in order.
+    Returns the unpacked size in bytes."""
     names: list[bytes] = []
     size = 0
     for top, dirs, files in os.walk(root):
@@ -1351,19 +1354,71 @@ def pack(root: str, path: str, epoch: int, compress: list[str]) -> int:
             os.utime(full, (epoch, epoch), follow_symlinks=False)
     os.utime(root, (epoch, epoch))
     names.sort()
+    image = COLD_IMAGE.encode()
+    first: list[bytes] = []
+    if image in names:
+        parts = image.split(b"/")
+        first = [b"/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        names.remove(image)
     with open(path, "wb") as out:
-        cpio = subprocess.Popen(
-            ["cpio", "--quiet", "-o", "-H", "newc", "--null",
-             "--reproducible", "-R", "0:0"], cwd=root,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        comp = subprocess.Popen(compress, stdin=cpio.stdout, stdout=out)
-        assert cpio.stdin is not None and cpio.stdout is not None
-        cpio.stdout.close()
-        cpio.stdin.write(b".\0" + b"\0".join(names) + b"\0")
-        cpio.stdin.close()
-        if cpio.wait() != 0 or comp.wait() != 0:
-            raise SystemExit("ramdisk: packing the initramfs failed")
+        if first:
+            _cpio(root, [b"."] + first, out, None)
+        _cpio(root, [b"."] + names, out, compress)
     return size
+
+
+def _cpio(root: str, names: list[bytes], out: Any,
+          compress: list[str] | None) -> None:
+    cpio = subprocess.Popen(
+        ["cpio", "--quiet", "-o", "-H", "newc", "--null", "--reproducible",
+         "-R", "0:0"], cwd=root, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE if compress else out)
+    comp = None
+    assert cpio.stdin is not None
+    if compress:
+        assert cpio.stdout is not None
+        comp = subprocess.Popen(compress, stdin=cpio.stdout, stdout=out)
+        cpio.stdout.close()
+    cpio.stdin.write(b"\0".join(names) + b"\0")
+    cpio.stdin.close()
+    if cpio.wait() != 0 or (comp and comp.wait() != 0):
+        raise SystemExit("ramdisk: packing the initramfs failed")
+
+
+def initramfs_archives(path: str) -> list[bytes]:
+    """The cpio archives of an initramfs ``pack`` made, uncompressed (for
+    tests and tools: ``cpio -t`` reads one archive)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    archives = []
+    pos = 0
+    while pos < len(data):
+        if data[pos:pos + 6] == b"070701":
+            end = pos
+            while True:   # newc entries: a 110-byte header, name, data
+                namesize = int(data[end + 94:end + 102], 16)
+                filesize = int(data[end + 54:end + 62], 16)
+                name = data[end + 110:end + 110 + namesize - 1]
+                end += (110 + namesize + 3) // 4 * 4
+                end += (filesize + 3) // 4 * 4
+                if name == b"TRAILER!!!":
+                    break
+            archives.append(data[pos:end])
+            pos = end
+        elif data[pos] == 0:
+            pos += 1
+        else:
+            kind = {b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"],
+                    b"\x1f\x8b": ["gzip", "-dc"],
+                    b"\xfd7zXZ": ["xz", "-dc"]}
+            for magic, argv in kind.items():
+                if data[pos:pos + len(magic)] == magic:
+                    archives.append(subprocess.run(
+                        argv, input=data[pos:], capture_output=True,
+                        check=True).stdout)
+                    return archives
+            raise ValueError(f"{path}: no archive at byte {pos}")
+    return archives
 
 
 COMPRESSORS = {
