@@ -202,6 +202,55 @@ class StartAgentTests(SynchronousTestCase):
         self.assertEqual(len(self.imported), checks[-1])
         self.assertLess(len(self.imported), len(self.start_agent.CORE) + 4)
 
+    def test_the_rest_once_settled(self) -> None:
+        """Nothing but CORE before settle() (the cold part is mounted)."""
+        settled = []
+        self.start_agent.preload(
+            stop=lambda: False,
+            settle=lambda: settled.append(len(self.imported)))
+        self.assertEqual(settled, [len(self.start_agent.CORE)])
+        self.assertGreater(len(self.imported), len(self.start_agent.CORE))
+
+    def test_core_tried_again_once_settled(self) -> None:
+        """A CORE module that failed before the cold part was mounted is
+        imported again after, and is not reported if it then works."""
+        mounted = []
+        tried: list[str] = []
+
+        def load(name: str) -> None:
+            tried.append(name)
+            if name == "ipa_twisted.tap" and not mounted:
+                raise ImportError("a file not there yet")
+
+        self.patch(self.start_agent.importlib, "import_module", load)
+        failed = self.start_agent.preload(stop=lambda: True,
+                                          settle=lambda: mounted.append(1))
+        self.assertEqual(failed, [])
+        self.assertEqual(tried, list(self.start_agent.CORE)
+                         + ["ipa_twisted.tap"])
+
+    def test_waits_for_the_cold_part(self) -> None:
+        flag = self.mktemp()
+        self.patch(self.start_agent, "COLD_FLAG", flag)
+        clock = [0.0]
+        self.patch(self.start_agent.time, "monotonic", lambda: clock[0])
+
+        def sleep(seconds: float) -> None:
+            clock[0] += seconds
+            if clock[0] >= 1.0:
+                open(flag, "w").close()
+
+        self.patch(self.start_agent.time, "sleep", sleep)
+        self.start_agent.cold_ready()
+        self.assertTrue(1.0 <= clock[0] < 1.1)
+        # no flag at all: it gives up at the limit
+        os.unlink(flag)
+        self.patch(self.start_agent.time, "sleep",
+                   lambda s: clock.__setitem__(0, clock[0] + s))
+        clock[0] = 0.0
+        self.start_agent.cold_ready(limit=3.0)
+        self.assertTrue(3.0 <= clock[0] < 3.1)
+
     def test_a_failing_import_is_reported(self) -> None:
         def fail(name: str) -> None:
             raise ImportError(f"no {name}")
