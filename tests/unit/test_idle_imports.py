@@ -216,3 +216,35 @@ class DiskListingTests(SynchronousTestCase):
         self.assertEqual(answer["events"], "Udev")
         self.assertEqual([m for m in answer["modules"]
                           if m.split(".")[0] == "pyudev"], [])
+
+
+API = """
+import json, sys
+from ipa_twisted.api.app import AgentAPI
+
+print(json.dumps({"api": AgentAPI.__name__, "modules": sorted(sys.modules)}))
+"""
+
+#: what Klein's and Werkzeug's ``__init__`` import that the API's router
+#: does not use (ipa_twisted/lean.py)
+ROUTER_UNUSED = (
+    "klein._plating", "klein._form", "klein._session", "klein._requirer",
+    "klein.resource", "werkzeug.serving", "werkzeug.test",
+    "werkzeug.wrappers", "werkzeug.formparser", "http.server",
+    "socketserver",
+)
+
+
+class RouterImportsTests(SynchronousTestCase):
+
+    def test_api_imports_only_the_router_of_klein_and_werkzeug(self) -> None:
+        """The API imports Klein's app and Werkzeug's routing and
+        exceptions, not the rest their packages' ``__init__`` import
+        (~1.2 MiB of an idle agent: Plating, forms, sessions, the
+        development server, the test client)."""
+        answer = run_script(API)
+        self.assertEqual(answer["api"], "AgentAPI")
+        modules = answer["modules"]
+        self.assertIn("klein._app", modules)
+        self.assertIn("werkzeug.routing", modules)
+        self.assertEqual([m for m in ROUTER_UNUSED if m in modules], [])
