@@ -1,4 +1,5 @@
-"""Import a package's submodules without running its ``__init__``.
+"""Import a package's submodules without running its ``__init__``; drop
+the source text attrs keeps for the methods it generates.
 
 Klein's and Werkzeug's ``__init__`` modules import everything either
 offers (Klein: forms, sessions, Plating; Werkzeug: the development
@@ -16,6 +17,7 @@ that submodule, as ``from .. import http`` in Werkzeug's modules would).
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import sys
 from types import ModuleType
 from typing import Any
@@ -53,3 +55,20 @@ def _run_init(module: ModuleType) -> Any:
         return getattr(module, attr)
 
     return __getattr__
+
+
+#: how attrs names the source of the methods it generates, in linecache
+ATTRS_SOURCE = "<attrs generated"
+
+
+def drop_generated_sources() -> int:
+    """Forget the source text attrs registers in :mod:`linecache` for
+    every class it makes (for a debugger to show; ~3 KiB a class, ~0.2 MiB
+    for an idle agent's classes and its libraries').  Tracebacks still
+    name the generated methods, without their lines.  How many entries
+    went."""
+    names = [name for name in list(linecache.cache)
+             if isinstance(name, str) and name.startswith(ATTRS_SOURCE)]
+    for name in names:
+        linecache.cache.pop(name, None)
+    return len(names)

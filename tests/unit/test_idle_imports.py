@@ -23,7 +23,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 START = """
-import json, sys
+import json, linecache, sys
 from twisted.internet.testing import MemoryReactorClock
 from ipa_twisted.agent import AgentService
 from ipa_twisted.config import load_config
@@ -40,6 +40,8 @@ agent.when_ready().addBoth(ready.append)
 print(json.dumps({"ready": ready == [None], "outcome": repr(ready),
                   "listening": len(reactor.tcpServers),
                   "extensions": sorted(agent.context.extensions),
+                  "attrs_sources": [k for k in linecache.cache
+                                    if str(k).startswith("<attrs gen")],
                   "modules": sorted(sys.modules)}))
 """
 
@@ -133,6 +135,14 @@ class IdleImportsTests(SynchronousTestCase):
         assert isinstance(modules, list)
         self.assertIn("ipa_twisted.commands.standby", modules)
         self.assertEqual([m for m in LAZY if m in modules], [])
+
+    def test_idle_agent_holds_no_attrs_generated_source(self) -> None:
+        """attrs keeps the source of every method it generates in
+        linecache (for debuggers, ~0.2 MiB); a started agent dropped it
+        (lean.drop_generated_sources)."""
+        idle = idle_agent()
+        self.assertTrue(idle["ready"], idle["outcome"])
+        self.assertEqual(idle["attrs_sources"], [])
 
 
 OPTIONS = """

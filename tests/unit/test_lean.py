@@ -109,3 +109,34 @@ class SubmodulesOnlyTests(SynchronousTestCase):
         if not was:
             # a module, not a package: not put in sys.modules
             self.assertNotIn("colorsys", sys.modules)
+
+
+class DropGeneratedSourcesTests(SynchronousTestCase):
+
+    def test_attrs_sources_dropped_others_kept(self) -> None:
+        import linecache
+
+        import attrs
+
+        from ipa_twisted.lean import ATTRS_SOURCE, drop_generated_sources
+
+        @attrs.frozen
+        class Point:
+            x: int
+            y: int
+
+        mine = [k for k in linecache.cache
+                if isinstance(k, str) and k.startswith(ATTRS_SOURCE)
+                and "Point" in k]
+        self.assertNotEqual(mine, [])
+        linecache.cache["<not attrs>"] = (3, None, ["x\n"], "<not attrs>")
+        self.addCleanup(linecache.cache.pop, "<not attrs>", None)
+        dropped = drop_generated_sources()
+        self.assertGreaterEqual(dropped, len(mine))
+        self.assertEqual([k for k in linecache.cache if isinstance(k, str)
+                          and k.startswith(ATTRS_SOURCE)], [])
+        self.assertIn("<not attrs>", linecache.cache)
+        # the class works without its source
+        self.assertEqual(Point(1, 2), Point(1, 2))
+        self.assertEqual(repr(Point(1, 2)), "Point(x=1, y=2)")
+        self.assertEqual(drop_generated_sources(), 0)
