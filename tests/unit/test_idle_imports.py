@@ -98,6 +98,11 @@ LAZY = (
     "ipa_twisted.hardware.ipmi",
     "ipa_twisted.hardware.dmi",
     "ipa_twisted.hardware.lshw",
+    # software RAID (only assembling runs at start-up: hardware/
+    # mdassemble.py) and the root device hints it and the steps use
+    "ipa_twisted.hardware.raid",
+    "ipa_twisted.hardware.hints",
+    "ipa_twisted.hardware.partinfo",
 )
 
 
