@@ -48,7 +48,9 @@ LAZY = ("zeroconf", "zstandard", "gzip", "tarfile", "hypothesis",
         "ipa_twisted.hardware.inject", "ipa_twisted.inspection.collectors",
         "ipa_twisted.mdns", "automat", "pdb", "twisted.application.app",
         "twisted.scripts.twistd", "importlib.metadata", "configparser",
-        "pyudev", "encodings.idna")
+        "pyudev", "encodings.idna", "klein._plating", "werkzeug.serving",
+        "werkzeug.test", "ipa_twisted.hardware.raid",
+        "ipa_twisted.hardware.hints")
 
 
 def imported(stderr_path: str) -> set[str]:

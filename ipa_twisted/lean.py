@@ -12,6 +12,9 @@ hold yet (``from klein import Klein``, ``werkzeug.__version__``), its
 ``__init__`` runs in the same module object, so every user of the package
 still sees all of it (a name that is one of its submodules imports just
 that submodule, as ``from .. import http`` in Werkzeug's modules would).
+Only for packages whose ``__init__`` binds no name of a submodule to
+something else (Klein's and Werkzeug's re-export classes and functions
+under other names).
 """
 
 from __future__ import annotations
