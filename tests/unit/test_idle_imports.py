@@ -263,3 +263,54 @@ class RouterImportsTests(SynchronousTestCase):
         self.assertIn("klein._app", modules)
         self.assertIn("werkzeug.routing", modules)
         self.assertEqual([m for m in ROUTER_UNUSED if m in modules], [])
+
+
+SERVE = """
+import json, sys
+from ipa_twisted.api.app import AgentAPI
+from ipa_twisted.commands.base import CommandRunner
+
+from treq.testing import StubTreq
+
+api = AgentAPI(CommandRunner({}), lambda: "t" * 40, started_at=1.0,
+               version="9.9")
+stub = StubTreq(api.resource())
+answers = {}
+for method, path in (("GET", "/v1/status"), ("GET", "/v1/nowhere"),
+                     ("DELETE", "/v1/status"), ("GET", "/v1/commands"),
+                     ("POST", "/v1/commands/?agent_token=" + "t" * 40)):
+    response = []
+    stub.request(method, "http://agent" + path, data=b"{" if method ==
+                 "POST" else None).addCallback(response.append)
+    body = []
+    stub.content(response[0]).addCallback(body.append)
+    answers[method + " " + path.split("?")[0]] = [
+        response[0].code, json.loads(body[0])]
+print(json.dumps({"answers": answers, "modules": sorted(sys.modules)}))
+"""
+
+
+class LeanRouterServesTests(SynchronousTestCase):
+
+    def test_routes_and_errors_without_the_packages_init(self) -> None:
+        """Served from Klein's app and Werkzeug's routing alone (a fresh
+        interpreter: the tests' own imports load all of Klein): routes,
+        unknown paths, wrong methods, a missing token and a bad body are
+        answered exactly as with the whole packages imported first, and
+        answering does not load the rest."""
+        lean = run_script(SERVE)
+        whole = run_script("import klein, werkzeug\n" + SERVE)
+        self.assertEqual(lean["answers"], whole["answers"])
+        answers = lean["answers"]
+        self.assertEqual(answers["GET /v1/status"],
+                         [200, {"started_at": 1.0, "version": "9.9"}])
+        for key, code in (("GET /v1/nowhere", 404),
+                          ("DELETE /v1/status", 405),
+                          ("GET /v1/commands", 401),
+                          ("POST /v1/commands/", 400)):
+            self.assertEqual(answers[key][0], code, key)
+            self.assertEqual(sorted(answers[key][1]),
+                             ["faultcode", "faultstring"], key)
+        self.assertEqual([m for m in ROUTER_UNUSED
+                          if m in lean["modules"]], [])
+        self.assertIn("werkzeug.serving", whole["modules"])
