@@ -17,7 +17,10 @@ small fake Ironic (:data:`FAKE_IRONIC`, API 1.96, so both do auto-TLS
 and serve https) and have sent ``--heartbeats`` heartbeats
 (``heartbeat_timeout`` ``--heartbeat-timeout`` s); ``--standalone``
 measures them without Ironic instead (no lookup, no heartbeat, no TLS).
-Each is then left alone ``--settle`` seconds, its RSS (VmRSS, all
+Before the rounds, the compiled libraries of every environment measured
+are dropped from the page cache (:func:`evict_libraries`: how a library
+got there, written by ``pip`` or read back, changes the RSS that maps
+it by ~1 MiB).  Each is then left alone ``--settle`` seconds, its RSS (VmRSS, all
 threads) and PSS are read five times a second apart (the last counts),
 and it is stopped.  Prints the medians and the ratios to IPA; the goal
 (issue 14) is at most 0.75x.  Also prints which of the modules that an
@@ -51,6 +54,35 @@ LAZY = ("zeroconf", "zstandard", "gzip", "tarfile", "hypothesis",
         "pyudev", "encodings.idna", "klein._plating", "werkzeug.serving",
         "werkzeug.test", "ipa_twisted.hardware.raid",
         "ipa_twisted.hardware.hints")
+
+
+def evict_libraries(*prefixes: str) -> int:
+    """Drop the compiled libraries (``*.so``) under ``prefixes`` from the
+    page cache (``POSIX_FADV_DONTNEED``, those files only); how many.
+
+    A process's RSS counts the library pages it maps, and a fault maps
+    the whole page-cache folio around it: a library that ``pip`` has just
+    written is cached in large folios (cryptography's 14 MiB Rust library
+    then adds ~0.9 MiB to an agent's RSS, measured), one read back from
+    disk in smaller ones.  Evicting both agents' libraries before a run
+    makes each come back the same way, by the agents' own page faults.
+    """
+    count = 0
+    for prefix in prefixes:
+        for top, _, files in os.walk(prefix):
+            for name in files:
+                if not (name.endswith(".so") or ".so." in name):
+                    continue
+                try:
+                    fd = os.open(os.path.join(top, name), os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    count += 1
+                finally:
+                    os.close(fd)
+    return count
 
 
 def imported(stderr_path: str) -> set[str]:
@@ -271,6 +303,14 @@ def main() -> int:
                                        f"heartbeats")
                 time.sleep(0.2)
 
+        # every agent's libraries in the same page-cache state (see
+        # evict_libraries): ours, IPA's, the compared build's
+        envs = [sys.prefix, h.ipa_venv()]
+        if args.compare:
+            envs.append(os.path.dirname(os.path.dirname(
+                os.path.abspath(args.compare))))
+        print(f"  {evict_libraries(*envs)} libraries of {len(envs)} "
+              f"environments evicted from the page cache", flush=True)
         # unmeasured: what our agent imports (a -X importtime trace)
         mark = len(ironic.heartbeats()) if ironic else 0
         traced = agents.OurAgent(cleanups, netns, work, device, 9999,
