@@ -20,12 +20,12 @@ measures them without Ironic instead (no lookup, no heartbeat, no TLS).
 Before the rounds, the compiled libraries of every environment measured
 are dropped from the page cache (:func:`evict_libraries`: how a library
 got there, written by ``pip`` or read back, changes the RSS that maps
-it by ~1 MiB).  Each is then left alone ``--settle`` seconds, its RSS (VmRSS, all
-threads) and PSS are read five times a second apart (the last counts),
-and it is stopped.  Prints the medians and the ratios to IPA; the goal
-(issue 14) is at most 0.75x.  Also prints which of the modules that an
-idle agent does not need our agent imported, read from a
-``-X importtime`` trace of its start-up.
+it by ~1 MiB).  Each is then left alone ``--settle`` seconds, its RSS
+(VmRSS, all threads) and PSS are read five times a second apart (the
+last counts), and it is stopped.  Prints the medians and the ratios to
+IPA; the goal (issue 14) is at most 0.75x.  Also prints which of the
+modules that an idle agent does not need our agent imported, read from
+a ``-X importtime`` trace of its start-up.
 """
 
 from __future__ import annotations
