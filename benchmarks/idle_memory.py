@@ -60,12 +60,16 @@ def evict_libraries(*prefixes: str) -> int:
     """Drop the compiled libraries (``*.so``) under ``prefixes`` from the
     page cache (``POSIX_FADV_DONTNEED``, those files only); how many.
 
-    A process's RSS counts the library pages it maps, and a fault maps
-    the whole page-cache folio around it: a library that ``pip`` has just
-    written is cached in large folios (cryptography's 14 MiB Rust library
-    then adds ~0.9 MiB to an agent's RSS, measured), one read back from
-    disk in smaller ones.  Evicting both agents' libraries before a run
-    makes each come back the same way, by the agents' own page faults.
+    A process's RSS counts the library pages it maps, and how many a
+    fault maps depends on how the file sits in the page cache: with
+    cryptography's 14 MiB Rust library as ``pip`` had just written it,
+    an agent's RSS was ~0.9 MiB higher than after the library was
+    evicted and read back by the agent's own faults (measured: 55.4 ->
+    54.5 MiB, same agent, same environment; likely the larger folios of
+    written files, a fault maps a whole folio).  IPA's environment was
+    installed long before, so a fresh ``.tox`` read heavier.  Evicting
+    every measured environment's libraries before a run brings each back
+    the same way.
     """
     count = 0
     for prefix in prefixes:
