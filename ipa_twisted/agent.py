@@ -55,6 +55,7 @@ from ipa_twisted.hardware.disks import DeviceGuard
 from ipa_twisted.hardware.manager import HardwareManagers
 from ipa_twisted.heartbeat import Heartbeater
 from ipa_twisted.httpclient import Outbound, outbound
+from ipa_twisted.lean import drop_generated_sources
 from ipa_twisted.observer import OneShotObserver
 from ipa_twisted.process import ProcessRunner
 from ipa_twisted.registration import (
@@ -191,6 +192,7 @@ class AgentService(MultiService):
         return self._ready.when_fired()
 
     def _started(self, _: Any) -> None:
+        drop_generated_sources()
         self._ready.fire_if_not_fired(None)
 
     def _start_failed(self, failure: Failure) -> None:
@@ -297,6 +299,9 @@ class AgentService(MultiService):
 
     async def _start(self) -> None:
         await self._prepare()
+        # before the lookup, the certificate and the API allocate: what
+        # this frees is theirs to reuse (once more when serving)
+        drop_generated_sources()
         if os.path.exists(RESCUED_MARKER):
             # as IPA: once rescued, a restarted agent stays silent (the
             # tenant's network must not see its API)

@@ -21,19 +21,26 @@ from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
 
 import attrs
-from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from klein.interfaces import IKleinRequest
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import RequestRedirect
 
-from ipa_twisted import __version__, encoding, errors
-from ipa_twisted.api import query
-from ipa_twisted.commands.base import CommandRunner
+from ipa_twisted.lean import submodules_only
+
+# the router's modules, not all that Klein and Werkzeug offer (lean.py)
+submodules_only("klein", "werkzeug")
+
+from klein._app import Klein  # noqa: E402
+from klein._interfaces import IKleinRequest  # noqa: E402
+from werkzeug.exceptions import (  # noqa: E402
+    HTTPException, MethodNotAllowed, NotFound)
+from werkzeug.routing import RequestRedirect  # noqa: E402
+
+from ipa_twisted import __version__, encoding, errors  # noqa: E402
+from ipa_twisted.api import query  # noqa: E402
+from ipa_twisted.commands.base import CommandRunner  # noqa: E402
 
 log = Logger()
 

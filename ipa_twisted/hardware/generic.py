@@ -25,12 +25,7 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 
 from ipa_twisted import errors
-from ipa_twisted.hardware import (
-    blockio,
-    hints,
-    netif,
-    raid,
-)
+from ipa_twisted.hardware import blockio, mdassemble, netif
 from ipa_twisted.hardware.disks import BlockDevice
 from ipa_twisted.hardware.probes import ProbeFailed, ProbeSession
 from ipa_twisted.hardware.manager import HardwareManager, HardwareSupport
@@ -38,7 +33,7 @@ from ipa_twisted.process import ProcessError
 
 if TYPE_CHECKING:
     from ipa_twisted.context import RunningAgent
-    from ipa_twisted.hardware import ipmi, system
+    from ipa_twisted.hardware import ipmi, raid, system
 
 log = Logger()
 
@@ -126,6 +121,8 @@ def root_device_hints(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def root_hints_problem(root_hints: Any) -> str | None:
     """Why these root device hints cannot be used (None: they parse)."""
+    from ipa_twisted.hardware import hints
+
     if not root_hints:
         return None
     try:
@@ -163,6 +160,8 @@ def skip_list(node: Mapping[str, Any] | None, devices: list[BlockDevice]
               ) -> set[str]:
     """Names of the devices that ``properties.skip_block_devices`` (a list
     of hint dicts) excludes from choosing and erasing."""
+    from ipa_twisted.hardware import hints
+
     entries = ((node or {}).get("properties") or {}).get(
         "skip_block_devices") or []
     skipped: set[str] = set()
@@ -185,6 +184,8 @@ def choose_root_device(devices: list[BlockDevice],
                        root_hints: Mapping[str, Any] | None,
                        skipped: Set[str] = frozenset()) -> BlockDevice:
     """Hints -> first match; no hints -> smallest disk >= 4 GiB."""
+    from ipa_twisted.hardware import hints
+
     disks = [d for d in devices if d.kind in ("disk", "raid")
              and d.name not in skipped]
     if root_hints:
@@ -233,8 +234,11 @@ class GenericHardwareManager(HardwareManager):
 
     @property
     def raid(self) -> raid.SoftwareRAID:
+        # imported on use: an idle agent does not hold raid.py and hints.py
+        from ipa_twisted.hardware.raid import SoftwareRAID
+
         if self._raid is None:
-            self._raid = raid.SoftwareRAID(self.agent)
+            self._raid = SoftwareRAID(self.agent)
         return self._raid
 
     async def initialize(self, agent: RunningAgent) -> None:
@@ -243,7 +247,8 @@ class GenericHardwareManager(HardwareManager):
             agent.start_lldp()
         try:
             # as IPA: the arrays a previous boot built, up for a deploy
-            await self.raid.assemble(await self._raid_candidates())
+            await mdassemble.assemble(self.agent,
+                                      await self._raid_candidates())
         except Exception as e:
             log.warn("assembling software RAID arrays failed: {e}", e=e)
 
@@ -462,6 +467,8 @@ class GenericHardwareManager(HardwareManager):
         disks (as IPA)."""
         excluded: set[str] = set()
         for md, is_root in self.raid_roots.items():
+            from ipa_twisted.hardware import raid
+
             array = raid.array_of(md)
             if is_root is False and array is not None:
                 excluded |= {f"/dev/{n}" for n in
@@ -683,7 +690,7 @@ class GenericHardwareManager(HardwareManager):
         return int(agent.config.inject_files_priority) if agent else 0
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
-        from ipa_twisted.hardware import inject
+        from ipa_twisted.hardware import inject, raid
 
         return [
             _step("erase_devices_metadata", 0),
@@ -697,7 +704,7 @@ class GenericHardwareManager(HardwareManager):
 
     def get_service_steps(self, node: Any, ports: Any
                           ) -> list[dict[str, Any]]:
-        from ipa_twisted.hardware import inject
+        from ipa_twisted.hardware import inject, raid
 
         return [
             _step("delete_configuration", 0, abortable=True,
@@ -778,6 +785,8 @@ class GenericHardwareManager(HardwareManager):
 
     async def _create_raid(self, node: Any, raid_config: Any
                            ) -> dict[str, Any]:
+        from ipa_twisted.hardware import raid
+
         if not raid.software_logical_disks(raid_config):
             log.info("no software RAID in the RAID configuration: nothing "
                      "to do")
@@ -805,6 +814,8 @@ class GenericHardwareManager(HardwareManager):
                                   ) -> dict[str, Any]:
         """Deploy and service step: ``raid_config`` built (after deleting
         what is there, unless ``delete_existing`` is false)."""
+        from ipa_twisted.hardware import raid
+
         self.agent.cache_node(node)
         raid.validate_config(raid_config, node,
                              len(await self._physical_disks(node)))

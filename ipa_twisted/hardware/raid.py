@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import attrs
@@ -45,7 +44,7 @@ from twisted.logger import Logger
 from ipa_twisted import errors
 from ipa_twisted.hardware import disks, hints, partinfo
 from ipa_twisted.hardware.disks import BlockDevice, kname_of
-from ipa_twisted.process import ProcessError, ToolNotFound
+from ipa_twisted.process import ProcessError
 
 log = Logger()
 
@@ -394,36 +393,11 @@ class SoftwareRAID:
 
     async def assemble(self, devices: Iterable[str] = ()) -> list[str]:
         """Assemble the arrays the disks hold (a previous boot made them):
-        with an allow-list, from ``devices`` (the allowed disks and their
-        partitions) only.  Never fails: mdadm missing or nothing to
-        assemble is logged.  The names of the arrays now up."""
-        argv = ["mdadm", "--assemble", "--scan"]
-        config = None
-        if self.agent.guard.restricted:
-            names = sorted(set(devices))
-            if not names:
-                return []
-            fd, config = tempfile.mkstemp(prefix="ipa-mdadm-",
-                                          suffix=".conf")
-            with os.fdopen(fd, "w") as f:
-                # only these devices are read; every array found is ours
-                f.write("DEVICE " + " ".join(names) + "\n"
-                        "HOMEHOST <ignore>\n")
-            argv.append(f"--config={config}")
-        try:
-            result = await self._run(argv, check=False, timeout=120.0)
-        except ToolNotFound:
-            log.info("no mdadm: software RAID arrays are not assembled")
-            return []
-        finally:
-            if config is not None:
-                os.unlink(config)
-        said = (result.err + result.out).strip()
-        up = [a.name for a in self._arrays()]
-        if up:
-            log.info("software RAID arrays up: {arrays} ({said})",
-                     arrays=", ".join(up), said=said.replace("\n", "; "))
-        return up
+        see :func:`ipa_twisted.hardware.mdassemble.assemble`."""
+        from ipa_twisted.hardware import mdassemble
+
+        return await mdassemble.assemble(self.agent, devices, self.sys_block,
+                                         run=self._run)
 
     # ------------------------------------------------------------- create
 

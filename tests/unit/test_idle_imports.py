@@ -23,7 +23,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 START = """
-import json, sys
+import json, linecache, sys
 from twisted.internet.testing import MemoryReactorClock
 from ipa_twisted.agent import AgentService
 from ipa_twisted.config import load_config
@@ -40,6 +40,8 @@ agent.when_ready().addBoth(ready.append)
 print(json.dumps({"ready": ready == [None], "outcome": repr(ready),
                   "listening": len(reactor.tcpServers),
                   "extensions": sorted(agent.context.extensions),
+                  "attrs_sources": [k for k in linecache.cache
+                                    if str(k).startswith("<attrs gen")],
                   "modules": sorted(sys.modules)}))
 """
 
@@ -96,6 +98,11 @@ LAZY = (
     "ipa_twisted.hardware.ipmi",
     "ipa_twisted.hardware.dmi",
     "ipa_twisted.hardware.lshw",
+    # software RAID (only assembling runs at start-up: hardware/
+    # mdassemble.py) and the root device hints it and the steps use
+    "ipa_twisted.hardware.raid",
+    "ipa_twisted.hardware.hints",
+    "ipa_twisted.hardware.partinfo",
 )
 
 
@@ -133,6 +140,14 @@ class IdleImportsTests(SynchronousTestCase):
         assert isinstance(modules, list)
         self.assertIn("ipa_twisted.commands.standby", modules)
         self.assertEqual([m for m in LAZY if m in modules], [])
+
+    def test_idle_agent_holds_no_attrs_generated_source(self) -> None:
+        """attrs keeps the source of every method it generates in
+        linecache (for debuggers, ~0.2 MiB); a started agent dropped it
+        (lean.drop_generated_sources)."""
+        idle = idle_agent()
+        self.assertTrue(idle["ready"], idle["outcome"])
+        self.assertEqual(idle["attrs_sources"], [])
 
 
 OPTIONS = """
@@ -216,3 +231,86 @@ class DiskListingTests(SynchronousTestCase):
         self.assertEqual(answer["events"], "Udev")
         self.assertEqual([m for m in answer["modules"]
                           if m.split(".")[0] == "pyudev"], [])
+
+
+API = """
+import json, sys
+from ipa_twisted.api.app import AgentAPI
+
+print(json.dumps({"api": AgentAPI.__name__, "modules": sorted(sys.modules)}))
+"""
+
+#: what Klein's and Werkzeug's ``__init__`` import that the API's router
+#: does not use (ipa_twisted/lean.py)
+ROUTER_UNUSED = (
+    "klein._plating", "klein._form", "klein._session", "klein._requirer",
+    "klein.resource", "werkzeug.serving", "werkzeug.test",
+    "werkzeug.wrappers", "werkzeug.formparser", "http.server",
+    "socketserver",
+)
+
+
+class RouterImportsTests(SynchronousTestCase):
+
+    def test_api_imports_only_the_router_of_klein_and_werkzeug(self) -> None:
+        """The API imports Klein's app and Werkzeug's routing and
+        exceptions, not the rest their packages' ``__init__`` import
+        (~1.2 MiB of an idle agent: Plating, forms, sessions, the
+        development server, the test client)."""
+        answer = run_script(API)
+        self.assertEqual(answer["api"], "AgentAPI")
+        modules = answer["modules"]
+        self.assertIn("klein._app", modules)
+        self.assertIn("werkzeug.routing", modules)
+        self.assertEqual([m for m in ROUTER_UNUSED if m in modules], [])
+
+
+SERVE = """
+import json, sys
+from ipa_twisted.api.app import AgentAPI
+from ipa_twisted.commands.base import CommandRunner
+
+from treq.testing import StubTreq
+
+api = AgentAPI(CommandRunner({}), lambda: "t" * 40, started_at=1.0,
+               version="9.9")
+stub = StubTreq(api.resource())
+answers = {}
+for method, path in (("GET", "/v1/status"), ("GET", "/v1/nowhere"),
+                     ("DELETE", "/v1/status"), ("GET", "/v1/commands"),
+                     ("POST", "/v1/commands/?agent_token=" + "t" * 40)):
+    response = []
+    stub.request(method, "http://agent" + path, data=b"{" if method ==
+                 "POST" else None).addCallback(response.append)
+    body = []
+    stub.content(response[0]).addCallback(body.append)
+    answers[method + " " + path.split("?")[0]] = [
+        response[0].code, json.loads(body[0])]
+print(json.dumps({"answers": answers, "modules": sorted(sys.modules)}))
+"""
+
+
+class LeanRouterServesTests(SynchronousTestCase):
+
+    def test_routes_and_errors_without_the_packages_init(self) -> None:
+        """Served from Klein's app and Werkzeug's routing alone (a fresh
+        interpreter: the tests' own imports load all of Klein): routes,
+        unknown paths, wrong methods, a missing token and a bad body are
+        answered exactly as with the whole packages imported first, and
+        answering does not load the rest."""
+        lean = run_script(SERVE)
+        whole = run_script("import klein, werkzeug\n" + SERVE)
+        self.assertEqual(lean["answers"], whole["answers"])
+        answers = lean["answers"]
+        self.assertEqual(answers["GET /v1/status"],
+                         [200, {"started_at": 1.0, "version": "9.9"}])
+        for key, code in (("GET /v1/nowhere", 404),
+                          ("DELETE /v1/status", 405),
+                          ("GET /v1/commands", 401),
+                          ("POST /v1/commands/", 400)):
+            self.assertEqual(answers[key][0], code, key)
+            self.assertEqual(sorted(answers[key][1]),
+                             ["faultcode", "faultstring"], key)
+        self.assertEqual([m for m in ROUTER_UNUSED
+                          if m in lean["modules"]], [])
+        self.assertIn("werkzeug.serving", whole["modules"])
