@@ -31,7 +31,9 @@ What each step reads from the node's ``driver_info`` (IPA's names):
   backend: ``agent_burnin_fio_network_pairing_backend_url``,
   ``..._pairing_group_name`` (``ironic.network-burnin``),
   ``..._pairing_timeout`` (900 s).  fio's net engine on port 9000, once
-  in each direction (the roles swap).
+  in each direction (the roles swap).  Beyond IPA: a reader that finds
+  only some of the writer's 16 ports listening runs again for the rest
+  (IPA's reader gave up, and its writer waited on for the rest).
 - ``burnin_gpu``: ``agent_burnin_gpu_install_dir`` (/opt/gpu-burn),
   ``agent_burnin_gpu_timeout`` (86400), ``agent_burnin_gpu_memory``
   (95%), ``agent_burnin_gpu_count`` (0: not checked); ``gpu_burn -l``
@@ -74,11 +76,23 @@ GRACE = 600.0
 SLOWEST = 5 * 1024 * 1024
 NETWORK_PORT = "9000"
 NETWORK_ROLES = ("writer", "reader")
-#: the reader's wait between connection attempts (as IPA)
+#: fio jobs per direction: each its own TCP stream, on the ports from
+#: NETWORK_PORT up (the writer listens on each, once)
+NETWORK_STREAMS = 16
+#: the reader's wait between connection attempts when none of its
+#: streams found the writer listening (as IPA)
 READER_RETRY = 30.0
-#: fio's exit status when the reader could not connect (the writer is
-#: not listening yet)
-FIO_CONNECT_FAILED = 16
+#: before each direction, the reader gives the writer this long to start
+#: listening on all its ports (both sides start at about the same time)
+READER_SETTLE = 2.0
+#: the reader's wait before connecting the streams that were refused
+#: while others connected (the writer is up, some of its jobs were not)
+READER_REST_RETRY = 1.0
+#: connect()'s errors when nothing listens (yet, or any more)
+_NOT_LISTENING = frozenset({110, 111})      # ETIMEDOUT, ECONNREFUSED
+#: "fio: pid=N, err=111/file:engines/net.c:800, func=connect, ..."
+_JOB_FAILED = re.compile(r"^fio: pid=\d+, err=(\d+)/[^,]*, func=(\w+)",
+                         re.MULTILINE)
 SMART_POLL = 30.0
 #: a SMART long self-test of a big disk takes hours; past this, it failed
 SMART_DEADLINE = 2 * DAY
@@ -96,9 +110,12 @@ class BurninError(errors.CommandExecutionError):
     """A burn-in tool failed (on the wire a CommandExecutionError, as
     IPA's); ``exit_code`` is the tool's (None: not run, or timed out)."""
 
-    def __init__(self, details: str, exit_code: int | None = None) -> None:
+    def __init__(self, details: str, exit_code: int | None = None,
+                 result: ProcessResult | None = None) -> None:
         super().__init__(details)
         self.exit_code = exit_code
+        #: what the tool printed, when it ran to its end
+        self.result = result
 
     @property
     def type(self) -> str:
@@ -288,7 +305,7 @@ class Burnin:
             reason = f"exit code {code}" if code is not None else e.reason
             raise BurninError(f"{what} failed: {reason}"
                               + (f": {tail}" if tail else ""),
-                              exit_code=code) from None
+                              exit_code=code, result=e.result) from None
         _log_output(self.step, result.err + result.out)
         return result
 
@@ -534,7 +551,7 @@ def fio_network_argv(writer: bool, runtime: str, partner: str,
                      output: str | None) -> list[str]:
     argv = ["fio", "--ioengine", "net", "--port", NETWORK_PORT,
             "--fill_device", "1", "--group_reporting", "--gtod_reduce", "1",
-            "--numjobs", "16"]
+            "--numjobs", str(NETWORK_STREAMS)]
     if writer:
         argv += ["--name", "writer", "--rw", "write", "--runtime", runtime,
                  "--time_based", "--listen"]
@@ -543,6 +560,31 @@ def fio_network_argv(writer: bool, runtime: str, partner: str,
     if output:
         argv += ["--output-format", "json", "--output", output]
     return argv
+
+
+def unconnected_streams(error: BurninError, report: str | None
+                        ) -> int | None:
+    """How many of a failed reader's streams found no writer listening
+    (fio's exit status counts its failed jobs), or None when a failure
+    was something else.  ``report``: the run's JSON report file, where
+    fio then says what failed instead of on its output."""
+    code = error.exit_code
+    if code is None or not 0 < code <= NETWORK_STREAMS:
+        return None
+    if report is not None:
+        try:
+            jobs = _read_json(report).get("jobs") or []
+            found = {int(job.get("error", 0)) for job in jobs}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None
+        return code if found and found <= _NOT_LISTENING else None
+    out = error.result.out if error.result is not None else ""
+    failed = _JOB_FAILED.findall(out)
+    if len(failed) != code or any(
+            func != "connect" or int(errno) not in _NOT_LISTENING
+            for errno, func in failed):
+        return None
+    return code
 
 
 class Pairing:
@@ -684,29 +726,87 @@ async def fio_network(agent: RunningAgent, node: Any, step: str,
         pairing = pairing_factory(backend, group or "ironic.network-burnin",
                                   pairing_timeout)
 
-    async def one_way(b: Burnin, writer: bool, partner: str) -> Any:
-        role = "writer" if writer else "reader"
-        argv = fio_network_argv(writer, given, partner,
-                                f"{output}.{role}" if output else None)
+    async def write(b: Burnin, partner: str) -> Any:
+        path = f"{output}.writer" if output else None
+        # the writer waits for its reader to connect: that wait is bounded
+        # by the pairing timeout; a reader whose streams came in two goes
+        # makes the writer's run twice as long
+        result = await b.run("fio (network, writer)",
+                             fio_network_argv(True, given, partner, path),
+                             timeout=2 * runtime + GRACE + pairing_timeout)
+        return {"output": path} if path else fio_jobs(result.out)
+
+    async def read(b: Burnin, partner: str) -> Any:
+        """Connects all the writer's streams.  The writer starts its
+        listening jobs one by one: a reader that comes early finds some
+        ports listening and others not (fio fails on the latter, the
+        writer's jobs on the former run).  Each writer job serves one
+        connection, then its port closes: the reader runs again until
+        every stream has connected once (upstream, the reader gave up,
+        and the writer waited for the rest until it was killed)."""
+        b.phase(f"reader waiting for {partner}")
+        await b.sleep(READER_SETTLE)
         deadline = agent.reactor.seconds() + pairing_timeout
+        connected = 0
+        runs: list[tuple[int, Any]] = []
         while True:
-            # the writer waits for its reader to connect: that wait is
-            # bounded by the pairing timeout as well
-            limit = runtime + GRACE + (pairing_timeout if writer else 0)
+            path = None
+            if output:
+                path = f"{output}.reader" + (f".{len(runs) + 1}"
+                                             if runs else "")
             try:
-                result = await b.run(f"fio (network, {role})", argv,
-                                     timeout=limit)
+                result = await b.run(
+                    "fio (network, reader)",
+                    fio_network_argv(False, given, partner, path),
+                    timeout=runtime + GRACE)
             except BurninError as e:
-                retry = not writer and e.exit_code == FIO_CONNECT_FAILED
-                if not retry or agent.reactor.seconds() > deadline:
+                missing = unconnected_streams(e, path)
+                if missing is None:
                     raise
-                log.info("fio (network): reader retrying in {t} s ...",
-                         t=READER_RETRY)
-                b.phase(f"reader waiting for {partner}")
-                await b.sleep(READER_RETRY)
+                if missing < NETWORK_STREAMS:
+                    runs.append((NETWORK_STREAMS - missing, path or (
+                        fio_jobs(e.result.out) if e.result else {})))
+                connected += NETWORK_STREAMS - missing
+                if connected >= NETWORK_STREAMS:
+                    break
+                if agent.reactor.seconds() > deadline:
+                    if not connected:
+                        raise
+                    raise BurninError(
+                        f"fio (network, reader) failed: {connected} of "
+                        f"{NETWORK_STREAMS} streams connected to {partner} "
+                        f"before the pairing timeout: {e.details}",
+                        exit_code=e.exit_code, result=e.result) from None
+                if missing == NETWORK_STREAMS:
+                    log.info("fio (network): reader retrying in {t} s ...",
+                             t=READER_RETRY)
+                    b.phase(f"reader waiting for {partner}")
+                    await b.sleep(READER_RETRY)
+                else:
+                    rest = NETWORK_STREAMS - connected
+                    log.info("fio (network): {n} of {all} streams "
+                             "connected to {p}; connecting the other "
+                             "{rest}", n=connected, all=NETWORK_STREAMS,
+                             p=partner, rest=rest)
+                    b.phase(f"reader connecting {rest} more streams to "
+                            f"{partner}")
+                    await b.sleep(READER_REST_RETRY)
                 continue
-            return fio_jobs(result.out) if not output else {
-                "output": f"{output}.{role}"}
+            runs.append((NETWORK_STREAMS, path or fio_jobs(result.out)))
+            break
+        if len(runs) == 1:
+            only = runs[0][1]
+            return {"output": only} if output else only
+        if output:
+            return {"outputs": [p for _, p in runs]}
+        jobs = [job for _, found in runs for job in found.values()]
+        return {"reader": {
+            "err": 0,
+            "io_errors": sum(job.get("io_errors", 0) for job in jobs),
+            "read": "; ".join(
+                f"{n} streams: {found.get('reader', {}).get('read')}"
+                for n, found in runs),
+            "runs": len(runs)}}
 
     async def work(b: Burnin) -> dict[str, Any]:
         if static is not None:
@@ -722,9 +822,9 @@ async def fio_network(agent: RunningAgent, node: Any, step: str,
             how = "paired"
         log.info("fio (network): partner {p}, role is {r} ({how})",
                  p=partner, r=role, how=how)
-        first = await one_way(b, role == "writer", partner)
+        first = await (write if role == "writer" else read)(b, partner)
         log.info("fio (network): first direction done, swapping roles ...")
-        second = await one_way(b, role != "writer", partner)
+        second = await (read if role == "writer" else write)(b, partner)
         return {"tool": "fio", "partner": partner, "role": role,
                 "first": first, "second": second}
 

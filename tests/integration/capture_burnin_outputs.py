@@ -6,6 +6,9 @@ run stays on loopback.  Writes ``tests/fixtures/burnin/<name>.stdout`` and
 ``<name>.stderr``, each with a ``#`` source header (see tests/fixtures).
 
     python3 tests/integration/capture_burnin_outputs.py
+    python3 tests/integration/capture_burnin_outputs.py network-partial
+
+(the second: only the network reader's partial connections)
 """
 
 from __future__ import annotations
@@ -76,12 +79,55 @@ def fio_net(writer: bool, runtime: int = 2) -> list[str]:
                    "127.0.0.1"]
 
 
+def jobs(argv: list[str], n: int) -> list[str]:
+    argv = list(argv)
+    argv[argv.index("--numjobs") + 1] = str(n)
+    return argv
+
+
+def capture_network_partial() -> int:
+    """The reader when only some of the writer's ports listen: first 6
+    of 16 (a writer of 6 jobs), then 10 of 16 (a writer of 16 jobs, 6 of
+    them already served by a reader of 6 jobs, their ports closed)."""
+    writer = subprocess.Popen(jobs(fio_net(True), 6), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    run("fio-net-reader-partial", fio_net(False))
+    writer.communicate(timeout=60)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = subprocess.Popen(jobs(fio_net(True), 6),
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        report = os.path.join(tmp, "net.json")
+        argv = fio_net(False) + ["--output-format", "json", "--output",
+                                 report]
+        proc = subprocess.run(argv, capture_output=True, text=True,
+                              timeout=120)
+        with open(report, encoding="utf-8") as f:
+            save("fio-net-reader-partial-json-report", argv,
+                 (proc.returncode, f.read(), proc.stderr))
+        writer.communicate(timeout=60)
+    writer = subprocess.Popen(fio_net(True), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    subprocess.run(jobs(fio_net(False), 6), capture_output=True,
+                   timeout=60, check=True)
+    run("fio-net-reader-rest", fio_net(False))
+    out, err = writer.communicate(timeout=60)
+    save("fio-net-writer-two-readers", fio_net(True),
+         (writer.returncode, out, err))
+    return 0
+
+
 def main() -> int:
     os.makedirs(OUT, exist_ok=True)
     # fio leaves its verify state files (local-*-verify.state) in its
     # working directory: not in the checkout
     with tempfile.TemporaryDirectory() as cwd:
         os.chdir(cwd)
+        if sys.argv[1:] == ["network-partial"]:
+            return capture_network_partial()
         return capture()
 
 

@@ -363,10 +363,17 @@ class FioNetworkTests(BurninCase):
     def test_static_pairing_writer_then_reader(self) -> None:
         answers = [captured("fio-net-writer"), captured("fio-net-reader")]
         self.process.handlers["fio"] = lambda argv: answers.pop(0)(argv)
-        result = self.successResultOf(self.step("burnin_network", node(
+        d = self.step("burnin_network", node(
             agent_burnin_fio_network_runtime=2,
             agent_burnin_fio_network_config={"role": "writer",
-                                             "partner": "127.0.0.1"})))
+                                             "partner": "127.0.0.1"}))
+        # the writer at once, then the reader gives the other side's
+        # writer time to listen
+        self.assertEqual(len(self.process.calls), 1)
+        self.assertEqual(self.progress[-1]["phase"],
+                         "reader waiting for 127.0.0.1")
+        self.clock.advance(burnin.READER_SETTLE)
+        result = self.successResultOf(d)
         common = ("fio", "--ioengine", "net", "--port", "9000",
                   "--fill_device", "1", "--group_reporting", "--gtod_reduce",
                   "1", "--numjobs", "16")
@@ -388,20 +395,23 @@ class FioNetworkTests(BurninCase):
         self.process.handlers["fio"] = lambda argv: answers.pop(0)(argv)
         d = self.step("burnin_network", node(
             agent_burnin_fio_network_runtime=2,
-            agent_burnin_fio_network_outputfile="/tmp/net",
             agent_burnin_fio_network_config={"role": "reader",
                                              "partner": "node-2"}))
         self.assertNoResult(d)
+        self.assertEqual(len(self.process.calls), 0)
+        self.clock.advance(burnin.READER_SETTLE)
         self.assertEqual(len(self.process.calls), 1)
         self.assertEqual(self.progress[-1]["phase"],
                          "reader waiting for node-2")
-        self.clock.advance(burnin.READER_RETRY)
+        self.clock.advance(burnin.READER_RETRY - 0.1)
+        self.assertEqual(len(self.process.calls), 1)
+        self.clock.advance(0.1)
         result = self.successResultOf(d)
         self.assertEqual(self.process.calls[0], self.process.calls[1])
-        self.assertEqual(self.process.calls[1][-4:], (
-            "--output-format", "json", "--output", "/tmp/net.reader"))
-        self.assertEqual(self.process.calls[2][-1], "/tmp/net.writer")
-        self.assertEqual(result["first"], {"output": "/tmp/net.reader"})
+        self.assertEqual(result["first"]["reader"],
+                         burnin.fio_jobs(load("burnin",
+                                              "fio-net-reader.stdout"))
+                         ["reader"])
 
     def test_the_reader_gives_up_at_the_pairing_timeout(self) -> None:
         self.process.handlers["fio"] = captured("fio-net-reader-refused")
@@ -409,6 +419,7 @@ class FioNetworkTests(BurninCase):
             agent_burnin_fio_network_pairing_timeout=60,
             agent_burnin_fio_network_config={"role": "reader",
                                              "partner": "node-2"}))
+        self.clock.advance(burnin.READER_SETTLE)
         self.clock.advance(30)
         self.clock.advance(30)
         self.assertNoResult(d)
@@ -417,6 +428,113 @@ class FioNetworkTests(BurninCase):
         self.assertEqual(failure.value.exit_code, 16)
         self.assertIn("Connection refused", failure.value.details)
         self.assertEqual(len(self.process.calls), 4)
+
+    def test_the_reader_connects_the_streams_that_were_refused(self
+                                                                 ) -> None:
+        """Some of the writer's ports listened, others not yet (real
+        captures: 6 of 16 connected, then the other 10, the 6 served
+        ports refused): the reader runs again at once for the rest, and
+        stops once every stream has connected; the writer ends."""
+        answers = [captured("fio-net-reader-partial"),
+                   captured("fio-net-reader-rest"),
+                   captured("fio-net-writer-two-readers")]
+        self.process.handlers["fio"] = lambda argv: answers.pop(0)(argv)
+        d = self.step("burnin_network", node(
+            agent_burnin_fio_network_runtime=2,
+            agent_burnin_fio_network_config={"role": "reader",
+                                             "partner": "node-2"}))
+        self.clock.advance(burnin.READER_SETTLE)
+        self.assertEqual(len(self.process.calls), 1)
+        self.assertEqual(self.progress[-1]["phase"],
+                         "reader connecting 10 more streams to node-2")
+        self.clock.advance(burnin.READER_REST_RETRY)
+        result = self.successResultOf(d)
+        self.assertEqual(len(self.process.calls), 3)
+        self.assertEqual(self.process.calls[0], self.process.calls[1])
+        reader = result["first"]["reader"]
+        self.assertEqual((reader["err"], reader["runs"]), (0, 2))
+        self.assertRegex(reader["read"],
+                         r"^6 streams: IOPS=\S+, BW=\S+; "
+                         r"10 streams: IOPS=\S+, BW=\S+$")
+        self.assertEqual(result["second"]["writer"]["err"], 0)
+
+    def test_the_reader_counts_the_streams_in_its_json_report(self
+                                                               ) -> None:
+        """With an output file fio says what failed only in its report:
+        read from it; each run its own file."""
+        report = self.mktemp()
+        with open(report + ".reader", "w", encoding="utf-8") as f:
+            f.write(load("burnin",
+                         "fio-net-reader-partial-json-report.stdout"))
+        answers = [captured("fio-net-reader-partial-json-report"),
+                   captured("fio-net-reader"), captured("fio-net-writer")]
+        self.process.handlers["fio"] = lambda argv: answers.pop(0)(argv)
+        d = self.step("burnin_network", node(
+            agent_burnin_fio_network_outputfile=report,
+            agent_burnin_fio_network_config={"role": "reader",
+                                             "partner": "node-2"}))
+        self.clock.advance(burnin.READER_SETTLE)
+        self.clock.advance(burnin.READER_REST_RETRY)
+        result = self.successResultOf(d)
+        self.assertEqual(result["first"], {"outputs": [
+            report + ".reader", report + ".reader.2"]})
+        self.assertEqual(self.process.calls[0][-4:], (
+            "--output-format", "json", "--output", report + ".reader"))
+        self.assertEqual(self.process.calls[1][-1], report + ".reader.2")
+        self.assertEqual(self.process.calls[2][-1], report + ".writer")
+        self.assertEqual(result["second"], {"output": report + ".writer"})
+
+    def test_the_reader_gives_up_with_some_streams_connected(self) -> None:
+        answers = [captured("fio-net-reader-partial")]
+        self.process.handlers["fio"] = lambda argv: (
+            answers.pop(0) if answers else
+            captured("fio-net-reader-refused"))(argv)
+        d = self.step("burnin_network", node(
+            agent_burnin_fio_network_pairing_timeout=60,
+            agent_burnin_fio_network_config={"role": "reader",
+                                             "partner": "node-2"}))
+        self.clock.advance(burnin.READER_SETTLE)
+        self.clock.advance(burnin.READER_REST_RETRY)
+        # nothing more listens: the long wait
+        self.assertEqual(self.progress[-1]["phase"],
+                         "reader waiting for node-2")
+        self.clock.advance(30)
+        self.clock.advance(30)
+        failure = self.failureResultOf(d, burnin.BurninError)
+        self.assertIn("6 of 16 streams connected to node-2 before the "
+                      "pairing timeout", failure.value.details)
+        self.assertEqual(failure.value.exit_code, 16)
+
+    def test_a_reader_failing_otherwise_is_not_retried(self) -> None:
+        """A run that failed for another reason than a port not listening
+        (here, the disk burn-in's read-only failure) is not a partial
+        connection: it fails at once."""
+        self.process.handlers["fio"] = captured("fio-disk-read-only")
+        d = self.step("burnin_network", node(
+            agent_burnin_fio_network_config={"role": "reader",
+                                             "partner": "node-2"}))
+        self.clock.advance(burnin.READER_SETTLE)
+        self.failureResultOf(d, burnin.BurninError)
+        self.assertEqual(len(self.process.calls), 1)
+
+    def test_unconnected_streams(self) -> None:
+        def error(name: str) -> burnin.BurninError:
+            result = captured(name)(("fio",))
+            return burnin.BurninError("x", result.exit_code, result)
+        self.assertEqual(burnin.unconnected_streams(
+            error("fio-net-reader-refused"), None), 16)
+        self.assertEqual(burnin.unconnected_streams(
+            error("fio-net-reader-partial"), None), 10)
+        self.assertEqual(burnin.unconnected_streams(
+            error("fio-net-reader-rest"), None), 6)
+        self.assertIsNone(burnin.unconnected_streams(
+            error("fio-disk-read-only"), None))
+        # an exit status that does not match the failures it printed
+        partial = error("fio-net-reader-partial")
+        partial.exit_code = 11
+        self.assertIsNone(burnin.unconnected_streams(partial, None))
+        self.assertIsNone(burnin.unconnected_streams(
+            error("fio-net-reader-partial"), self.mktemp()))   # no report
 
     def test_a_failing_writer_is_not_retried(self) -> None:
         self.process.handlers["fio"] = captured("fio-net-reader-refused")
