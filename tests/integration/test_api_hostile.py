@@ -208,12 +208,18 @@ class HostileRequestTests(SandboxTestCase):
                                f"agent_token={TOKEN}".encode(),
                                ctype="application/x-www-form-urlencoded")
             self.assert_fault(answer, 401, "token in a form")
+            # on a fast machine the refusals are over within a few of the
+            # watcher's probes: it takes a few more (which a stuck agent
+            # would not answer) before it stops
+            deadline = time.monotonic() + 10
+            while len(status) < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
         finally:
             stop.set()
             watcher.join()
         growth_mib = (peak[0] - baseline) / 1024
         self.assertLess(growth_mib, 40, "agent memory grew")
-        self.assertGreater(len(status), 5)
+        self.assertGreaterEqual(len(status), 5)
         self.assertEqual({code for code, _ in status}, {200})
         self.assertLess(max(t for _, t in status), 2.0,
                         "/v1/status was held up")
