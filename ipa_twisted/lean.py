@@ -75,11 +75,7 @@ def _run_init(module: ModuleType) -> Any:
                             del vars(module)[name]
                     setattr(module, "__getattr__", __getattr__)
                     raise
-        try:
-            return vars(module)[attr]
-        except KeyError:
-            raise AttributeError(f"module {module.__name__!r} has no "
-                                 f"attribute {attr!r}") from None
+        return getattr(module, attr)
 
     return __getattr__
 
