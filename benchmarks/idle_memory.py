@@ -73,6 +73,11 @@ def evict_libraries(*prefixes: str) -> int:
     """
     count = 0
     for prefix in prefixes:
+        if not os.path.exists(os.path.join(prefix, "pyvenv.cfg")):
+            # only virtual environments: never a whole /usr or /usr/local
+            print(f"  {prefix}: not a virtual environment, its libraries "
+                  f"stay cached", flush=True)
+            continue
         for top, _, files in os.walk(prefix):
             for name in files:
                 if not (name.endswith(".so") or ".so." in name):
@@ -82,6 +87,9 @@ def evict_libraries(*prefixes: str) -> int:
                 except OSError:
                     continue
                 try:
+                    # pages still being written back are not dropped:
+                    # a library pip has just written is exactly that
+                    os.fdatasync(fd)
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     count += 1
                 finally:

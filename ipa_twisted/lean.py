@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import linecache
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -43,18 +44,37 @@ def submodules_only(*names: str) -> None:
 
 
 def _run_init(module: ModuleType) -> Any:
+    lock = threading.RLock()
+
     def __getattr__(attr: str) -> Any:
-        if not attr.startswith("__"):
+        if not attr.startswith("__") and attr.isidentifier():
             # a submodule (``from .. import http`` in one of its modules):
             # imported by itself, the package stays as it is
             submodule = f"{module.__name__}.{attr}"
-            if importlib.util.find_spec(submodule) is not None:
+            try:
+                found = importlib.util.find_spec(submodule) is not None
+            except (ImportError, ValueError):
+                found = False
+            if found:
                 return importlib.import_module(submodule)
-        # the package's own namespace is asked for: complete it (once)
-        vars(module).pop("__getattr__", None)
-        spec = module.__spec__
-        assert spec is not None and spec.loader is not None
-        spec.loader.exec_module(module)
+        # the package's own namespace is asked for: complete it (once; a
+        # second thread waits for the first)
+        with lock:
+            if vars(module).get("__getattr__") is __getattr__:
+                del vars(module)["__getattr__"]
+                before = set(vars(module))
+                spec = module.__spec__
+                assert spec is not None and spec.loader is not None
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    # as a failed import: the same error the next time
+                    # too, not a package half made
+                    for name in set(vars(module)) - before:
+                        if not isinstance(vars(module)[name], ModuleType):
+                            del vars(module)[name]
+                    setattr(module, "__getattr__", __getattr__)
+                    raise
         return getattr(module, attr)
 
     return __getattr__

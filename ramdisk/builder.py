@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -1138,7 +1139,7 @@ HOT_MODULES = ["drivers/block/loop.ko*", "fs/squashfs/*",
 #: inflates its whole block, ~10 ms under emulation)
 SQUASHFS_OPTIONS = ["-comp", "zstd", "-Xcompression-level", "19",
                     "-b", "1048576", "-noappend", "-all-root",
-                    "-no-progress", "-quiet"]
+                    "-no-xattrs", "-no-progress", "-quiet"]
 
 PYTHON_FILES = """\
 import importlib, importlib.machinery, importlib.util, json, sys
@@ -1265,8 +1266,21 @@ def split_cold(root: str, work: str, hot: set[str], epoch: int) -> dict:
     a directory whose every file is cold).  Returns counts and sizes."""
     cold_root = os.path.join(work, "cold")
     os.makedirs(cold_root)
+    os.chmod(cold_root, 0o755)
     mount = "/" + COLD_MOUNT
     moved_files = moved_bytes = links = 0
+
+    def parents(rel: str) -> None:
+        """The directories above ``rel`` in the image, each with its
+        mode in the root (not the build's umask: the image's bytes)."""
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            path = os.path.join(cold_root, sub)
+            if not os.path.isdir(path):
+                os.mkdir(path)
+                os.chmod(path, stat.S_IMODE(
+                    os.lstat(os.path.join(root, sub)).st_mode))
 
     def movable(rel: str) -> bool:
         """A directory that can go whole: only cold files and such
@@ -1291,7 +1305,7 @@ def split_cold(root: str, work: str, hot: set[str], epoch: int) -> dict:
         nonlocal moved_files, moved_bytes, links
         src = os.path.join(root, rel)
         dst = os.path.join(cold_root, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        parents(rel)
         if os.path.isdir(src):
             for top, dirs, files in os.walk(src):
                 moved_files += len(files)
@@ -1323,8 +1337,9 @@ def split_cold(root: str, work: str, hot: set[str], epoch: int) -> dict:
 
     walk("")
     image = os.path.join(root, COLD_IMAGE)
-    os.makedirs(os.path.dirname(image), exist_ok=True)
-    os.makedirs(os.path.join(root, COLD_MOUNT), exist_ok=True)
+    for rel in (os.path.dirname(COLD_IMAGE), COLD_MOUNT):
+        os.makedirs(os.path.join(root, rel), exist_ok=True)
+        os.chmod(os.path.join(root, rel), 0o755)
     # every time in the image is ``epoch`` (mksquashfs refuses the options
     # with SOURCE_DATE_EPOCH set, and that sets only the image's own time)
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}

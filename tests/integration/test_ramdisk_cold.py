@@ -187,16 +187,21 @@ class ColdPartTests(SynchronousTestCase):
                          expected + b"cold data\n" + b"burning\n")
 
     def test_reproducible(self) -> None:
-        """Two splits of the same tree: the same image, byte for byte."""
+        """Two splits of the same tree: the same image, byte for byte
+        (another file time, another umask)."""
         other = os.path.abspath(self.mktemp())
         shutil.copytree(self.root, other, symlinks=True)
         os.utime(os.path.join(other, "usr/bin/burnin"), (1, 1))
         images = []
-        for root in (self.root, other):
+        for root, umask in ((self.root, 0o022), (other, 0o077)):
             hot = builder.hot_files(root, ["usr/lib/python3.11/hot.py"])
             work = os.path.abspath(self.mktemp())
             os.makedirs(work)
-            builder.split_cold(root, work, hot, builder.EPOCH)
+            was = os.umask(umask)
+            try:
+                builder.split_cold(root, work, hot, builder.EPOCH)
+            finally:
+                os.umask(was)
             with open(os.path.join(root, builder.COLD_IMAGE), "rb") as f:
                 images.append(f.read())
         self.assertEqual(images[0], images[1])

@@ -94,6 +94,31 @@ class SubmodulesOnlyTests(SynchronousTestCase):
         # the init ran looking for it
         self.assertEqual(package.FULL, "init ran")
 
+    def test_a_failing_init_fails_again(self) -> None:
+        """An ``__init__`` that raises leaves no half-made package: the
+        next request for a name runs it again and raises the same."""
+        with open(os.path.join(self.top, self.name, "__init__.py"),
+                  "a") as f:
+            f.write("import no_such_module_here\n")
+        submodules_only(self.name)
+        package = sys.modules[self.name]
+        for _ in range(2):
+            with self.assertRaises(ModuleNotFoundError):
+                package.FULL
+            # what the failed run had bound is gone again
+            self.assertNotIn("FULL", vars(package))
+            self.assertNotIn("runs", vars(package))
+
+    def test_odd_names_are_not_submodules(self) -> None:
+        """hasattr() with a name that is no identifier, or a submodule
+        that is not there, answers False instead of importing or
+        raising."""
+        submodules_only(self.name)
+        package = sys.modules[self.name]
+        self.assertFalse(hasattr(package, "x.y"))
+        self.assertFalse(hasattr(package, "nothing_like_it"))
+        self.assertNotIn(f"{self.name}.x", sys.modules)
+
     def test_imported_package_left_alone(self) -> None:
         package = __import__(self.name)
         self.assertEqual(package.FULL, "init ran")
