@@ -1005,16 +1005,19 @@ if command -v stress-ng >/dev/null; then
 fi
 echo smoke passed
 """
-#: The agent's Python side: ramdisk/start-agent imports every module of
-#: the agent, twistd finds the plugin.  (Importing klein installs the
-#: default reactor, as it does when twistd makes the agent's service.)
-SMOKE_PYTHON = """\
+#: ramdisk/start-agent loaded as a module (a script: no .py), in the image
+LOAD_START_AGENT = """\
 import importlib, importlib.machinery, importlib.util, sys
 path = "/usr/share/ipa-twisted/start-agent"
 loader = importlib.machinery.SourceFileLoader("start_agent", path)
 start_agent = importlib.util.module_from_spec(
     importlib.util.spec_from_loader("start_agent", loader))
 loader.exec_module(start_agent)
+"""
+#: The agent's Python side: ramdisk/start-agent imports every module of
+#: the agent, twistd finds the plugin.  (Importing klein installs the
+#: default reactor, as it does when twistd makes the agent's service.)
+SMOKE_PYTHON = LOAD_START_AGENT + """\
 failed = start_agent.preload()
 for name in start_agent.SKIP:
     try:
@@ -1037,6 +1040,14 @@ mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && \\
 exec chroot "$0" sh -c 'mount -t proc proc /proc && \\
     mount -t tmpfs tmpfs /tmp && exec "$@"' sh "$@"
 """
+
+
+def in_image(root: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """``argv`` run in the image as IN_IMAGE says; output captured."""
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--fork",
+         "sh", "-c", IN_IMAGE, root] + argv,
+        env=CHROOT_ENV, capture_output=True, text=True)
 
 
 def smoke_test(root: str) -> None:
@@ -1072,10 +1083,7 @@ def smoke_test(root: str) -> None:
               ("a config drive, a disk", ["sh", "-c", SMOKE_SCRIPT]),
               ("the agent's modules", ["python3", "-c", SMOKE_PYTHON])]
     for what, argv in checks:
-        result = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--fork",
-             "sh", "-c", IN_IMAGE, root] + argv,
-            env=CHROOT_ENV, capture_output=True, text=True)
+        result = in_image(root, argv)
         if result.returncode != 0:
             raise SystemExit(f"ramdisk: smoke test ({what}) failed in the "
                              f"image:\n{result.stdout[-3000:]}"
@@ -1141,13 +1149,8 @@ SQUASHFS_OPTIONS = ["-comp", "zstd", "-Xcompression-level", "19",
                     "-b", "1048576", "-noappend", "-all-root",
                     "-no-xattrs", "-no-progress", "-quiet"]
 
-PYTHON_FILES = """\
-import importlib, importlib.machinery, importlib.util, json, sys
-path = "/usr/share/ipa-twisted/start-agent"
-loader = importlib.machinery.SourceFileLoader("start_agent", path)
-start_agent = importlib.util.module_from_spec(
-    importlib.util.spec_from_loader("start_agent", loader))
-loader.exec_module(start_agent)
+PYTHON_FILES = LOAD_START_AGENT + """\
+import json
 start_agent.preload()
 import twisted.plugin, twisted.plugins, twisted.internet.reactor
 files = set()
@@ -1163,10 +1166,7 @@ print(json.dumps(sorted(files)))
 def python_hot_files(root: str) -> list[str]:
     """The files of every module the agent imports while it starts
     (start-agent's preload, in the image): paths relative to the root."""
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--fork",
-         "sh", "-c", IN_IMAGE, root, "python3", "-c", PYTHON_FILES],
-        env=CHROOT_ENV, capture_output=True, text=True)
+    result = in_image(root, ["python3", "-c", PYTHON_FILES])
     if result.returncode != 0:
         raise SystemExit("ramdisk: listing the agent's modules failed:\n"
                          + result.stderr[-3000:])
