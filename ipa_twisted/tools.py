@@ -197,6 +197,8 @@ TOOLS: tuple[Tool, ...] = (
          "(tests/vm: defining its libvirt domain, its events, adding a "
          "disk)", TEST, lean=True),
     Tool("xz", "xz-utils", "ramdisk/build --compress xz", TEST),
+    Tool("lz4", "lz4", "the ramdisk's initramfs (ramdisk/build; fastest "
+         "for the kernel to unpack)", TEST),
     Tool("zstd", "zstd", "compressing the ramdisk and its kernel modules "
          "(ramdisk/build)", TEST),
 )

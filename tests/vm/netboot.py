@@ -77,7 +77,7 @@ def ramdisk(*options: str) -> dict[str, Any]:
         return _built[options]
     if os.geteuid() != 0:
         raise h.Unavailable("building the ramdisk needs root")
-    for tool in ("mmdebstrap", "cpio", "zstd", "qemu-system-x86_64",
+    for tool in ("mmdebstrap", "cpio", "zstd", "lz4", "qemu-system-x86_64",
                  "dnsmasq"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"],
                           capture_output=True).returncode != 0:
