@@ -132,7 +132,12 @@ PRUNE = ["usr/lib/python3.11/test", "usr/lib/python3.11/idlelib",
          "var/cache/debconf/templates.dat-old", "boot",
          # hardware names for udev properties nothing here reads (12 MB)
          "usr/lib/udev/hwdb.bin", "etc/udev/hwdb.bin",
-         "etc/machine-id", "var/lib/dbus/machine-id"]
+         "etc/machine-id", "var/lib/dbus/machine-id",
+         # identities nvme-cli's installation made up for the build
+         # machine: every server booting the ramdisk would present the
+         # same NVMe host NQN (nvme-cli derives one from the machine's
+         # DMI UUID when the file is absent)
+         "etc/nvme/hostnqn", "etc/nvme/hostid"]
 #: In the installed wheels: test suites, zstandard's cffi backend (the C
 #: one is used), type stubs; Twisted's protocols and tools the agent does
 #: not use (SSH, mail, chat, raw packets, GPS, trial) and their twistd

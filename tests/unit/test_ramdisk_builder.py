@@ -7,6 +7,8 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -164,6 +166,46 @@ def load_start_agent() -> Any:
         importlib.util.spec_from_loader("start_agent", loader))
     loader.exec_module(module)
     return module
+
+
+class ImportedCueTests(SynchronousTestCase):
+    """start-agent's cue to /init (a FIFO /init waits to read)."""
+
+    def setUp(self) -> None:
+        self.start_agent = load_start_agent()
+        self.fifo = os.path.join(self.mktemp())
+        os.mkfifo(self.fifo)
+
+    def test_the_waiting_reader_goes_on(self) -> None:
+        said: list[bytes] = []
+        reader = threading.Thread(target=lambda: said.append(
+            open(self.fifo, "rb").read()))
+        reader.start()
+        try:
+            # the reader is in open(2) (or about to be): opening for
+            # writing without it fails, so the cue is sent until it is
+            deadline = time.monotonic() + 10
+            while reader.is_alive() and time.monotonic() < deadline:
+                self.start_agent.imported(self.fifo)
+                reader.join(0.01)
+            self.assertFalse(reader.is_alive())
+            self.assertEqual(said, [b""])
+        finally:
+            if reader.is_alive():           # let it go, whatever happened
+                os.close(os.open(self.fifo, os.O_RDWR))
+                reader.join()
+
+    def test_without_a_reader_it_does_not_block(self) -> None:
+        cue = threading.Thread(target=lambda: (
+            self.start_agent.imported(self.fifo),
+            self.start_agent.imported(self.fifo + ".absent")), daemon=True)
+        cue.start()
+        cue.join(10)
+        alive = cue.is_alive()
+        if alive:                       # it blocked in open(2): free it
+            os.close(os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK))
+        self.assertFalse(alive)
+        self.assertFalse(os.path.exists(self.fifo + ".absent"))
 
 
 class StartAgentTests(SynchronousTestCase):

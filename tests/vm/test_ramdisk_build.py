@@ -92,6 +92,9 @@ class RamdiskBuildTests(SynchronousTestCase):
         names = set(listing) | set(cold)
         self.assertIn("usr/bin/stress-ng", cold)     # a burn-in tool
         self.assertNotIn("usr/bin/python3.11", cold)  # read at every boot
+        # no identity of the build machine's making
+        for path in ("etc/nvme/hostnqn", "etc/nvme/hostid"):
+            self.assertNotIn(path, names)
         for path in ("init", "usr/share/ipa-twisted/udhcpc",
                      "usr/share/ipa-twisted/start-agent",
                      "etc/ipa-twisted/build-id"):
