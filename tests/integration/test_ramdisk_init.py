@@ -3,8 +3,12 @@ database (no root, no VM)."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
+import signal
 import subprocess
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -107,3 +111,63 @@ class StaticOfTests(SynchronousTestCase):
     def test_not_static(self) -> None:
         for value in ("", "dhcp", "on", "::::::none"):
             self.assertFalse(self.parse(value)[0], value)
+
+
+class AfterImportsTests(SynchronousTestCase):
+    """after_imports LIMIT CMD: CMD once start-agent says it has imported
+    the agent (its cue on /init's FIFO), or after LIMIT s."""
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.fifo = os.path.join(self.dir, "imported")
+        self.out = os.path.join(self.dir, "out")
+        path = os.path.join(os.path.dirname(INIT), "start-agent")
+        loader = importlib.machinery.SourceFileLoader("start_agent", path)
+        self.start_agent = importlib.util.module_from_spec(
+            importlib.util.spec_from_loader("start_agent", loader))
+        loader.exec_module(self.start_agent)
+
+    def after_imports(self, limit: int) -> None:
+        errors = os.path.join(self.dir, "stderr")
+        with open(errors, "w") as err:
+            # its own process group: the background jobs it leaves are
+            # stopped with it
+            proc = subprocess.Popen(
+                ["sh", "-c", function("after_imports")
+                 + 'after_imports "$1" sh -c "echo ran >> $2"', "sh",
+                 str(limit), self.out],
+                env={"IMPORTED_FIFO": self.fifo,
+                     "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=err, start_new_session=True)
+        self.addCleanup(lambda: os.killpg(proc.pid, signal.SIGKILL))
+        self.assertEqual(proc.wait(timeout=30), 0)
+        with open(errors) as f:
+            self.assertEqual(f.read(), "")
+
+    def ran(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if os.path.exists(self.out):
+                with open(self.out) as f:
+                    self.assertEqual(f.read(), "ran\n")
+                return True
+            time.sleep(0.05)
+        return False
+
+    def test_at_start_agents_cue(self) -> None:
+        self.after_imports(60)
+        self.assertFalse(self.ran(0.5))     # waits for the cue
+        self.start_agent.imported(self.fifo)
+        self.assertTrue(self.ran(10))
+        # the cue again (the agent restarted): nothing waits, nothing runs
+        # again (ran() read "ran" once)
+        self.start_agent.imported(self.fifo)
+        time.sleep(0.3)
+        self.assertTrue(self.ran(1))
+
+    def test_after_the_limit_without_a_cue(self) -> None:
+        self.after_imports(1)
+        self.assertTrue(self.ran(10))
+        self.start_agent.imported(self.fifo)     # too late: returns
