@@ -135,7 +135,8 @@ class AfterImportsTests(SynchronousTestCase):
             # stopped with it
             proc = subprocess.Popen(
                 ["sh", "-c", function("after_imports")
-                 + 'after_imports "$1" sh -c "echo ran >> $2"', "sh",
+                 + 'after_imports "$1" sh -c "echo \\"ran \\$1\\" >> $2" sh',
+                 "sh",
                  str(limit), self.out],
                 env={"IMPORTED_FIFO": self.fifo,
                      "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -146,12 +147,13 @@ class AfterImportsTests(SynchronousTestCase):
         with open(errors) as f:
             self.assertEqual(f.read(), "")
 
-    def ran(self, seconds: float) -> bool:
+    def ran(self, seconds: float, why: str = "imports done") -> bool:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if os.path.exists(self.out):
+                time.sleep(0.05)            # its line written whole
                 with open(self.out) as f:
-                    self.assertEqual(f.read(), "ran\n")
+                    self.assertEqual(f.read(), f"ran {why}\n")
                 return True
             time.sleep(0.05)
         return False
@@ -169,5 +171,5 @@ class AfterImportsTests(SynchronousTestCase):
 
     def test_after_the_limit_without_a_cue(self) -> None:
         self.after_imports(1)
-        self.assertTrue(self.ran(10))
+        self.assertTrue(self.ran(10, "after 1 s"))
         self.start_agent.imported(self.fifo)     # too late: returns

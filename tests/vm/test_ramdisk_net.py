@@ -322,6 +322,10 @@ class RamdiskNetworkTests(SynchronousTestCase):
         # the cold part is mounted, and a tool in it runs
         self.assertIn("/usr/lib/ipa-twisted/cold squashfs ro", result.stdout)
         self.assertIn("stress-ng, version", result.stdout)
+        # udev's other devices were triggered at start-agent's cue (its
+        # imports done), not at /init's 10 s limit
+        machine.wait_for_serial(
+            "udev: the other devices triggered \\(imports done\\)", 60)
         # and no VLAN: the guest's frames went untagged
         self.assertGreater(switch.frames(None, 0x0800), 0)
         self.assertFalse([k for k in switch.seen if k[0] is not None])
