@@ -747,7 +747,8 @@ async def fio_network(agent: RunningAgent, node: Any, step: str,
         b.phase(f"reader waiting for {partner}")
         await b.sleep(READER_SETTLE)
         deadline = agent.reactor.seconds() + pairing_timeout
-        connected = 0
+        #: (streams connected, the run's report or jobs) of each run that
+        #: connected any
         runs: list[tuple[int, Any]] = []
         while True:
             path = None
@@ -763,37 +764,39 @@ async def fio_network(agent: RunningAgent, node: Any, step: str,
                 missing = unconnected_streams(e, path)
                 if missing is None:
                     raise
-                if missing < NETWORK_STREAMS:
-                    runs.append((NETWORK_STREAMS - missing, path or (
-                        fio_jobs(e.result.out) if e.result else {})))
-                connected += NETWORK_STREAMS - missing
-                if connected >= NETWORK_STREAMS:
-                    break
-                if agent.reactor.seconds() > deadline:
-                    if not connected:
-                        raise
-                    raise BurninError(
-                        f"fio (network, reader) failed: {connected} of "
-                        f"{NETWORK_STREAMS} streams connected to {partner} "
-                        f"before the pairing timeout: {e.details}",
-                        exit_code=e.exit_code, result=e.result) from None
-                if missing == NETWORK_STREAMS:
-                    log.info("fio (network): reader retrying in {t} s ...",
-                             t=READER_RETRY)
-                    b.phase(f"reader waiting for {partner}")
-                    await b.sleep(READER_RETRY)
-                else:
-                    rest = NETWORK_STREAMS - connected
-                    log.info("fio (network): {n} of {all} streams "
-                             "connected to {p}; connecting the other "
-                             "{rest}", n=connected, all=NETWORK_STREAMS,
-                             p=partner, rest=rest)
-                    b.phase(f"reader connecting {rest} more streams to "
-                            f"{partner}")
-                    await b.sleep(READER_REST_RETRY)
-                continue
-            runs.append((NETWORK_STREAMS, path or fio_jobs(result.out)))
-            break
+                error: BurninError | None = e
+                said = e.result.out if e.result is not None else ""
+            else:
+                missing, error, said = 0, None, result.out
+            if missing < NETWORK_STREAMS:
+                runs.append((NETWORK_STREAMS - missing,
+                             path or fio_jobs(said)))
+            connected = sum(n for n, _ in runs)
+            if connected >= NETWORK_STREAMS:
+                break
+            assert error is not None        # a run without one connects all
+            if agent.reactor.seconds() > deadline:
+                if not connected:
+                    raise error
+                raise BurninError(
+                    f"fio (network, reader) failed: {connected} of "
+                    f"{NETWORK_STREAMS} streams connected to {partner} "
+                    f"before the pairing timeout: {error.details}",
+                    exit_code=error.exit_code, result=error.result)
+            if missing == NETWORK_STREAMS:
+                log.info("fio (network): reader retrying in {t} s ...",
+                         t=READER_RETRY)
+                b.phase(f"reader waiting for {partner}")
+                await b.sleep(READER_RETRY)
+            else:
+                rest = NETWORK_STREAMS - connected
+                log.info("fio (network): {n} of {all} streams connected "
+                         "to {p}; connecting the other {rest}",
+                         n=connected, all=NETWORK_STREAMS, p=partner,
+                         rest=rest)
+                b.phase(f"reader connecting {rest} more streams to "
+                        f"{partner}")
+                await b.sleep(READER_REST_RETRY)
         if len(runs) == 1:
             only = runs[0][1]
             return {"output": only} if output else only
