@@ -3,14 +3,14 @@ database (no root, no VM)."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import signal
 import subprocess
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
+
+from tests.unit.test_ramdisk_builder import load_start_agent
 
 INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "ramdisk", "init")
@@ -122,11 +122,7 @@ class AfterImportsTests(SynchronousTestCase):
         os.makedirs(self.dir)
         self.fifo = os.path.join(self.dir, "imported")
         self.out = os.path.join(self.dir, "out")
-        path = os.path.join(os.path.dirname(INIT), "start-agent")
-        loader = importlib.machinery.SourceFileLoader("start_agent", path)
-        self.start_agent = importlib.util.module_from_spec(
-            importlib.util.spec_from_loader("start_agent", loader))
-        loader.exec_module(self.start_agent)
+        self.start_agent = load_start_agent()
 
     def after_imports(self, limit: int) -> None:
         errors = os.path.join(self.dir, "stderr")

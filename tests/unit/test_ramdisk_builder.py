@@ -173,7 +173,7 @@ class ImportedCueTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.start_agent = load_start_agent()
-        self.fifo = os.path.join(self.mktemp())
+        self.fifo = self.mktemp()
         os.mkfifo(self.fifo)
 
     def test_the_waiting_reader_goes_on(self) -> None:
