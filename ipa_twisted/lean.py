@@ -14,7 +14,8 @@ still sees all of it (a name that is one of its submodules imports just
 that submodule, as ``from .. import http`` in Werkzeug's modules would).
 Only for packages whose ``__init__`` binds no name of a submodule to
 something else (Klein's and Werkzeug's re-export classes and functions
-under other names).
+under other names).  :func:`on_first_use` does the same for a module:
+its code runs when it is first asked for a name.
 """
 
 from __future__ import annotations
@@ -43,11 +44,31 @@ def submodules_only(*names: str) -> None:
         sys.modules[name] = module
 
 
-def _run_init(module: ModuleType) -> Any:
+def on_first_use(*names: str) -> None:
+    """Each module in ``names`` (a module, not a package) put in
+    ``sys.modules`` with its code not yet run: ``import name`` binds it,
+    and its code runs, in the same module object, the first time it is
+    asked for a name it does not hold yet.  For a module imported at the
+    top of code that uses it only on a rare path (twistd imports ``pdb``
+    for ``--debug``: five modules).  One already imported, not
+    installed, or a package is left alone."""
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if (spec is None or spec.loader is None
+                or spec.submodule_search_locations is not None):
+            continue
+        module = importlib.util.module_from_spec(spec)
+        setattr(module, "__getattr__", _run_init(module, submodules=False))
+        sys.modules[name] = module
+
+
+def _run_init(module: ModuleType, submodules: bool = True) -> Any:
     lock = threading.RLock()
 
     def __getattr__(attr: str) -> Any:
-        if not attr.startswith("__") and attr.isidentifier():
+        if submodules and not attr.startswith("__") and attr.isidentifier():
             # a submodule (``from .. import http`` in one of its modules):
             # imported by itself, the package stays as it is
             submodule = f"{module.__name__}.{attr}"

@@ -165,3 +165,59 @@ class DropGeneratedSourcesTests(SynchronousTestCase):
         self.assertEqual(Point(1, 2), Point(1, 2))
         self.assertEqual(repr(Point(1, 2)), "Point(x=1, y=2)")
         self.assertEqual(drop_generated_sources(), 0)
+
+
+class OnFirstUseTests(SynchronousTestCase):
+    """lean.on_first_use: a module's code runs when a name is first
+    asked of it."""
+
+    def setUp(self) -> None:
+        self.top = tempfile.mkdtemp()
+        self.name = f"leanmod_{os.getpid()}_{id(self)}"
+        with open(os.path.join(self.top, self.name + ".py"), "w") as f:
+            f.write("import sys\n"
+                    "sys.modules[__name__].__dict__.setdefault('runs', 0)\n"
+                    "runs += 1\n"
+                    "VALUE = 7\n")
+        sys.path.insert(0, self.top)
+
+        def clean() -> None:
+            sys.path.remove(self.top)
+            sys.modules.pop(self.name, None)
+            import shutil
+            shutil.rmtree(self.top)
+        self.addCleanup(clean)
+
+    def test_runs_at_the_first_name_asked(self) -> None:
+        from ipa_twisted.lean import on_first_use
+        on_first_use(self.name)
+        module = __import__(self.name)   # as ``import name`` does
+        self.assertIs(module, sys.modules[self.name])
+        self.assertNotIn("runs", vars(module))
+        self.assertEqual(module.__name__, self.name)   # no run for this
+        self.assertNotIn("runs", vars(module))
+        self.assertEqual(module.VALUE, 7)
+        self.assertEqual(module.runs, 1)
+        # ``from name import X`` and a missing name: no second run
+        self.assertEqual(__import__(self.name, fromlist=["VALUE"]).VALUE, 7)
+        with self.assertRaises(AttributeError):
+            module.missing
+        self.assertEqual(module.runs, 1)
+
+    def test_from_import_runs_it(self) -> None:
+        from ipa_twisted.lean import on_first_use
+        on_first_use(self.name)
+        namespace: dict[str, object] = {}
+        exec(f"from {self.name} import VALUE", namespace)
+        self.assertEqual(namespace["VALUE"], 7)
+        self.assertEqual(sys.modules[self.name].runs, 1)   # type: ignore
+
+    def test_packages_absent_and_imported_modules_left_alone(self) -> None:
+        from ipa_twisted.lean import on_first_use
+        import json   # a package
+        import colorsys
+        on_first_use(self.name + "_absent", "json", "colorsys")
+        self.assertNotIn(self.name + "_absent", sys.modules)
+        self.assertIs(sys.modules["json"], json)
+        self.assertIs(sys.modules["colorsys"], colorsys)
+        self.assertNotIn("__getattr__", vars(colorsys))
