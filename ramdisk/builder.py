@@ -30,6 +30,8 @@ import argparse
 import functools
 import fnmatch
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -1097,6 +1099,44 @@ def smoke_test(root: str) -> None:
         f"disk made, the agent's modules import")
 
 
+#: start-agent's compile cache in the image (see CompileCache there)
+COMPILE_CACHE = "usr/share/ipa-twisted/compile-cache"
+
+
+def record_compile_cache(root: str) -> None:
+    """Record in the image, by its own Python, what the agent's imports
+    compile (start-agent --record-compile-cache), twice with two hash
+    seeds, and keep what both agree on (start-agent's merge_recordings)
+    for start-agent to use at boot."""
+    recordings = []
+    for seed in ("0", "1"):
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--fork",
+             "sh", "-c", IN_IMAGE, root, "env", f"PYTHONHASHSEED={seed}",
+             "python3", "/usr/share/ipa-twisted/start-agent",
+             "--record-compile-cache"],
+            env=CHROOT_ENV, capture_output=True)
+        if result.returncode != 0:
+            raise SystemExit("ramdisk: recording the compile cache failed:\n"
+                             + result.stderr.decode(errors="replace")[-3000:])
+        recordings.append(result.stdout)
+    start_agent = load_start_agent(os.path.join(HERE, "start-agent"))
+    merged = start_agent.merge_recordings(*recordings)
+    with open(os.path.join(root, COMPILE_CACHE), "wb") as f:
+        f.write(merged)
+    tag, patterns, sources = start_agent.marshal.loads(merged)
+    say(f"compile cache: {len(patterns)} patterns, {len(sources)} "
+        f"sources ({len(merged) // 1024} KiB)")
+
+
+def load_start_agent(path: str) -> Any:
+    """ramdisk/start-agent (a script: no .py) as a module."""
+    loader = importlib.machinery.SourceFileLoader("start_agent", path)
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("start_agent", loader))
+    loader.exec_module(module)
+    return module
+
 
 # ------------------------------------------------------- the cold part
 #
@@ -1500,6 +1540,7 @@ def build_ramdisk(args: argparse.Namespace, cache: str, base: str,
         slim(root, work)
         check_tools(root)
         smoke_test(root)
+        record_compile_cache(root)
         cold = split_cold(root, work, hot_files(root, python_hot_files(root)),
                           args.epoch)
         shutil.copy(vmlinuz, os.path.join(out, "ipa-twisted.kernel"))

@@ -3,8 +3,6 @@ kernel module selection, the cache key's inputs."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import sys
 import threading
@@ -160,12 +158,8 @@ class SlimTests(SynchronousTestCase):
 
 def load_start_agent() -> Any:
     """ramdisk/start-agent (a script: no .py) as a module."""
-    path = os.path.join(TOP, "ramdisk", "start-agent")
-    loader = importlib.machinery.SourceFileLoader("start_agent", path)
-    module = importlib.util.module_from_spec(
-        importlib.util.spec_from_loader("start_agent", loader))
-    loader.exec_module(module)
-    return module
+    return builder.load_start_agent(os.path.join(TOP, "ramdisk",
+                                                 "start-agent"))
 
 
 class ImportedCueTests(SynchronousTestCase):
@@ -221,6 +215,16 @@ class StartAgentTests(SynchronousTestCase):
     def test_core_only_once_the_network_is_up(self) -> None:
         self.assertEqual(self.start_agent.preload(stop=lambda: True), [])
         self.assertEqual(self.imported, list(self.start_agent.CORE))
+
+    def test_pdb_runs_on_first_use(self) -> None:
+        """twistd's pdb (for --debug) is made to run when first used,
+        before CORE is imported."""
+        from ipa_twisted import lean
+        calls = []
+        self.patch(lean, "on_first_use",
+                   lambda *names: calls.append((names, len(self.imported))))
+        self.start_agent.preload(stop=lambda: True)
+        self.assertEqual(calls, [(("pdb",), 0)])
 
     def test_everything_but_tests_while_waiting(self) -> None:
         self.start_agent.preload(stop=lambda: False)
@@ -301,3 +305,161 @@ class StartAgentTests(SynchronousTestCase):
         failed = self.start_agent.preload(stop=lambda: True)
         self.assertEqual(len(failed), len(self.start_agent.CORE))
         self.assertIn("ipa_twisted.agent: ImportError", failed[-1])
+
+
+#: compile()d by a function of this module, which has the annotations
+#: future: the annotation stays a string
+ANNOTATED = "def f(x: NotDefinedAnywhere) -> None:\n    pass\n"
+
+
+def compile_here(source: str) -> Any:
+    """compile() called from code with this module's future flags."""
+    return compile(source, "<test>", "exec")
+
+
+#: the same call from code without any future flag (not even this
+#: module's, which exec() would pass on)
+_plain: dict[str, Any] = {}
+exec(compile("def compile_plain(source):\n"
+             "    return compile(source, '<test>', 'exec')\n",
+             "<plain>", "exec", dont_inherit=True), _plain)
+compile_plain = _plain["compile_plain"]
+
+
+class CompileCacheTests(SynchronousTestCase):
+    """start-agent's CompileCache: what the build records, the boot
+    uses."""
+
+    PATTERNS = [(r"(?P<key>ipa-[a-z-]+)=(?P<value>\S*)", 0),
+                (rb"^\x00+(..)$", 0),
+                (r"disk (\d+) of (\d+)", 2)]   # re.IGNORECASE
+
+    def setUp(self) -> None:
+        import builtins
+        import re
+        self.start_agent = load_start_agent()
+        self.re = re
+        compile_before = builtins.compile
+        re_before = re._compiler.compile
+
+        def restore() -> None:
+            builtins.compile = compile_before
+            re._compiler.compile = re_before
+            re.purge()
+        self.addCleanup(restore)
+        re.purge()
+
+    def recording(self, sources: list[str] = [ANNOTATED]) -> bytes:
+        cache = self.start_agent.CompileCache()
+        cache.record()
+        try:
+            for pattern, flags in self.PATTERNS:
+                self.re.compile(pattern, flags)
+            codes = [compile_here(s) for s in sources]
+        finally:
+            cache.uninstall()
+        self.re.purge()
+        self.recorded = codes
+        return cache.dump()
+
+    def test_a_recorded_pattern_is_not_parsed_again(self) -> None:
+        data = self.recording()
+        expected = [self.re.compile(p, f) for p, f in self.PATTERNS]
+        self.re.purge()
+        cache = self.start_agent.CompileCache()
+        self.assertTrue(cache.load(data))
+
+        def parse(*args: Any) -> None:
+            raise AssertionError("parsed again")
+        self.patch(self.re._parser, "parse", parse)
+        for (pattern, flags), want in zip(self.PATTERNS, expected):
+            got = self.re.compile(pattern, flags)
+            self.assertEqual((got.pattern, got.flags, got.groups,
+                              got.groupindex),
+                             (want.pattern, want.flags, want.groups,
+                              want.groupindex))
+        self.assertEqual(
+            self.re.compile(self.PATTERNS[0][0]).match(
+                "ipa-api-url=http://x").groupdict(),
+            {"key": "ipa-api-url", "value": "http://x"})
+        self.assertEqual(self.re.compile(*self.PATTERNS[1]).match(
+            b"\0\0ab").group(1), b"ab")
+        self.assertTrue(self.re.compile(*self.PATTERNS[2]).search(
+            "DISK 1 OF 2"))
+        self.assertEqual((cache.hits, cache.misses), (3, 0))
+        # one it does not hold goes to re's own compiler
+        self.assertRaises(AssertionError, self.re.compile, "not recorded")
+        self.assertEqual(cache.misses, 1)
+
+    def test_a_recorded_source_is_not_compiled_again(self) -> None:
+        data = self.recording()
+        cache = self.start_agent.CompileCache()
+        self.assertTrue(cache.load(data))
+        compiled = []
+        real = cache._compile
+
+        def counting(*args: Any) -> Any:
+            compiled.append(args[0])
+            return real(*args)
+        cache._compile = counting
+        code = compile_here(ANNOTATED)
+        self.assertEqual(code, self.recorded[0])
+        self.assertEqual(compiled, [])
+        namespace: dict[str, Any] = {}
+        exec(code, namespace)
+        self.assertEqual(namespace["f"].__annotations__,
+                         {"x": "NotDefinedAnywhere", "return": "None"})
+        # again: still there
+        compile_here(ANNOTATED)
+        self.assertEqual((cache.hits, cache.misses, compiled), (2, 0, []))
+
+    def test_the_callers_future_flags_are_kept(self) -> None:
+        """compile() takes the future flags of the code calling it: the
+        cache's own compile() must not hide them, and a source recorded
+        under one set of flags is not used under another."""
+        data = self.recording()
+        cache = self.start_agent.CompileCache()
+        self.assertTrue(cache.load(data))
+        code = compile_plain(ANNOTATED)   # not from the cache
+        self.assertEqual((cache.hits, cache.misses), (0, 1))
+        self.assertRaises(NameError, exec, code, {})
+        # not recorded, from code with the future: a string annotation
+        namespace: dict[str, Any] = {}
+        exec(compile_here(ANNOTATED.replace("f(", "g(")), namespace)
+        self.assertEqual(namespace["g"].__annotations__["x"],
+                         "NotDefinedAnywhere")
+        # not cached at all (bytes): the caller's flags too
+        exec(compile_here(ANNOTATED.encode()), namespace)  # type: ignore
+        self.assertEqual(namespace["f"].__annotations__["x"],
+                         "NotDefinedAnywhere")
+        self.assertEqual((cache.hits, cache.misses), (0, 2))
+
+    def test_another_pythons_recording_is_not_used(self) -> None:
+        import builtins
+        import marshal
+        tag, patterns, sources = marshal.loads(self.recording())
+        before = builtins.compile
+        cache = self.start_agent.CompileCache()
+        self.assertFalse(cache.load(marshal.dumps(
+            ("3.99.0|1|0", patterns, sources))))
+        self.assertFalse(cache.load(b"not a recording"))
+        self.assertIs(builtins.compile, before)
+        self.assertTrue(cache.load(marshal.dumps((tag, patterns, sources))))
+        self.assertIsNot(builtins.compile, before)
+
+    def test_merge_keeps_what_both_recordings_agree_on(self) -> None:
+        import marshal
+        first = self.recording(["x = 1\n", "y = {'a', 'b'}\n"])
+        tag, patterns, sources = marshal.loads(first)
+        # the second: one source missing (it held a hash), one pattern's
+        # program different, the set's code in another order
+        other_patterns = [(k, v if n else (v[0], v[1] + [0]) + v[2:])
+                          for n, (k, v) in enumerate(patterns)]
+        other_sources = [(k, b"another order") for k, v in sources[1:]]
+        merged = marshal.loads(self.start_agent.merge_recordings(
+            first, marshal.dumps((tag, other_patterns, other_sources))))
+        self.assertEqual(merged[0], tag)
+        self.assertEqual(merged[1], patterns[1:])
+        self.assertEqual(merged[2], sources[1:])
+        self.assertRaises(ValueError, self.start_agent.merge_recordings,
+                          first, marshal.dumps(("other", [], [])))

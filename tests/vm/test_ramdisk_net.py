@@ -326,6 +326,11 @@ class RamdiskNetworkTests(SynchronousTestCase):
         # imports done), not at /init's 10 s limit
         machine.wait_for_serial(
             "udev: the other devices triggered \\(imports done\\)", 60)
+        # and start-agent used the compile cache the build recorded with
+        # the image's own Python (ramdisk/start-agent's CompileCache)
+        _, used = machine.wait_for_serial(
+            r"start-agent: imports done \(compile cache: (\d+) used", 10)
+        self.assertGreater(int(used.group(1)), 100)
         # and no VLAN: the guest's frames went untagged
         self.assertGreater(switch.frames(None, 0x0800), 0)
         self.assertFalse([k for k in switch.seen if k[0] is not None])
