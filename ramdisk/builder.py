@@ -1025,6 +1025,7 @@ loader.exec_module(start_agent)
 #: the agent, twistd finds the plugin.  (Importing klein installs the
 #: default reactor, as it does when twistd makes the agent's service.)
 SMOKE_PYTHON = LOAD_START_AGENT + """\
+start_agent.prepare()
 failed = start_agent.preload()
 for name in start_agent.SKIP:
     try:
@@ -1196,6 +1197,7 @@ SQUASHFS_OPTIONS = ["-comp", "zstd", "-Xcompression-level", "19",
 
 PYTHON_FILES = LOAD_START_AGENT + """\
 import json
+start_agent.prepare()
 start_agent.preload()
 import twisted.plugin, twisted.plugins, twisted.internet.reactor
 files = set()

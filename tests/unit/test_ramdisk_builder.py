@@ -216,15 +216,15 @@ class StartAgentTests(SynchronousTestCase):
         self.assertEqual(self.start_agent.preload(stop=lambda: True), [])
         self.assertEqual(self.imported, list(self.start_agent.CORE))
 
-    def test_pdb_runs_on_first_use(self) -> None:
+    def test_prepare_makes_pdb_run_on_first_use(self) -> None:
         """twistd's pdb (for --debug) is made to run when first used,
-        before CORE is imported."""
+        before CORE is imported (prepare(), which the boot, the build's
+        recording and its listing of what the boot imports run)."""
         from ipa_twisted import lean
         calls = []
-        self.patch(lean, "on_first_use",
-                   lambda *names: calls.append((names, len(self.imported))))
-        self.start_agent.preload(stop=lambda: True)
-        self.assertEqual(calls, [(("pdb",), 0)])
+        self.patch(lean, "on_first_use", lambda *names: calls.append(names))
+        self.start_agent.prepare()
+        self.assertEqual(calls, [("pdb",)])
 
     def test_everything_but_tests_while_waiting(self) -> None:
         self.start_agent.preload(stop=lambda: False)
