@@ -78,8 +78,10 @@ def _run_init(module: ModuleType, submodules: bool = True) -> Any:
                 found = False
             if found:
                 return importlib.import_module(submodule)
-        # the package's own namespace is asked for: complete it (once; a
-        # second thread waits for the first)
+        # the package's own namespace is asked for: complete it (once: the
+        # lock keeps two threads from running it twice; another thread
+        # asking while it runs may not find a name yet, as in a module
+        # half imported; the agent asks from one thread)
         with lock:
             if vars(module).get("__getattr__") is __getattr__:
                 del vars(module)["__getattr__"]

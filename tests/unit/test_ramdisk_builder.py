@@ -332,7 +332,9 @@ class CompileCacheTests(SynchronousTestCase):
 
     PATTERNS = [(r"(?P<key>ipa-[a-z-]+)=(?P<value>\S*)", 0),
                 (rb"^\x00+(..)$", 0),
-                (r"disk (\d+) of (\d+)", 2)]   # re.IGNORECASE
+                (r"disk (\d+) of (\d+)", 2),   # re.IGNORECASE
+                (r"disk (\d+) of (\d+)", 0),
+                ("ab+", 0), (b"ab+", 0)]         # str and bytes
 
     def setUp(self) -> None:
         import builtins
@@ -374,10 +376,10 @@ class CompileCacheTests(SynchronousTestCase):
         self.patch(self.re._parser, "parse", parse)
         for (pattern, flags), want in zip(self.PATTERNS, expected):
             got = self.re.compile(pattern, flags)
-            self.assertEqual((got.pattern, got.flags, got.groups,
-                              got.groupindex),
-                             (want.pattern, want.flags, want.groups,
-                              want.groupindex))
+            # equal patterns: the same program, flags and pattern
+            self.assertEqual(got, want)
+            self.assertEqual((type(got.pattern), got.groupindex),
+                             (type(want.pattern), want.groupindex))
         self.assertEqual(
             self.re.compile(self.PATTERNS[0][0]).match(
                 "ipa-api-url=http://x").groupdict(),
@@ -386,7 +388,9 @@ class CompileCacheTests(SynchronousTestCase):
             b"\0\0ab").group(1), b"ab")
         self.assertTrue(self.re.compile(*self.PATTERNS[2]).search(
             "DISK 1 OF 2"))
-        self.assertEqual((cache.hits, cache.misses), (3, 0))
+        self.assertFalse(self.re.compile(*self.PATTERNS[3]).search(
+            "DISK 1 OF 2"))
+        self.assertEqual((cache.hits, cache.misses), (6, 0))
         # one it does not hold goes to re's own compiler
         self.assertRaises(AssertionError, self.re.compile, "not recorded")
         self.assertEqual(cache.misses, 1)
@@ -446,6 +450,49 @@ class CompileCacheTests(SynchronousTestCase):
         self.assertIs(builtins.compile, before)
         self.assertTrue(cache.load(marshal.dumps((tag, patterns, sources))))
         self.assertIsNot(builtins.compile, before)
+
+    def test_a_damaged_recording_or_entry_is_compiled_as_usual(
+            self) -> None:
+        import builtins
+        import marshal
+        tag, patterns, sources = marshal.loads(self.recording())
+        before = builtins.compile
+        cache = self.start_agent.CompileCache()
+        # not a list of pairs: refused, nothing installed
+        self.assertFalse(cache.load(marshal.dumps((tag, [1, 2], []))))
+        self.assertIs(builtins.compile, before)
+        # entries that fail: compiled by Python itself
+        broken_patterns = [(k, (v[0], [999999], v[2], v[3], v[4]))
+                           for k, v in patterns]
+        broken_sources = [(k, b"not marshal") for k, v in sources]
+        self.assertTrue(cache.load(marshal.dumps(
+            (tag, broken_patterns, broken_sources))))
+        for pattern, flags in self.PATTERNS:
+            self.assertEqual(self.re.compile(pattern, flags).pattern,
+                             pattern)
+        namespace: dict[str, Any] = {}
+        exec(compile_here(ANNOTATED), namespace)
+        self.assertIn("f", namespace)
+        self.assertEqual((cache.hits, cache.misses),
+                         (0, len(self.PATTERNS) + 1))
+
+    def test_use_and_close(self) -> None:
+        import builtins
+        path = self.mktemp()
+        self.assertIsNone(self.start_agent.use_compile_cache(path))
+        with open(path, "wb") as f:
+            f.write(self.recording()[:-20])      # cut short
+        self.assertIsNone(self.start_agent.use_compile_cache(path))
+        before = builtins.compile
+        with open(path, "wb") as f:
+            f.write(self.recording())
+        cache = self.start_agent.use_compile_cache(path)
+        self.assertIsNotNone(cache)
+        self.assertIsNot(builtins.compile, before)
+        self.assertTrue(cache.patterns)
+        cache.close()
+        self.assertIs(builtins.compile, before)
+        self.assertEqual((cache.patterns, cache.sources), ({}, {}))
 
     def test_merge_keeps_what_both_recordings_agree_on(self) -> None:
         import marshal
