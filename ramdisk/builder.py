@@ -1050,12 +1050,14 @@ exec chroot "$0" sh -c 'mount -t proc proc /proc && \\
 """
 
 
-def in_image(root: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """``argv`` run in the image as IN_IMAGE says; output captured."""
+def in_image(root: str, argv: list[str],
+             text: bool = True) -> subprocess.CompletedProcess:
+    """``argv`` run in the image as IN_IMAGE says; output captured (as
+    bytes with ``text=False``)."""
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--fork",
          "sh", "-c", IN_IMAGE, root] + argv,
-        env=CHROOT_ENV, capture_output=True, text=True)
+        env=CHROOT_ENV, capture_output=True, text=text)
 
 
 def smoke_test(root: str) -> None:
@@ -1111,12 +1113,10 @@ def record_compile_cache(root: str) -> None:
     for start-agent to use at boot."""
     recordings = []
     for seed in ("0", "1"):
-        result = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--fork",
-             "sh", "-c", IN_IMAGE, root, "env", f"PYTHONHASHSEED={seed}",
-             "python3", "/usr/share/ipa-twisted/start-agent",
-             "--record-compile-cache"],
-            env=CHROOT_ENV, capture_output=True)
+        result = in_image(root, [
+            "env", f"PYTHONHASHSEED={seed}", "python3",
+            "/usr/share/ipa-twisted/start-agent", "--record-compile-cache"],
+            text=False)
         if result.returncode != 0:
             raise SystemExit("ramdisk: recording the compile cache failed:\n"
                              + result.stderr.decode(errors="replace")[-3000:])
