@@ -210,8 +210,8 @@ STATE_FILES = ["var/log", "var/lib/dpkg/status-old",
 #: The agent's sources: what goes into its wheel (and the cache key).
 AGENT_SOURCES = ["ipa_twisted", "twisted/plugins", "setup.cfg",
                  "pyproject.toml", "README.md"]
-RAMDISK_FILES = ["builder.py", "init", "udhcpc", "start-agent",
-                 "requirements.txt"]
+RAMDISK_FILES = ["builder.py", "kernel_repack.py", "init", "udhcpc",
+                 "start-agent", "requirements.txt"]
 
 MiB = 1024 ** 2
 
@@ -479,6 +479,22 @@ def kernel_stage(base: str) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def repacked_kernel(args: argparse.Namespace, cache: str, base: str,
+                    vmlinuz: str, fresh: bool = False) -> str:
+    """Debian's kernel behind an lz4 decompressor (kernel_repack.py):
+    the same vmlinux, ~2.5 s sooner to start under TCG."""
+    import kernel_repack
+    deb = [n for n in os.listdir(base) if n.endswith(".deb")][0]
+    try:
+        return kernel_repack.repack(
+            vmlinuz, os.path.join(base, deb), cache,
+            lambda packages: build_base(args, cache, packages), say,
+            args.epoch, fresh=fresh)
+    except (ValueError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"ramdisk: repacking the kernel failed ({e}); "
+                         f"--stock-kernel ships Debian's as it is")
 
 
 def install_kernel(base: str, root: str, work: str) -> tuple[str, str]:
@@ -1504,7 +1520,8 @@ COMPRESSORS = {
 def build_ramdisk(args: argparse.Namespace, cache: str, base: str,
                   wheels: str) -> str:
     sources = source_files(AGENT_SOURCES)
-    parts = [f"ramdisk {RAMDISK_RECIPE} {args.epoch} {args.compress}".encode(),
+    parts = [f"ramdisk {RAMDISK_RECIPE} {args.epoch} {args.compress} "
+             f"{args.stock_kernel}".encode(),
              os.path.basename(base).encode(), os.path.basename(wheels).encode()]
     for rel in sources:
         with open(os.path.join(TOP, rel), "rb") as f:
@@ -1535,6 +1552,8 @@ def build_ramdisk(args: argparse.Namespace, cache: str, base: str,
         run(["tar", "-C", root, "--numeric-owner", "-xpf",
              os.path.join(base, "root.tar")])
         vmlinuz, version = install_kernel(base, root, work)
+        if not args.stock_kernel:
+            vmlinuz = repacked_kernel(args, cache, base, vmlinuz)
         own = agent_wheel(work, args.epoch)
         install_python(root, wheels, own)
         configure(root, args, key)
@@ -1552,6 +1571,7 @@ def build_ramdisk(args: argparse.Namespace, cache: str, base: str,
         unpacked = pack(root, initramfs, args.epoch,
                         COMPRESSORS[args.compress])
         info = {"key": key, "kernel_version": version,
+                "kernel": "debian" if args.stock_kernel else "lz4 repack",
                 "unpacked_bytes": unpacked, "compression": args.compress,
                 "build_seconds": round(time.monotonic() - t0, 1),
                 "agent_wheel": os.path.basename(own), **cold}
@@ -1626,6 +1646,11 @@ def main(argv: list[str]) -> int:
                         help="the initramfs's compression (default lz4: "
                         "the fastest for the kernel to unpack, which it "
                         "does before /init; zstd is 8 MB smaller)")
+    parser.add_argument("--stock-kernel", action="store_true",
+                        help="ship Debian's vmlinuz as it is (xz, signed "
+                        "for UEFI Secure Boot) instead of the same kernel "
+                        "repacked with lz4, which starts ~2.5 s sooner "
+                        "under QEMU TCG, ~0.5 s without emulation")
     parser.add_argument("--epoch", type=int, default=int(
         os.environ.get("SOURCE_DATE_EPOCH", EPOCH)),
         help="mtime of every file (default: $SOURCE_DATE_EPOCH or "
@@ -1663,6 +1688,21 @@ def main(argv: list[str]) -> int:
                     again = ""
                     return 1
                 say(f"reproducible: {name} sha256 {a} (twice)")
+            if not args.stock_kernel:
+                # the ramdisk stage reuses the repacked kernel: build
+                # that again too
+                fresh = repacked_kernel(
+                    args, cache, base,
+                    os.path.join(kernel_stage(base), "vmlinuz"), fresh=True)
+                a = file_sha256(os.path.join(result, "ipa-twisted.kernel"))
+                b = file_sha256(fresh)
+                shutil.rmtree(os.path.dirname(fresh), ignore_errors=True)
+                if a != b:
+                    print(f"ramdisk: NOT reproducible: the repacked kernel "
+                          f"{a} != {b}", file=sys.stderr)
+                    return 1
+                say(f"reproducible: the repacked kernel, built again: "
+                    f"sha256 {a}")
         finally:
             if again:
                 shutil.rmtree(again, ignore_errors=True)

@@ -122,6 +122,37 @@ class RamdiskBuildTests(SynchronousTestCase):
         self.assertFalse([m for m in modules if "/sound/" in m
                           or "/gpu/" in m or "/wireless/" in m])
 
+    def test_kernel_repacked(self) -> None:
+        """Debian's kernel behind an lz4 decompressor: its payload unpacks
+        (here, with lz4 itself) to exactly what Debian's xz payload holds,
+        and it names the same kernel."""
+        import kernel_repack as kr
+        with open(self.built["kernel"], "rb") as f:
+            ours = kr.read_bzimage(f.read())
+        self.assertEqual(ours.payload[:4], kr.LZ4_LEGACY_MAGIC)
+        raw = subprocess.run(["lz4", "-dc"], input=ours.payload[:-4],
+                             capture_output=True, check=True).stdout
+        elf, relocs = kr.split_vmlinux(raw)
+        self.assertEqual(sorted(kr.voffset(elf)),
+                         ["__bss_start", "__start_rodata", "_end", "_text"])
+        # Debian's own image of that kernel, in the build's kernel stage
+        stock = []
+        cache = builder.cache_dir(None)
+        for name in sorted(os.listdir(cache)):
+            path = os.path.join(cache, name, "vmlinuz")
+            if name.startswith("kernel-") and os.path.exists(path):
+                with open(path, "rb") as f:
+                    image = kr.read_bzimage(f.read())
+                if image.version == ours.version and \
+                        image.payload.startswith(kr.XZ_MAGIC):
+                    stock.append(image)
+        self.assertTrue(stock, f"no Debian vmlinuz {ours.version} in {cache}")
+        self.assertEqual(kr.unpack_xz(stock[0].payload), raw)
+        self.assertIn("Debian", ours.version)
+        h.say(f"kernel: {len(ours.payload) / MiB:.1f} MiB of lz4 (Debian's "
+              f"xz: {len(stock[0].payload) / MiB:.1f} MiB) for "
+              f"{len(raw) / MiB:.1f} MiB")
+
     def test_cold_part(self) -> None:
         """What the boot reads stays in the initramfs; the rest is in the
         squashfs image, and its paths lead there."""
@@ -174,4 +205,6 @@ class RamdiskBuildTests(SynchronousTestCase):
              "--check-reproducible"], capture_output=True, text=True)
         self.assertEqual(result.returncode, 0,
                          result.stdout[-2000:] + result.stderr[-2000:])
-        self.assertEqual(result.stdout.count("reproducible: "), 2)
+        self.assertEqual(result.stdout.count("reproducible: "), 3)
+        # the repacked kernel too, built again from Debian's source
+        self.assertIn("reproducible: the repacked kernel", result.stdout)
