@@ -21,6 +21,9 @@ Two stages, each cached by the hash of what goes into it:
    init and the flags: a rebuild with nothing changed copies the result
    from the cache.
 
+Beside them, cached on its own: Debian's kernel image repacked behind an
+lz4 decompressor (``kernel_repack.py``; ``--stock-kernel`` skips it).
+
 Standard library only; runs as root (mmdebstrap's root mode, chroot).
 """
 
