@@ -19,7 +19,8 @@ by the test, tests/vm/netboot.py) deploys a 16 MiB whole-disk image onto
 the QEMU machine's virtio disk (no cleaning); printed: initramfs size, and
 seconds from power-on to the kernel, to /init, to the agent's start, to
 its lookup and its first heartbeat, and from the deploy request to
-``active``.
+``active``; from nginx's access log, when iPXE had fetched Ironic's
+boot.ipxe (``ipxe_script``) and the deploy ramdisk (``fetched``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,24 @@ def ipa_ramdisk(cache: str) -> dict[str, Any]:
     return result
 
 
+def fetches(access_log: str, wall: float) -> dict[str, float]:
+    """From nginx's access log: seconds after power-on (``wall``) when
+    iPXE had fetched Ironic's boot.ipxe, and when it had fetched the
+    deploy ramdisk (the last of the boot files)."""
+    found: dict[str, float] = {}
+    with open(access_log) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 6 or float(fields[0]) < wall:
+                continue
+            path = fields[5]
+            for name, suffix in (("ipxe_script", "/boot.ipxe"),
+                                 ("fetched", "/deploy_ramdisk")):
+                if path.endswith(suffix) and name not in found:
+                    found[name] = float(fields[0]) - wall
+    return found
+
+
 def deploy(name: str, files: dict[str, Any], markers: dict[str, str],
            serial_dir: str | None = None) -> dict[str, Any]:
     env = nb.Netboot(automated_clean=False)
@@ -170,7 +189,7 @@ def deploy(name: str, files: dict[str, Any], markers: dict[str, str],
         return {"name": name, "initramfs_mib": os.path.getsize(
             files["initramfs"]) / MiB, "active_s": active,
             "active_after_power_on_s": time.monotonic() - boot.started,
-            **boot.seen}
+            **fetches(env.access_log, boot.wall), **boot.seen}
     finally:
         try:
             if serial_dir and machine is not None:
@@ -202,7 +221,8 @@ def main() -> int:
         h.say(f"IPA reference ramdisk: {time.monotonic() - t0:.0f} s")
         rows.append(deploy("IPA 13.0.0", files, IPA_MARKERS,
                            args.serial_dir))
-    cols = ["initramfs_mib", "kernel", "init", "agent", "lookup",
+    cols = ["initramfs_mib", "ipxe_script", "fetched", "kernel", "init",
+            "agent", "lookup",
             "heartbeat", "active_after_power_on_s", "active_s"]
     print("\n| ramdisk | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

@@ -292,13 +292,15 @@ def base_packages(args: argparse.Namespace) -> list[str]:
 
 
 def build_base(args: argparse.Namespace, cache: str,
-               packages: list[str] | None = None) -> str:
+               packages: list[str] | None = None, kernel: bool = True) -> str:
     """The Debian root as a tarball and the kernel .deb, in a cache
     directory named by their key; returns that directory.  ``packages``:
     another list than the agent's (benchmarks/netboot.py's IPA
-    reference)."""
+    reference, kernel_repack's build root); ``kernel``: False for a root
+    without the kernel .deb beside it."""
     packages = sorted(packages) if packages else base_packages(args)
-    key = digest([f"base {BASE_RECIPE} {SUITE} {args.mirror}".encode(),
+    key = digest([f"base {BASE_RECIPE} {SUITE} {args.mirror}".encode()
+                  + (b"" if kernel else b" without the kernel"),
                   " ".join(packages).encode(),
                   " ".join(DPKG_EXCLUDES + DPKG_INCLUDES + PURGE).encode(),
                   str(args.epoch).encode()])[:16]
@@ -310,7 +312,7 @@ def build_base(args: argparse.Namespace, cache: str,
     os.makedirs(out)
     components = "main,non-free-firmware" if args.firmware else "main"
     say(f"Debian base {key}: mmdebstrap {SUITE} with {len(packages)} "
-        f"packages (+ {KERNEL_PACKAGE})")
+        f"packages" + (f" (+ {KERNEL_PACKAGE})" if kernel else ""))
     t0 = time.monotonic()
     hook = (f'cd {out} && APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" sh -c '
             f'\'apt-get download -q "$(apt-cache depends {KERNEL_PACKAGE} '
@@ -319,10 +321,11 @@ def build_base(args: argparse.Namespace, cache: str,
     argv = ["mmdebstrap", "--variant=essential", "--mode=root",
             f"--components={components}",
             "--include=" + ",".join(packages),
-            "--aptopt=Acquire::Retries \"3\"",
-            f"--customize-hook={hook}",
-            "--customize-hook=chroot \"$1\" dpkg --purge --force-depends "
-            + " ".join(PURGE)]
+            "--aptopt=Acquire::Retries \"3\""]
+    if kernel:
+        argv.append(f"--customize-hook={hook}")
+    argv.append("--customize-hook=chroot \"$1\" dpkg --purge "
+                "--force-depends " + " ".join(PURGE))
     argv += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
     argv += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
     argv += [SUITE, os.path.join(out, "root.tar")]
@@ -332,7 +335,7 @@ def build_base(args: argparse.Namespace, cache: str,
     run(argv, env=env, stdin=subprocess.DEVNULL,
         stdout=None if args.verbose else subprocess.DEVNULL)
     debs = [n for n in os.listdir(out) if n.endswith(".deb")]
-    if len(debs) != 1:
+    if kernel and len(debs) != 1:
         raise SystemExit(f"ramdisk: expected one kernel package, got {debs}")
     with open(os.path.join(out, "packages"), "w") as f:
         f.write("\n".join(packages) + "\n")
@@ -438,9 +441,8 @@ def kernel_stage(base: str) -> str:
     os.makedirs(out)
     work = tempfile.mkdtemp(prefix="ipa-kernel-", dir=os.path.dirname(base))
     try:
-        deb = [n for n in os.listdir(base) if n.endswith(".deb")][0]
         kdir = os.path.join(work, "kernel")
-        run(["dpkg-deb", "-x", os.path.join(base, deb), kdir])
+        run(["dpkg-deb", "-x", kernel_deb(base), kdir])
         mods = os.path.join(kdir, "lib", "modules")
         version = os.listdir(mods)[0]
         moddir = os.path.join(mods, version)
@@ -484,20 +486,26 @@ def kernel_stage(base: str) -> str:
     return out
 
 
+def kernel_deb(base: str) -> str:
+    """The kernel package the base's stage downloaded beside it."""
+    return os.path.join(base, [n for n in os.listdir(base)
+                               if n.endswith(".deb")][0])
+
+
 def repacked_kernel(args: argparse.Namespace, cache: str, base: str,
                     vmlinuz: str, fresh: bool = False) -> str:
     """Debian's kernel behind an lz4 decompressor (kernel_repack.py):
     the same vmlinux, ~2.5 s sooner to start under TCG."""
     import kernel_repack
-    deb = [n for n in os.listdir(base) if n.endswith(".deb")][0]
     try:
         return kernel_repack.repack(
-            vmlinuz, os.path.join(base, deb), cache,
-            lambda packages: build_base(args, cache, packages), say,
-            args.epoch, fresh=fresh)
-    except (ValueError, subprocess.CalledProcessError) as e:
-        raise SystemExit(f"ramdisk: repacking the kernel failed ({e}); "
-                         f"--stock-kernel ships Debian's as it is")
+            vmlinuz, kernel_deb(base), cache,
+            lambda packages: build_base(args, cache, packages, kernel=False),
+            lambda root, argv: in_image(root, argv, writable=True), say,
+            mirror=args.mirror, fresh=fresh)
+    except Exception as e:
+        raise SystemExit(f"ramdisk: repacking the kernel failed: {e}\n"
+                         f"(--stock-kernel ships Debian's image as it is)")
 
 
 def install_kernel(base: str, root: str, work: str) -> tuple[str, str]:
@@ -1067,15 +1075,18 @@ mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && \\
 exec chroot "$0" sh -c 'mount -t proc proc /proc && \\
     mount -t tmpfs tmpfs /tmp && exec "$@"' sh "$@"
 """
+#: the same, the image left writable (kernel_repack builds in its root)
+IN_IMAGE_RW = IN_IMAGE.replace(' && mount -o remount,bind,ro "$0"', "")
 
 
-def in_image(root: str, argv: list[str],
-             text: bool = True) -> subprocess.CompletedProcess:
+def in_image(root: str, argv: list[str], text: bool = True,
+             writable: bool = False) -> subprocess.CompletedProcess:
     """``argv`` run in the image as IN_IMAGE says; output captured (as
-    bytes with ``text=False``)."""
+    bytes with ``text=False``).  ``writable``: the image is not made
+    read-only (kernel_repack builds in its build root)."""
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--fork",
-         "sh", "-c", IN_IMAGE, root] + argv,
+         "sh", "-c", IN_IMAGE_RW if writable else IN_IMAGE, root] + argv,
         env=CHROOT_ENV, capture_output=True, text=text)
 
 

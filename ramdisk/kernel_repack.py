@@ -41,9 +41,11 @@ from typing import Any, Callable, NamedTuple
 #: bumped when what this module builds changes
 RECIPE = 1
 #: what the Debian root that builds the boot part holds, besides
-#: linux-source-X.Y (python3 is not needed: BTF is switched off)
+#: linux-source-X.Y (python3 and pahole are not needed: BTF is switched
+#: off)
 PACKAGES = ["make", "gcc", "libc6-dev", "binutils", "flex", "bison", "bc",
-            "libelf-dev", "libssl-dev", "lz4", "xz-utils", "perl"]
+            "libelf-dev", "libssl-dev", "lz4", "xz-utils",
+            "mount"]  # in_image mounts /proc and /tmp in it
 #: magic numbers of the payload's codecs (the kernel's own list)
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
@@ -53,6 +55,13 @@ CONFIG_CHANGES = [("CONFIG_KERNEL_XZ=y", "# CONFIG_KERNEL_XZ is not set"),
                   ("# CONFIG_KERNEL_LZ4 is not set", "CONFIG_KERNEL_LZ4=y"),
                   ("CONFIG_DEBUG_INFO_BTF=y",
                    "# CONFIG_DEBUG_INFO_BTF is not set")]
+#: what olddefconfig may change besides CONFIG_CHANGES: BTF's and pahole's
+#: options (BTF is off) and module signing's (no module is built).  Any
+#: other change fails the build: it could change the boot code
+CONFIG_MAY_CHANGE = re.compile(
+    r"CONFIG_(KERNEL_(XZ|LZ4)|DEBUG_INFO_BTF\w*|PAHOLE_\w+|"
+    r"MODULE_ALLOW_BTF_MISMATCH|MODULE_SIG_(KEY|ALL)|SYSTEM_TRUSTED_KEYS|"
+    r"SYSTEM_REVOCATION_KEYS|BUILD_SALT)$")
 #: a target added to the copy of arch/x86/Makefile: the boot part and the
 #: three things it needs from elsewhere in the tree, without vmlinux
 MAKE_TARGET = """
@@ -63,25 +72,27 @@ ipa-twisted-bzimage: prepare
 \t$(Q)$(MAKE) $(build)=drivers/firmware/efi/libstub
 \t$(Q)$(MAKE) $(build)=arch/x86/boot arch/x86/boot/bzImage
 """
+#: run in the build root as /repack/build.sh.  The two overrides on make's
+#: command line reach every sub-make of the target; of the directories it
+#: builds, only arch/x86/boot/compressed defines those commands (so does
+#: arch/x86/realmode, which the target does not build)
 BUILD_SCRIPT = """\
 set -e
 cd /usr/src
 tar -xf linux-source-{series}.tar.xz
 cd linux-source-{series}
 cp /repack/config .config
-make -s olddefconfig
-for line in {wanted}; do
-    grep -qx "$line" .config || {{ echo "repack: .config lacks $line"; exit 1; }}
-done
+make -s CC={cc} olddefconfig
+cp .config /repack/config.after
 cat /repack/make-target >> arch/x86/Makefile
 cp /repack/vmlinux vmlinux
 mkdir -p include/generated
 cp /repack/utsversion.h include/generated/utsversion.h
-make -j{jobs} ipa-twisted-bzimage \\
+make -j{jobs} CC={cc} ipa-twisted-bzimage \\
     'cmd_relocs=cp /repack/relocs $@' \\
     'cmd_voffset=cp /repack/voffset.h $@' \\
     KERNELRELEASE={release} KBUILD_BUILD_USER={user} \\
-    KBUILD_BUILD_HOST={host} KBUILD_BUILD_TIMESTAMP=@{epoch} >/repack/make.log 2>&1 \\
+    KBUILD_BUILD_HOST={host} >/repack/make.log 2>&1 \\
     || {{ tail -n 30 /repack/make.log; exit 1; }}
 cmp arch/x86/boot/compressed/vmlinux.bin /repack/vmlinux
 cp arch/x86/boot/compressed/vmlinux.bin.lz4 /repack/payload.lz4
@@ -90,11 +101,21 @@ cp arch/x86/boot/bzImage /repack/bzImage
 """
 
 
+#: header fields (Documentation/x86/boot.rst) that say how a boot loader
+#: places and starts the kernel: a repacked image must keep Debian's
+HEADER_FIELDS = {"kernel_alignment": (0x230, "<I"),
+                 "relocatable_kernel": (0x234, "<B"),
+                 "min_alignment": (0x235, "<B"), "xloadflags": (0x236, "<H"),
+                 "cmdline_size": (0x238, "<I"), "pref_address": (0x258, "<Q")}
+
+
 class BzImage(NamedTuple):
     """What a bzImage's header says (Documentation/x86/boot.rst)."""
     version: str       # the kernel_version string
     payload: bytes     # the compressed kernel
     init_size: int
+    fields: dict[str, int]   # HEADER_FIELDS
+    decompressor: bytes      # the protected-mode part but the payload
 
 
 def read_bzimage(data: bytes) -> BzImage:
@@ -110,8 +131,11 @@ def read_bzimage(data: bytes) -> BzImage:
     payload = data[setup + offset:setup + offset + length]
     if len(payload) != length:
         raise ValueError("payload beyond the end of the image")
+    fields = {name: struct.unpack_from(form, data, at)[0]
+              for name, (at, form) in HEADER_FIELDS.items()}
     return BzImage(data[pointer:end].decode("ascii", "replace"), payload,
-                   struct.unpack_from("<I", data, 0x260)[0])
+                   struct.unpack_from("<I", data, 0x260)[0], fields,
+                   data[setup:setup + offset] + data[setup + offset + length:])
 
 
 def unpack_xz(payload: bytes) -> bytes:
@@ -208,6 +232,40 @@ def voffset_header(symbols: dict[str, int]) -> str:
                    for name, value in sorted(symbols.items()))
 
 
+def holds_constant(image: BzImage, value: int) -> bool:
+    """Whether the decompressor holds ``value`` as a 64-bit constant.
+    misc.c keeps ``kernel_total_size = VO__end - VO__text`` so: Debian's
+    own image confirms the ``_end`` that voffset() derives."""
+    return struct.pack("<Q", value) in image.decompressor
+
+
+def config_values(text: str) -> dict[str, str]:
+    """A .config as {option: value}; "is not set" is "n"."""
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r"# (CONFIG_\w+) is not set$", line)
+        if match:
+            values[match.group(1)] = "n"
+        elif line.startswith("CONFIG_") and "=" in line:
+            name, value = line.split("=", 1)
+            values[name] = value
+    return values
+
+
+def unexpected_config_changes(wanted: str, got: str) -> list[str]:
+    """Options olddefconfig changed in ``wanted`` (``got``) that
+    CONFIG_MAY_CHANGE does not allow; and CONFIG_CHANGES not kept."""
+    a, b = config_values(wanted), config_values(got)
+    changed = sorted(name for name in set(a) | set(b)
+                     if a.get(name, "n") != b.get(name, "n")
+                     and not CONFIG_MAY_CHANGE.match(name))
+    for _, line in CONFIG_CHANGES:
+        name, _, value = line.partition("=")
+        if value and b.get(name) != value:
+            changed.append(name)
+    return changed
+
+
 VERSION = re.compile(r"(?P<release>\S+) \((?P<user>[^@\s]+)@(?P<host>\S+)\) "
                      r"(?P<uts>#.*)$")
 
@@ -230,6 +288,8 @@ def check(original: bytes, repacked: bytes, raw: bytes, lz4: bytes,
     if old.version != new.version:
         raise ValueError(f"kernel version {new.version!r}, not "
                          f"{old.version!r}")
+    if old.fields != new.fields:
+        raise ValueError(f"header fields {new.fields}, not {old.fields}")
     if not new.payload.startswith(LZ4_LEGACY_MAGIC):
         raise ValueError("the repacked payload is not lz4 (legacy frames)")
     if new.payload != lz4:
@@ -241,25 +301,84 @@ def check(original: bytes, repacked: bytes, raw: bytes, lz4: bytes,
         raise ValueError("the repacked payload's size does not match")
 
 
+def kernel_config(deb: str, release: str) -> str:
+    """boot/config-RELEASE from the kernel package ``deb``."""
+    name = f"./boot/config-{release}"
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb],
+                          stdout=subprocess.PIPE) as listing:
+        config = subprocess.run(["tar", "-xO", name], stdin=listing.stdout,
+                                capture_output=True)
+        listing.stdout.close()  # type: ignore[union-attr]
+    if listing.returncode != 0 or config.returncode != 0:
+        raise ValueError(f"no {name} in {deb}: "
+                         f"{config.stderr.decode(errors='replace')[-300:]}")
+    return config.stdout.decode()
+
+
+def build_inputs(original: bytes, config: str, series: str,
+                 jobs: int) -> tuple[bytes, dict[str, Any]]:
+    """Debian's raw payload, and the files /repack holds in the build root
+    (the build script among them)."""
+    image = read_bzimage(original)
+    raw = unpack_xz(image.payload)
+    elf, relocs = split_vmlinux(raw)
+    symbols = voffset(elf)
+    if not holds_constant(image, symbols["_end"] - symbols["_text"]):
+        raise ValueError(f"Debian's decompressor does not hold the kernel's "
+                         f"size {symbols['_end'] - symbols['_text']:#x} "
+                         f"(_end - _text): the derived _end is wrong")
+    names = parse_version(image.version)
+    lines = config.split("\n")
+    if "CONFIG_KERNEL_XZ=y" not in lines:
+        raise ValueError("Debian's config lacks CONFIG_KERNEL_XZ=y")
+    changes = dict(CONFIG_CHANGES)
+    # the compiler as Debian's build named it ("gcc-12 (Debian ...) ..."):
+    # the same text in the config, and the same compiler
+    text = re.search(r'^CONFIG_CC_VERSION_TEXT="(\S+) ', config, re.M)
+    if not text or not re.match(r"gcc(-\d+)?$", text.group(1)):
+        raise ValueError("Debian's config names no gcc "
+                         "(CONFIG_CC_VERSION_TEXT)")
+    return raw, {
+        "vmlinux": elf, "relocs": relocs,
+        "config": "\n".join(changes.get(line, line) for line in lines),
+        "voffset.h": voffset_header(symbols),
+        "utsversion.h": f'#define UTS_VERSION "{names["uts"]}"\n',
+        "make-target": MAKE_TARGET,
+        "build.sh": BUILD_SCRIPT.format(series=series, jobs=jobs,
+                                        cc=text.group(1), **names)}
+
+
 def repack(vmlinuz: str, deb: str, cache: str,
            build_root: Callable[[list[str]], str],
-           say: Callable[[str], None], epoch: int,
+           run_in_root: Callable[[str, list[str]], Any],
+           say: Callable[[str], None], mirror: str = "",
            fresh: bool = False) -> str:
     """The lz4 bzImage of ``vmlinuz`` (from the kernel package ``deb``),
     cached in ``cache`` by its inputs; returns its path.
-    ``build_root(packages)`` gives a directory holding ``root.tar``, a
-    Debian root with those packages (builder.build_base).  ``fresh``:
-    build it again (--check-reproducible), into a new directory."""
+
+    ``build_root(packages)``: a directory holding ``root.tar``, a Debian
+    root with those packages (builder.build_base); ``run_in_root(root,
+    argv)``: argv run in that root, unpacked and writable, with /proc
+    (builder.in_image), a CompletedProcess.  ``fresh``: build it again
+    into a new directory (--check-reproducible); the caller removes it.
+    Raises ValueError (or what a step raises) when it cannot; then the
+    output directory holds make.log if make ran."""
     with open(vmlinuz, "rb") as f:
         original = f.read()
-    fields = subprocess.run(["dpkg-deb", "-f", deb, "Package", "Version"],
-                            check=True, capture_output=True,
-                            text=True).stdout
-    package_version = re.search(r"^Version: (\S+)", fields, re.M).group(1)
+    fields = subprocess.run(["dpkg-deb", "-f", deb, "Version"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    version = fields.split()[-1] if fields else ""
+    if not re.match(r"\d+\.\d+\.", version):
+        raise ValueError(f"{deb}: unexpected version {fields!r}")
+    series = ".".join(version.split(".")[:2])
+    packages = PACKAGES + [f"linux-source-{series}={version}"]
     with open(__file__, "rb") as f:
         me = f.read()
+    # everything that decides the output: the image, the source and the
+    # packages of the build root (and where they come from), this module
     key = hashlib.sha256(b"\0".join([
-        f"repack {RECIPE} {epoch} {package_version}".encode(),
+        f"repack {RECIPE} {version} {mirror}".encode(),
+        " ".join(packages).encode(),
         hashlib.sha256(original).hexdigest().encode(), me])).hexdigest()[:16]
     out = os.path.join(cache, f"kernel-lz4-{key}")
     if fresh:
@@ -271,23 +390,16 @@ def repack(vmlinuz: str, deb: str, cache: str,
         os.makedirs(out)
     t0 = time.monotonic()
     image = read_bzimage(original)
-    raw = unpack_xz(image.payload)
-    elf, relocs = split_vmlinux(raw)
-    names = parse_version(image.version)
-    series = ".".join(package_version.split(".")[:2])
-    config_name = f"./boot/config-{names['release']}"
-    listing = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb],
-                               stdout=subprocess.PIPE)
-    config = subprocess.run(["tar", "-xO", config_name], stdin=listing.stdout,
-                            check=True, capture_output=True).stdout
-    if listing.wait() != 0:
-        raise ValueError(f"{deb}: dpkg-deb failed")
-    lines = config.decode().split("\n")
-    if "CONFIG_KERNEL_XZ=y" not in lines:
-        raise ValueError(f"{config_name}: CONFIG_KERNEL_XZ=y expected")
-    changes = dict(CONFIG_CHANGES)
-    text = "\n".join(changes.get(line, line) for line in lines)
-    base = build_root(PACKAGES + [f"linux-source-{series}={package_version}"])
+    config = kernel_config(deb, parse_version(image.version)["release"])
+    raw, files = build_inputs(original, config, series,
+                              max(1, min(4, os.cpu_count() or 1)))
+    try:
+        base = build_root(packages)
+    except SystemExit as e:
+        raise ValueError(f"no build root with {packages[-1]} ({e}); the "
+                         f"mirror may have moved on since the Debian base "
+                         f"was made: remove the cache's base-* directories "
+                         f"to make it again") from None
     work = tempfile.mkdtemp(prefix="ipa-repack-", dir=cache)
     try:
         root = os.path.join(work, "root")
@@ -296,43 +408,40 @@ def repack(vmlinuz: str, deb: str, cache: str,
                         os.path.join(base, "root.tar")], check=True)
         inside = os.path.join(root, "repack")
         os.makedirs(inside)
-        files: dict[str, Any] = {
-            "vmlinux": elf, "relocs": relocs, "config": text,
-            "voffset.h": voffset_header(voffset(elf)),
-            "utsversion.h": f'#define UTS_VERSION "{names["uts"]}"\n',
-            "make-target": MAKE_TARGET,
-            "build.sh": BUILD_SCRIPT.format(
-                series=series, jobs=max(1, min(4, os.cpu_count() or 1)),
-                wanted=" ".join(f"'{new}'" for _, new in CONFIG_CHANGES
-                                if not new.startswith("#")),
-                epoch=epoch, **names)}
         for name, content in files.items():
             with open(os.path.join(inside, name),
                       "wb" if isinstance(content, bytes) else "w") as f:
                 f.write(content)
-        # in a mount namespace of its own: /proc and /dev for Kbuild
-        subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--fork",
-             "sh", "-c", 'mount -t proc proc "$0/proc" && '
-             'mount --bind /dev "$0/dev" && exec chroot "$0" env -i '
-             'PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 '
-             'sh /repack/build.sh', root], check=True)
-        with open(os.path.join(inside, "bzImage"), "rb") as f:
-            repacked = f.read()
-        with open(os.path.join(inside, "payload.lz4"), "rb") as f:
-            lz4 = f.read()
-        with open(os.path.join(inside, "unpacked"), "rb") as f:
-            unpacked = f.read()
-        check(original, repacked, raw, lz4, unpacked)
+        result = run_in_root(root, ["sh", "/repack/build.sh"])
+        if os.path.exists(os.path.join(inside, "make.log")):
+            shutil.copy(os.path.join(inside, "make.log"), out)
+        if result.returncode != 0:
+            raise ValueError(f"the build in {base} failed "
+                             f"({os.path.join(out, 'make.log')}):\n"
+                             f"{(result.stdout + result.stderr)[-1500:]}")
+        with open(os.path.join(inside, "config.after")) as f:
+            unexpected = unexpected_config_changes(files["config"], f.read())
+        if unexpected:
+            raise ValueError(f"olddefconfig changed {unexpected} in Debian's "
+                             f"configuration")
+        contents = {}
+        for name in ("bzImage", "payload.lz4", "unpacked"):
+            with open(os.path.join(inside, name), "rb") as f:
+                contents[name] = f.read()
+        check(original, contents["bzImage"], raw, contents["payload.lz4"],
+              contents["unpacked"])
         target = os.path.join(out, "vmlinuz")
         with open(target, "wb") as f:
-            f.write(repacked)
-        os.utime(target, (epoch, epoch))
+            f.write(contents["bzImage"])
         open(os.path.join(out, "done"), "w").close()
         say(f"kernel repacked with lz4: {len(original) / 2**20:.1f} -> "
-            f"{len(repacked) / 2**20:.1f} MiB, the same vmlinux "
+            f"{len(contents['bzImage']) / 2**20:.1f} MiB, the same vmlinux "
             f"({len(raw) / 2**20:.0f} MiB unpacked); "
             f"{time.monotonic() - t0:.0f} s")
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return os.path.join(out, "vmlinuz")

@@ -534,7 +534,7 @@ pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
 events {{ worker_connections 64; }}
 http {{
-    access_log off;
+    {access}
     sendfile on;
     tcp_nopush on;
     default_type application/octet-stream;
@@ -550,13 +550,22 @@ http {{
 
 
 def serve_nginx(cleanups: Cleanups, netns: str, port: int, root: str,
-                work: str, bind: str = "127.0.0.1") -> int:
+                work: str, bind: str = "127.0.0.1",
+                access_log: str | None = None) -> int:
     """nginx (one worker, sendfile) serving ``root`` on ``bind``:``port``
     inside ``netns``, as Ironic deployments serve images and boot files.
-    Returns the worker's PID."""
+    ``access_log``: a file where each request's line says when it ended
+    (seconds since the epoch, to the millisecond), how long it took, its
+    status, bytes and request line.  Returns the worker's PID."""
     conf = os.path.join(work, "nginx.conf")
+    access = "access_log off;"
+    if access_log:
+        access = (f"log_format timed '$msec $request_time $status "
+                  f"$body_bytes_sent \"$request\"';\n"
+                  f"    access_log {access_log} timed;")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(work=work, port=port, root=root, bind=bind))
+        f.write(NGINX_CONF.format(work=work, port=port, root=root, bind=bind,
+                                  access=access))
     run(["nginx", "-t", "-q", "-e", os.path.join(work, "nginx-error.log"),
          "-c", conf])
     master = serve_http(cleanups, netns, port, argv=[

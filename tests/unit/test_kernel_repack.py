@@ -21,7 +21,8 @@ DEBIAN = ("6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP "
 
 
 def bzimage(payload: bytes, version: str = DEBIAN, setup_sects: int = 3,
-            init_size: int = 0x3f98000) -> bytes:
+            init_size: int = 0x3f98000, code: bytes = b"",
+            pref_address: int = 0x1000000) -> bytes:
     """A bzImage's header as Documentation/x86/boot.rst lays it out:
     setup sectors, then the protected-mode part holding ``payload``."""
     setup = bytearray(((setup_sects or 4) + 1) * 512)
@@ -35,7 +36,10 @@ def bzimage(payload: bytes, version: str = DEBIAN, setup_sects: int = 3,
     offset = 0x2cc
     struct.pack_into("<II", setup, 0x248, offset, len(payload))
     struct.pack_into("<I", setup, 0x260, init_size)
-    return bytes(setup) + b"\x90" * offset + payload + b"\xcc" * 64
+    struct.pack_into("<I", setup, 0x230, 0x200000)   # kernel_alignment
+    struct.pack_into("<Q", setup, 0x258, pref_address)
+    decompressor = (code + b"\x90" * offset)[:offset]
+    return bytes(setup) + decompressor + payload + b"\xcc" * 64
 
 
 def xz_payload(data: bytes) -> bytes:
@@ -88,6 +92,11 @@ class BzImageTests(SynchronousTestCase):
         self.assertEqual(image.payload, b"PAYLOAD")
         self.assertEqual(image.version, DEBIAN)
         self.assertEqual(image.init_size, 0x4000)
+        self.assertEqual(image.fields["kernel_alignment"], 0x200000)
+        self.assertEqual(image.fields["pref_address"], 0x1000000)
+        # the protected-mode part without the payload
+        self.assertEqual(len(image.decompressor), 0x2cc + 64)
+        self.assertNotIn(b"PAYLOAD", image.decompressor)
         # setup_sects 0 means 4
         self.assertEqual(kr.read_bzimage(bzimage(b"P", setup_sects=0)
                                          ).payload, b"P")
@@ -151,6 +160,39 @@ class VmlinuxTests(SynchronousTestCase):
                       kr.voffset_header(symbols))
         self.assertEqual(len(kr.voffset_header(symbols).splitlines()), 4)
 
+    def test_debian_decompressor_confirms_the_size(self) -> None:
+        """misc.c's kernel_total_size (_end - _text) is in Debian's
+        decompressor: build_inputs() checks voffset()'s _end with it."""
+        raw = elf() + RELOCS
+        size = struct.pack("<Q", 0xffffffff84431000 - 0xffffffff81000000)
+        config = ('CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14+deb12u1) '
+                  '12.2.0"\nCONFIG_KERNEL_XZ=y\n# CONFIG_KERNEL_LZ4 is not set\n')
+        _, files = kr.build_inputs(
+            bzimage(xz_payload(raw), code=b"\0" * 8 + size), config, "6.1",
+            2)
+        self.assertEqual(files["vmlinux"] + files["relocs"], raw)
+        self.assertIn("CONFIG_KERNEL_LZ4=y\n", files["config"])
+        self.assertIn("# CONFIG_KERNEL_XZ is not set\n", files["config"])
+        self.assertIn("KERNELRELEASE=6.1.0-57-amd64", files["build.sh"])
+        # Debian's compiler, by the name Debian's build gave it
+        self.assertIn("make -s CC=gcc-12 olddefconfig", files["build.sh"])
+        self.assertIn("CC=gcc-12 ipa-twisted-bzimage", files["build.sh"])
+        self.assertIn('"#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)"',
+                      files["utsversion.h"])
+        # one page off: not Debian's kernel size
+        wrong = struct.pack("<Q", 0xffffffff84430000 - 0xffffffff81000000)
+        with self.assertRaises(ValueError) as e:
+            kr.build_inputs(bzimage(xz_payload(raw), code=wrong), config,
+                            "6.1", 2)
+        self.assertIn("_end", str(e.exception))
+        # not Debian's xz kernel config
+        self.assertRaises(ValueError, kr.build_inputs,
+                          bzimage(xz_payload(raw), code=size),
+                          "CONFIG_KERNEL_GZIP=y\n", "6.1", 2)
+        self.assertRaises(ValueError, kr.build_inputs,
+                          bzimage(xz_payload(raw), code=size),
+                          config.replace("gcc-12", "clang"), "6.1", 2)
+
     def test_voffset_refuses_an_unexpected_layout(self) -> None:
         missing = [s for s in SECTIONS if s[0] != ".brk"]
         self.assertRaises(ValueError, kr.voffset, elf(missing))
@@ -158,6 +200,32 @@ class VmlinuxTests(SynchronousTestCase):
         self.assertRaises(ValueError, kr.voffset, elf(beyond))
         # not allocated: not part of the kernel's memory
         kr.voffset(elf(SECTIONS + [(".comment", 1, 0, 0, 0x10)]))
+
+
+class ConfigTests(SynchronousTestCase):
+
+    WANTED = ("CONFIG_A=y\n# CONFIG_KERNEL_XZ is not set\nCONFIG_KERNEL_LZ4=y\n"
+              "# CONFIG_DEBUG_INFO_BTF is not set\nCONFIG_RANDOMIZE_BASE=y\n")
+
+    def test_allowed_changes(self) -> None:
+        got = self.WANTED + ("CONFIG_MODULE_SIG_KEY=\"certs/signing_key.pem\"\n"
+                             "CONFIG_SYSTEM_TRUSTED_KEYS=\"\"\n")
+        self.assertEqual(kr.unexpected_config_changes(
+            self.WANTED + "CONFIG_PAHOLE_HAS_SPLIT_BTF=y\n", got), [])
+
+    def test_a_change_to_the_boot_code_fails(self) -> None:
+        got = self.WANTED.replace("CONFIG_RANDOMIZE_BASE=y",
+                                  "# CONFIG_RANDOMIZE_BASE is not set")
+        self.assertEqual(kr.unexpected_config_changes(self.WANTED, got),
+                         ["CONFIG_RANDOMIZE_BASE"])
+        self.assertEqual(kr.unexpected_config_changes(
+            self.WANTED, self.WANTED + "CONFIG_NEW=y\n"), ["CONFIG_NEW"])
+
+    def test_lz4_must_stay(self) -> None:
+        got = self.WANTED.replace("CONFIG_KERNEL_LZ4=y",
+                                  "# CONFIG_KERNEL_LZ4 is not set")
+        self.assertEqual(kr.unexpected_config_changes(self.WANTED, got),
+                         ["CONFIG_KERNEL_LZ4"])
 
 
 class CheckTests(SynchronousTestCase):
@@ -193,6 +261,12 @@ class CheckTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as e:
             kr.check(self.original, xz, self.raw, self.lz4, self.raw)
         self.assertIn("not lz4", str(e.exception))
+
+    def test_other_header_fields_fail(self) -> None:
+        moved = bzimage(self.lz4, pref_address=0x2000000)
+        with self.assertRaises(ValueError) as e:
+            kr.check(self.original, moved, self.raw, self.lz4, self.raw)
+        self.assertIn("header fields", str(e.exception))
 
     def test_a_wrong_size_fails(self) -> None:
         lz4 = self.lz4[:-4] + struct.pack("<I", len(self.raw) + 1)

@@ -55,6 +55,15 @@ class ToolCheckTests(SynchronousTestCase):
         self.assertNotIn("systemd", packages)  # journalctl is optional
 
 
+class InImageTests(SynchronousTestCase):
+
+    def test_writable_leaves_out_the_read_only_remount(self) -> None:
+        self.assertIn("remount,bind,ro", builder.IN_IMAGE)
+        self.assertNotIn("remount", builder.IN_IMAGE_RW)
+        self.assertTrue(builder.IN_IMAGE_RW.startswith(
+            'mount --bind "$0" "$0" && \\\nexec chroot "$0"'))
+
+
 class ModuleTests(SynchronousTestCase):
 
     def test_wanted_modules_and_their_dependencies(self) -> None:

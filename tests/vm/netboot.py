@@ -328,8 +328,10 @@ class Netboot:
         h.say(f"Ironic {h.IRONIC_VERSION} up on {api} in "
               f"{time.monotonic() - t0:.1f} s")
         # nginx (sendfile), as Ironic deployments serve /httpboot
+        self.access_log = os.path.join(self.workdir, "nginx-access.log")
         h.serve_nginx(self.cleanups, self.netns, HTTP_PORT, self.httpboot,
-                      self.workdir, bind="0.0.0.0")
+                      self.workdir, bind="0.0.0.0",
+                      access_log=self.access_log)
         self.dhcp = start_dnsmasq(self.cleanups, self.netns, self.workdir,
                                   self.tftp)
 
@@ -399,6 +401,8 @@ class Boot:
     seen: dict[str, float] = field(default_factory=dict)
     offset: int = 0
     end: int | None = None
+    #: when it started, by the wall clock (to match nginx's access log)
+    wall: float = field(default_factory=time.time)
 
 
 #: Serial console lines whose first appearance each boot records.
