@@ -515,8 +515,12 @@ class Machine(Console):
                  markers: dict[str, str] | None = None,
                  kernel_boot: tuple[str, str, str] | None = None,
                  netdev: str | None = None,
-                 console_socket: bool = False) -> None:
+                 console_socket: bool = False,
+                 firmware: list[str] | None = None) -> None:
         self.monitor = os.path.join(workdir, "qemu-monitor.sock")
+        #: QEMU's arguments for the firmware (OVMF's pflash drives for
+        #: UEFI); none: SeaBIOS
+        self.firmware = firmware or []
         self.proc: subprocess.Popen[bytes] | None = None
         #: (kernel, initramfs, command line): QEMU loads them itself (no
         #: network boot, no Ironic)
@@ -553,6 +557,7 @@ class Machine(Console):
                     "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"
                                f"{net_boot}",
                     "-monitor", f"unix:{self.monitor},server=on,wait=off"]
+            argv += self.firmware
             if self.console:
                 argv += ["-chardev", f"socket,id=s0,path={self.console},"
                                      f"server=on,wait=off,"

@@ -1,6 +1,7 @@
 """The ramdisk's own network and debug options, booted (issue #16): a
 static address on a VLAN (``ip=``, ``vlan=``, ``nameserver=``), and the
-debug access ramdisk/build builds in (``--ssh-key``: dropbear).
+debug access ramdisk/build builds in (``--ssh-key``: dropbear); and a
+boot under UEFI firmware (OVMF).
 
 QEMU loads our kernel and initramfs itself (``-kernel``/``-initrd``/
 ``-append``): no Ironic, no network boot.  This machine's kernel has no
@@ -27,6 +28,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -39,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration import harness as h
+from tests.integration import uefi_vm
 from tests.integration.base import unavailable
 from tests.vm import netboot as nb
 
@@ -201,14 +204,16 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.netns = h.make_netns(self.cleanups)
 
     def boot(self, built: dict[str, Any], switch: VlanSwitch,
-             params: str, console_socket: bool = False) -> nb.Machine:
+             params: str, console_socket: bool = False,
+             firmware: list[str] | None = None) -> nb.Machine:
         append = (f"console=ttyS0,115200n8 net.ifnames=0 BOOTIF={MAC} "
                   f"ipa-api-url=http://{HOST_IP}:{API_PORT} {params}")
         machine = nb.Machine(
             self.cleanups, self.netns, self.workdir, MAC, [],
             memory_mb=1536, kernel_boot=(built["kernel"],
                                          built["initramfs"], append),
-            netdev=switch.netdev, console_socket=console_socket)
+            netdev=switch.netdev, console_socket=console_socket,
+            firmware=firmware)
         machine.power_on(from_network=False)
         return machine
 
@@ -267,6 +272,35 @@ class RamdiskNetworkTests(SynchronousTestCase):
         lookup = self.first_lookup(machine, api, switch)
         self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
         self.assertIn("DHCP on eth0", machine.read_serial())
+
+    def test_uefi(self) -> None:
+        """Under UEFI (OVMF): the firmware starts the kernel through its
+        EFI stub (the repacked kernel's stub is rebuilt from Debian's
+        source: ramdisk/kernel_repack.py), and the agent looks itself up
+        over DHCP."""
+        try:
+            uefi_vm.require_qemu()
+        except h.Unavailable as e:
+            unavailable(e)
+        nvram = os.path.join(self.workdir, "OVMF_VARS.fd")
+        shutil.copy(uefi_vm.OVMF_VARS, nvram)
+        switch = VlanSwitch(self.cleanups, self.netns, None)
+        nb.start_dnsmasq(self.cleanups, self.netns, self.workdir,
+                         os.path.join(self.workdir, "tftp"),
+                         interface=HOST_TAP)
+        api = LookupListener(self.cleanups, self.netns)
+        machine = self.boot(self.default, switch, "ip=:::::eth0:dhcp",
+                            firmware=[
+                                "-drive", f"if=pflash,format=raw,unit=0,"
+                                f"readonly=on,file={uefi_vm.OVMF_CODE}",
+                                "-drive", f"if=pflash,format=raw,unit=1,"
+                                f"file={nvram}"])
+        lookup = self.first_lookup(machine, api, switch)
+        self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
+        serial = machine.read_serial()
+        # booted by the firmware's EFI, not by a BIOS's boot protocol
+        self.assertRegex(serial, r"efi: EFI v\d+\.\d+ by EDK II")
+        self.assertIn("DHCP on eth0", serial)
 
     def test_debug_access(self) -> None:
         """A ramdisk built with --ssh-key and --debug-password: root logs
