@@ -508,6 +508,22 @@ def repacked_kernel(args: argparse.Namespace, cache: str, base: str,
                          f"(--stock-kernel ships Debian's image as it is)")
 
 
+def build_iso(args: argparse.Namespace, cache: str, result: str,
+              fresh: bool = False) -> str:
+    """The ISO of the ramdisk in ``result`` (iso.py)."""
+    import iso
+    try:
+        return iso.build(
+            os.path.join(result, "ipa-twisted.kernel"),
+            os.path.join(result, "ipa-twisted.initramfs"), args.iso_params,
+            cache, lambda packages: build_base(args, cache, packages,
+                                               kernel=False),
+            lambda root, argv: in_image(root, argv, writable=True), say,
+            args.epoch, mirror=args.mirror, fresh=fresh)
+    except Exception as e:
+        raise SystemExit(f"ramdisk: making the ISO failed: {e}")
+
+
 def install_kernel(base: str, root: str, work: str) -> tuple[str, str]:
     """The kernel stage's modules into ``root``; depmod.  Returns
     (vmlinuz path, version)."""
@@ -1665,6 +1681,13 @@ def main(argv: list[str]) -> int:
                         "for UEFI Secure Boot) instead of the same kernel "
                         "repacked with lz4, which starts ~2.5 s sooner "
                         "under QEMU TCG, ~0.5 s without emulation")
+    parser.add_argument("--iso", action="store_true",
+                        help="also make ipa-twisted.iso, for virtual media "
+                        "(BIOS and UEFI; see --iso-params)")
+    parser.add_argument("--iso-params", metavar="PARAMS", default="",
+                        help="the ISO's kernel command line after its "
+                        "consoles, e.g. 'ipa-api-url=http://ironic:6385' "
+                        "(an ISO gets none from Ironic)")
     parser.add_argument("--epoch", type=int, default=int(
         os.environ.get("SOURCE_DATE_EPOCH", EPOCH)),
         help="mtime of every file (default: $SOURCE_DATE_EPOCH or "
@@ -1681,6 +1704,14 @@ def main(argv: list[str]) -> int:
     if args.relock:
         relock()
         return 0
+    if args.iso_params and not args.iso:
+        parser.error("--iso-params is for --iso")
+    if args.iso:
+        import iso
+        try:
+            iso.command_line(args.iso_params)
+        except ValueError as e:
+            parser.error(str(e))
     if os.geteuid() != 0:
         print("ramdisk: run as root (mmdebstrap, chroot)", file=sys.stderr)
         return 1
@@ -1720,12 +1751,27 @@ def main(argv: list[str]) -> int:
         finally:
             if again:
                 shutil.rmtree(again, ignore_errors=True)
+    names = ["ipa-twisted.kernel", "ipa-twisted.initramfs"]
+    paths = {name: os.path.join(result, name) for name in names}
+    if args.iso:
+        paths["ipa-twisted.iso"] = build_iso(args, cache, result)
+        names.append("ipa-twisted.iso")
+        if args.check_reproducible:
+            fresh = build_iso(args, cache, result, fresh=True)
+            a = file_sha256(paths["ipa-twisted.iso"])
+            b = file_sha256(fresh)
+            shutil.rmtree(os.path.dirname(fresh), ignore_errors=True)
+            if a != b:
+                print(f"ramdisk: NOT reproducible: the ISO {a} != {b}",
+                      file=sys.stderr)
+                return 1
+            say(f"reproducible: the ISO, made again: sha256 {a}")
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(result, "build-info.json")) as f:
         info = json.load(f)
-    for name in ("ipa-twisted.kernel", "ipa-twisted.initramfs"):
+    for name in names:
         target = os.path.join(args.output, name)
-        shutil.copy2(os.path.join(result, name), target)
+        shutil.copy2(paths[name], target)
         size = os.path.getsize(target)
         say(f"{target}: {size / MiB:.1f} MiB ({size} bytes), sha256 "
             f"{file_sha256(target)}")

@@ -109,6 +109,7 @@ def ramdisk(*options: str) -> dict[str, Any]:
     _built[options] = {
         "kernel": os.path.join(out, "ipa-twisted.kernel"),
         "initramfs": os.path.join(out, "ipa-twisted.initramfs"),
+        "iso": os.path.join(out, "ipa-twisted.iso"),   # with --iso
         "seconds": took, "report": report}
     return _built[options]
 
@@ -516,11 +517,14 @@ class Machine(Console):
                  kernel_boot: tuple[str, str, str] | None = None,
                  netdev: str | None = None,
                  console_socket: bool = False,
-                 firmware: list[str] | None = None) -> None:
+                 firmware: list[str] | None = None,
+                 cdrom: str | None = None) -> None:
         self.monitor = os.path.join(workdir, "qemu-monitor.sock")
         #: QEMU's arguments for the firmware (OVMF's pflash drives for
         #: UEFI); none: SeaBIOS
         self.firmware = firmware or []
+        #: an ISO in a CD drive, booted first (virtual media)
+        self.cdrom = cdrom
         self.proc: subprocess.Popen[bytes] | None = None
         #: (kernel, initramfs, command line): QEMU loads them itself (no
         #: network boot, no Ironic)
@@ -558,6 +562,10 @@ class Machine(Console):
                                f"{net_boot}",
                     "-monitor", f"unix:{self.monitor},server=on,wait=off"]
             argv += self.firmware
+            if self.cdrom:
+                argv += ["-drive", f"if=none,id=cd0,media=cdrom,readonly=on,"
+                                   f"format=raw,file={self.cdrom}",
+                         "-device", "ide-cd,drive=cd0,bootindex=0"]
             if self.console:
                 argv += ["-chardev", f"socket,id=s0,path={self.console},"
                                      f"server=on,wait=off,"

@@ -207,9 +207,11 @@ class RamdiskBuildTests(SynchronousTestCase):
         # the ramdisk stage once more, from the same Debian base
         result = subprocess.run(
             [os.path.join(nb.TOP, "ramdisk", "build"), "-o", out,
-             "--check-reproducible"], capture_output=True, text=True)
+             "--check-reproducible", "--iso"], capture_output=True, text=True)
         self.assertEqual(result.returncode, 0,
                          result.stdout[-2000:] + result.stderr[-2000:])
-        self.assertEqual(result.stdout.count("reproducible: "), 3)
-        # the repacked kernel too, built again from Debian's source
+        self.assertEqual(result.stdout.count("reproducible: "), 4)
+        # the repacked kernel too, built again from Debian's source, and
+        # the ISO (--iso), made again
         self.assertIn("reproducible: the repacked kernel", result.stdout)
+        self.assertIn("reproducible: the ISO", result.stdout)

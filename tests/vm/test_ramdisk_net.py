@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -301,6 +302,59 @@ class RamdiskNetworkTests(SynchronousTestCase):
         # booted by the firmware's EFI, not by a BIOS's boot protocol
         self.assertRegex(serial, r"efi: EFI v\d+\.\d+ by EDK II")
         self.assertIn("DHCP on eth0", serial)
+
+    def test_iso(self) -> None:
+        """ramdisk/build --iso: the ISO, in the machine's CD drive, boots
+        under BIOS (ISOLINUX) and under UEFI (GRUB, from the ISO's EFI
+        image) with the command line it was built with: the agent looks
+        itself up over DHCP both times."""
+        try:
+            uefi_vm.require_qemu()
+            built = nb.ramdisk(
+                "--iso", "--iso-params",
+                f"net.ifnames=0 BOOTIF={MAC} ip=:::::eth0:dhcp "
+                f"ipa-api-url=http://{HOST_IP}:{API_PORT}")
+        except h.Unavailable as e:
+            unavailable(e)
+        size = os.path.getsize(built["iso"])
+        h.say(f"ISO {size / nb.MiB:.1f} MiB")
+        with open(built["iso"], "rb") as f:
+            head = f.read(0x8006)
+        self.assertEqual(head[0x1fe:0x200], b"\x55\xaa")   # hybrid: an MBR
+        self.assertEqual(head[0x8001:0x8006], b"CD001")    # ISO 9660
+        switch = VlanSwitch(self.cleanups, self.netns, None)
+        nb.start_dnsmasq(self.cleanups, self.netns, self.workdir,
+                         os.path.join(self.workdir, "tftp"),
+                         interface=HOST_TAP)
+        api = LookupListener(self.cleanups, self.netns)
+        nvram = os.path.join(self.workdir, "OVMF_VARS.fd")
+        shutil.copy(uefi_vm.OVMF_VARS, nvram)
+        for name, firmware in (("BIOS", []), ("UEFI", [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                          f"file={uefi_vm.OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={nvram}"])):
+            before = len(api.lookups())
+            machine = nb.Machine(self.cleanups, self.netns, self.workdir,
+                                 MAC, [], memory_mb=1536,
+                                 netdev=switch.netdev, firmware=firmware,
+                                 cdrom=built["iso"])
+            boot = machine.power_on(from_network=False)
+            try:
+                nb.wait_for(lambda: len(api.lookups()) > before
+                            or not machine.running(), 300,
+                            f"the agent's lookup ({name})")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the console ends:\n"
+                                     f"{machine.read_serial()[-3000:]}")
+            lookup = api.lookups()[before]
+            serial = machine.read_serial()
+            machine.close()
+            h.say(f"ISO, {name}: lookup {lookup['at'] - boot.started:.1f} s "
+                  f"after QEMU started, from {lookup['client']}")
+            self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
+            self.assertIn(f"BOOTIF={MAC} ip=:::::eth0:dhcp", serial)
+            efi = re.search(r"efi: EFI v\d+\.\d+ by EDK II", serial)
+            self.assertEqual(bool(efi), name == "UEFI", serial[:3000])
 
     def test_debug_access(self) -> None:
         """A ramdisk built with --ssh-key and --debug-password: root logs
