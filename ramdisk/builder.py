@@ -213,8 +213,8 @@ STATE_FILES = ["var/log", "var/lib/dpkg/status-old",
 #: The agent's sources: what goes into its wheel (and the cache key).
 AGENT_SOURCES = ["ipa_twisted", "twisted/plugins", "setup.cfg",
                  "pyproject.toml", "README.md"]
-RAMDISK_FILES = ["builder.py", "kernel_repack.py", "init", "udhcpc",
-                 "start-agent", "requirements.txt"]
+RAMDISK_FILES = ["builder.py", "kernel_repack.py", "stage.py", "init",
+                 "udhcpc", "start-agent", "requirements.txt"]
 
 MiB = 1024 ** 2
 
@@ -1641,6 +1641,19 @@ def relock() -> None:
     say(f"{path}: {len(lines)} pins")
 
 
+def same_again(what: str, first: str, again: str) -> bool:
+    """Whether ``again`` (a stage built afresh into its own directory,
+    removed here) has the bytes of ``first``; says which."""
+    a, b = file_sha256(first), file_sha256(again)
+    shutil.rmtree(os.path.dirname(again), ignore_errors=True)
+    if a != b:
+        print(f"ramdisk: NOT reproducible: {what} {a} != {b}",
+              file=sys.stderr)
+        return False
+    say(f"reproducible: {what}, built again: sha256 {a}")
+    return True
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="ramdisk/build",
@@ -1736,18 +1749,12 @@ def main(argv: list[str]) -> int:
             if not args.stock_kernel:
                 # the ramdisk stage reuses the repacked kernel: build
                 # that again too
-                fresh = repacked_kernel(
-                    args, cache, base,
-                    os.path.join(kernel_stage(base), "vmlinuz"), fresh=True)
-                a = file_sha256(os.path.join(result, "ipa-twisted.kernel"))
-                b = file_sha256(fresh)
-                shutil.rmtree(os.path.dirname(fresh), ignore_errors=True)
-                if a != b:
-                    print(f"ramdisk: NOT reproducible: the repacked kernel "
-                          f"{a} != {b}", file=sys.stderr)
+                if not same_again("the repacked kernel", os.path.join(
+                        result, "ipa-twisted.kernel"), repacked_kernel(
+                        args, cache, base,
+                        os.path.join(kernel_stage(base), "vmlinuz"),
+                        fresh=True)):
                     return 1
-                say(f"reproducible: the repacked kernel, built again: "
-                    f"sha256 {a}")
         finally:
             if again:
                 shutil.rmtree(again, ignore_errors=True)
@@ -1756,16 +1763,10 @@ def main(argv: list[str]) -> int:
     if args.iso:
         paths["ipa-twisted.iso"] = build_iso(args, cache, result)
         names.append("ipa-twisted.iso")
-        if args.check_reproducible:
-            fresh = build_iso(args, cache, result, fresh=True)
-            a = file_sha256(paths["ipa-twisted.iso"])
-            b = file_sha256(fresh)
-            shutil.rmtree(os.path.dirname(fresh), ignore_errors=True)
-            if a != b:
-                print(f"ramdisk: NOT reproducible: the ISO {a} != {b}",
-                      file=sys.stderr)
-                return 1
-            say(f"reproducible: the ISO, made again: sha256 {a}")
+        if args.check_reproducible and not same_again(
+                "the ISO", paths["ipa-twisted.iso"],
+                build_iso(args, cache, result, fresh=True)):
+            return 1
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(result, "build-info.json")) as f:
         info = json.load(f)

@@ -18,14 +18,13 @@ date fixed to the build's epoch.  Standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from typing import Any, Callable
+
+import stage
 
 #: bumped when what this module builds changes
 RECIPE = 1
@@ -44,6 +43,7 @@ PARAMS = re.compile(r"[A-Za-z0-9 =:/._,@%+\-\[\]]*")
 ISOLINUX_CFG = """\
 DEFAULT ipa-twisted
 PROMPT 0
+NOESCAPE 1
 TIMEOUT 0
 LABEL ipa-twisted
   KERNEL /ipa-twisted.kernel
@@ -53,6 +53,7 @@ LABEL ipa-twisted
 GRUB_CFG = """\
 set default=0
 set timeout=0
+set gfxpayload=keep
 menuentry "ipa-twisted" {{
   linux /ipa-twisted.kernel {params}
   initrd /ipa-twisted.initramfs
@@ -66,8 +67,11 @@ search --no-floppy --set=root --file /ipa-twisted.kernel
 set prefix=($root)/boot/grub
 configfile /boot/grub/grub.cfg
 """
+#: (``linux`` gives ``initrd``; ``all_video`` the firmware's framebuffer
+#: to the kernel: Debian's GRUB boots an unsigned kernel with its own
+#: loader, which needs a video driver to hand on the screen)
 GRUB_MODULES = ("linux normal iso9660 search search_fs_file configfile "
-                "echo test part_msdos part_gpt fat")
+                "echo test part_msdos part_gpt fat all_video")
 SCRIPT = """\
 set -e
 export SOURCE_DATE_EPOCH={epoch}
@@ -92,7 +96,7 @@ mkfs.vfat --invariant -i 49504154 -n EFIBOOT -C tree/boot/efiboot.img $kib \\
 mcopy -s -m -i tree/boot/efiboot.img esp/EFI ::/
 find tree -exec touch -h -d @{epoch} {{}} +
 xorriso -as mkisofs -o ipa-twisted.iso -iso-level 3 -full-iso9660-filenames \\
-    -J -joliet-long -R -V {volume} \\
+    -J -joliet-long -r -V {volume} \\
     -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin \\
     -c isolinux/boot.cat -b isolinux/isolinux.bin -no-emul-boot \\
     -boot-load-size 4 -boot-info-table \\
@@ -124,69 +128,37 @@ def files(params: str, epoch: int) -> dict[str, str]:
                                       volume=VOLUME)}
 
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build(kernel: str, initramfs: str, params: str, cache: str,
           build_root: Callable[[list[str]], str],
           run_in_root: Callable[[str, list[str]], Any],
           say: Callable[[str], None], epoch: int, mirror: str = "",
           fresh: bool = False) -> str:
-    """The ISO of ``kernel`` and ``initramfs`` with ``params``, cached in
-    ``cache`` by its inputs; returns its path.  ``build_root`` and
-    ``run_in_root`` as for kernel_repack.repack.  ``fresh``: build it again
-    into a new directory (--check-reproducible); the caller removes it."""
+    """The ISO of ``kernel`` and ``initramfs`` with ``params``, a cached
+    stage (stage.py: ``build_root``, ``run_in_root`` and ``fresh`` as
+    there); returns its path.  Raises ValueError or stage.StageError."""
     config = files(params, epoch)
     with open(__file__, "rb") as f:
         me = f.read()
-    key = hashlib.sha256(b"\0".join([
-        f"iso {RECIPE} {epoch} {mirror}".encode(), " ".join(PACKAGES).encode(),
-        file_digest(kernel).encode(), file_digest(initramfs).encode(),
-        params.encode(), me])).hexdigest()[:16]
-    out = os.path.join(cache, f"iso-{key}")
-    if fresh:
-        out = tempfile.mkdtemp(prefix=f"iso-{key}-", dir=cache)
-    elif os.path.exists(os.path.join(out, "done")):
-        return os.path.join(out, "ipa-twisted.iso")
-    else:
-        shutil.rmtree(out, ignore_errors=True)
-        os.makedirs(out)
-    t0 = time.monotonic()
-    base = build_root(PACKAGES)
-    work = tempfile.mkdtemp(prefix="ipa-iso-", dir=cache)
-    try:
-        root = os.path.join(work, "root")
-        os.makedirs(root)
-        subprocess.run(["tar", "-C", root, "--numeric-owner", "-xpf",
-                        os.path.join(base, "root.tar")], check=True)
-        inside = os.path.join(root, "iso")
-        os.makedirs(inside)
-        for name, text in config.items():
-            with open(os.path.join(inside, name), "w") as f:
-                f.write(text)
-        for source, name in ((kernel, "ipa-twisted.kernel"),
-                             (initramfs, "ipa-twisted.initramfs")):
-            shutil.copyfile(source, os.path.join(inside, name))
-        result = run_in_root(root, ["sh", "/iso/build.sh"])
-        if result.returncode != 0:
-            raise ValueError(f"making the ISO failed:\n"
-                             f"{(result.stdout + result.stderr)[-1500:]}")
+    made: dict[str, int] = {}
+
+    def inputs() -> dict[str, stage.Content]:
+        return {**config, "ipa-twisted.kernel": stage.Copy(kernel),
+                "ipa-twisted.initramfs": stage.Copy(initramfs)}
+
+    def collect(inside: str, out: str) -> None:
         target = os.path.join(out, "ipa-twisted.iso")
         shutil.move(os.path.join(inside, "ipa-twisted.iso"), target)
         os.utime(target, (epoch, epoch))
-        open(os.path.join(out, "done"), "w").close()
-        say(f"ISO (BIOS: ISOLINUX; UEFI: GRUB): "
-            f"{os.path.getsize(target) / 2**20:.1f} MiB, command line "
-            f"{command_line(params)!r}; {time.monotonic() - t0:.0f} s")
-    except BaseException:
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        made["size"] = os.path.getsize(target)
+
+    t0 = time.monotonic()
+    out = stage.run(
+        cache, "iso",
+        [f"iso {RECIPE} {epoch} {mirror}".encode(), stage.sha256(kernel)
+         .encode(), stage.sha256(initramfs).encode(), params.encode(), me],
+        PACKAGES, inputs, build_root, run_in_root, collect, fresh=fresh)
+    if "size" in made:
+        say(f"ISO (BIOS: ISOLINUX; UEFI: GRUB): {made['size'] / 2**20:.1f} "
+            f"MiB, command line {command_line(params)!r}; "
+            f"{time.monotonic() - t0:.0f} s")
     return os.path.join(out, "ipa-twisted.iso")

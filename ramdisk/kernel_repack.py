@@ -31,12 +31,12 @@ import hashlib
 import lzma
 import os
 import re
-import shutil
 import struct
 import subprocess
-import tempfile
 import time
 from typing import Any, Callable, NamedTuple
+
+import stage
 
 #: bumped when what this module builds changes
 RECIPE = 1
@@ -354,15 +354,9 @@ def repack(vmlinuz: str, deb: str, cache: str,
            say: Callable[[str], None], mirror: str = "",
            fresh: bool = False) -> str:
     """The lz4 bzImage of ``vmlinuz`` (from the kernel package ``deb``),
-    cached in ``cache`` by its inputs; returns its path.
-
-    ``build_root(packages)``: a directory holding ``root.tar``, a Debian
-    root with those packages (builder.build_base); ``run_in_root(root,
-    argv)``: argv run in that root, unpacked and writable, with /proc
-    (builder.in_image), a CompletedProcess.  ``fresh``: build it again
-    into a new directory (--check-reproducible); the caller removes it.
-    Raises ValueError (or what a step raises) when it cannot; then the
-    output directory holds make.log if make ran."""
+    a cached stage (stage.py: ``build_root``, ``run_in_root`` and
+    ``fresh`` as there); returns its path.  Raises ValueError or
+    stage.StageError when it cannot."""
     with open(vmlinuz, "rb") as f:
         original = f.read()
     fields = subprocess.run(["dpkg-deb", "-f", deb, "Version"], check=True,
@@ -374,53 +368,20 @@ def repack(vmlinuz: str, deb: str, cache: str,
     packages = PACKAGES + [f"linux-source-{series}={version}"]
     with open(__file__, "rb") as f:
         me = f.read()
-    # everything that decides the output: the image, the source and the
-    # packages of the build root (and where they come from), this module
-    key = hashlib.sha256(b"\0".join([
-        f"repack {RECIPE} {version} {mirror}".encode(),
-        " ".join(packages).encode(),
-        hashlib.sha256(original).hexdigest().encode(), me])).hexdigest()[:16]
-    out = os.path.join(cache, f"kernel-lz4-{key}")
-    if fresh:
-        out = tempfile.mkdtemp(prefix=f"kernel-lz4-{key}-", dir=cache)
-    elif os.path.exists(os.path.join(out, "done")):
-        return os.path.join(out, "vmlinuz")
-    else:
-        shutil.rmtree(out, ignore_errors=True)
-        os.makedirs(out)
-    t0 = time.monotonic()
     image = read_bzimage(original)
-    config = kernel_config(deb, parse_version(image.version)["release"])
-    raw, files = build_inputs(original, config, series,
-                              max(1, min(4, os.cpu_count() or 1)))
-    try:
-        base = build_root(packages)
-    except SystemExit as e:
-        raise ValueError(f"no build root with {packages[-1]} ({e}); the "
-                         f"mirror may have moved on since the Debian base "
-                         f"was made: remove the cache's base-* directories "
-                         f"to make it again") from None
-    work = tempfile.mkdtemp(prefix="ipa-repack-", dir=cache)
-    try:
-        root = os.path.join(work, "root")
-        os.makedirs(root)
-        subprocess.run(["tar", "-C", root, "--numeric-owner", "-xpf",
-                        os.path.join(base, "root.tar")], check=True)
-        inside = os.path.join(root, "repack")
-        os.makedirs(inside)
-        for name, content in files.items():
-            with open(os.path.join(inside, name),
-                      "wb" if isinstance(content, bytes) else "w") as f:
-                f.write(content)
-        result = run_in_root(root, ["sh", "/repack/build.sh"])
-        if os.path.exists(os.path.join(inside, "make.log")):
-            shutil.copy(os.path.join(inside, "make.log"), out)
-        if result.returncode != 0:
-            raise ValueError(f"the build in {base} failed "
-                             f"({os.path.join(out, 'make.log')}):\n"
-                             f"{(result.stdout + result.stderr)[-1500:]}")
+    made: dict[str, Any] = {}
+
+    def files() -> dict[str, Any]:
+        config = kernel_config(deb, parse_version(image.version)["release"])
+        made["raw"], inputs = build_inputs(
+            original, config, series, max(1, min(4, os.cpu_count() or 1)))
+        return inputs
+
+    def collect(inside: str, out: str) -> None:
+        with open(os.path.join(inside, "config")) as f:
+            wanted = f.read()
         with open(os.path.join(inside, "config.after")) as f:
-            unexpected = unexpected_config_changes(files["config"], f.read())
+            unexpected = unexpected_config_changes(wanted, f.read())
         if unexpected:
             raise ValueError(f"olddefconfig changed {unexpected} in Debian's "
                              f"configuration")
@@ -428,20 +389,21 @@ def repack(vmlinuz: str, deb: str, cache: str,
         for name in ("bzImage", "payload.lz4", "unpacked"):
             with open(os.path.join(inside, name), "rb") as f:
                 contents[name] = f.read()
-        check(original, contents["bzImage"], raw, contents["payload.lz4"],
-              contents["unpacked"])
-        target = os.path.join(out, "vmlinuz")
-        with open(target, "wb") as f:
+        check(original, contents["bzImage"], made["raw"],
+              contents["payload.lz4"], contents["unpacked"])
+        with open(os.path.join(out, "vmlinuz"), "wb") as f:
             f.write(contents["bzImage"])
-        open(os.path.join(out, "done"), "w").close()
+        made["size"] = len(contents["bzImage"])
+
+    t0 = time.monotonic()
+    out = stage.run(
+        cache, "repack",
+        [f"repack {RECIPE} {version} {mirror}".encode(),
+         hashlib.sha256(original).hexdigest().encode(), me],
+        packages, files, build_root, run_in_root, collect, fresh=fresh)
+    if "size" in made:
         say(f"kernel repacked with lz4: {len(original) / 2**20:.1f} -> "
-            f"{len(contents['bzImage']) / 2**20:.1f} MiB, the same vmlinux "
-            f"({len(raw) / 2**20:.0f} MiB unpacked); "
+            f"{made['size'] / 2**20:.1f} MiB, the same vmlinux "
+            f"({len(made['raw']) / 2**20:.0f} MiB unpacked); "
             f"{time.monotonic() - t0:.0f} s")
-    except BaseException:
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return os.path.join(out, "vmlinuz")

@@ -275,10 +275,10 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.assertIn("DHCP on eth0", machine.read_serial())
 
     def test_uefi(self) -> None:
-        """Under UEFI (OVMF): the firmware starts the kernel through its
-        EFI stub (the repacked kernel's stub is rebuilt from Debian's
-        source: ramdisk/kernel_repack.py), and the agent looks itself up
-        over DHCP."""
+        """Under UEFI (OVMF): OVMF's loader starts a kernel it is given
+        only through the kernel's EFI stub (the repacked kernel's stub is
+        rebuilt from Debian's source: ramdisk/kernel_repack.py); the
+        kernel finds EFI, and the agent looks itself up over DHCP."""
         try:
             uefi_vm.require_qemu()
         except h.Unavailable as e:
@@ -304,10 +304,11 @@ class RamdiskNetworkTests(SynchronousTestCase):
         self.assertIn("DHCP on eth0", serial)
 
     def test_iso(self) -> None:
-        """ramdisk/build --iso: the ISO, in the machine's CD drive, boots
+        """ramdisk/build --iso: the ISO boots from a CD drive and, written
+        to a disk as it is (a USB stick's ``dd``), from that disk; each
         under BIOS (ISOLINUX) and under UEFI (GRUB, from the ISO's EFI
-        image) with the command line it was built with: the agent looks
-        itself up over DHCP both times."""
+        image), with the command line it was built with: the agent looks
+        itself up over DHCP every time."""
         try:
             uefi_vm.require_qemu()
             built = nb.ramdisk(
@@ -322,34 +323,45 @@ class RamdiskNetworkTests(SynchronousTestCase):
             head = f.read(0x8006)
         self.assertEqual(head[0x1fe:0x200], b"\x55\xaa")   # hybrid: an MBR
         self.assertEqual(head[0x8001:0x8006], b"CD001")    # ISO 9660
+        stick = nb.Disk(os.path.join(self.workdir, "stick.img"), "STICK")
+        shutil.copy(built["iso"], stick.path)   # the guest may write to it
         switch = VlanSwitch(self.cleanups, self.netns, None)
         nb.start_dnsmasq(self.cleanups, self.netns, self.workdir,
                          os.path.join(self.workdir, "tftp"),
                          interface=HOST_TAP)
         api = LookupListener(self.cleanups, self.netns)
         nvram = os.path.join(self.workdir, "OVMF_VARS.fd")
-        shutil.copy(uefi_vm.OVMF_VARS, nvram)
-        for name, firmware in (("BIOS", []), ("UEFI", [
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+        uefi = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
                           f"file={uefi_vm.OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={nvram}"])):
+                "-drive", f"if=pflash,format=raw,unit=1,file={nvram}"]
+        for name, firmware, medium in (("BIOS", [], "CD"),
+                                       ("UEFI", uefi, "CD"),
+                                       ("BIOS", [], "disk"),
+                                       ("UEFI", uefi, "disk")):
+            shutil.copy(uefi_vm.OVMF_VARS, nvram)   # no boot entry kept
             before = len(api.lookups())
-            machine = nb.Machine(self.cleanups, self.netns, self.workdir,
-                                 MAC, [], memory_mb=1536,
-                                 netdev=switch.netdev, firmware=firmware,
-                                 cdrom=built["iso"])
+            machine = nb.Machine(
+                self.cleanups, self.netns, self.workdir, MAC,
+                [stick] if medium == "disk" else [], memory_mb=1536,
+                netdev=switch.netdev, firmware=firmware,
+                cdrom=built["iso"] if medium == "CD" else None)
+            machine.boot_disk_serial = stick.serial
             boot = machine.power_on(from_network=False)
+            what = f"{name}, the ISO on a {medium}"
             try:
                 nb.wait_for(lambda: len(api.lookups()) > before
                             or not machine.running(), 300,
-                            f"the agent's lookup ({name})")
+                            f"the agent's lookup ({what})")
             except AssertionError as e:
                 raise AssertionError(f"{e}; the console ends:\n"
                                      f"{machine.read_serial()[-3000:]}")
-            lookup = api.lookups()[before]
             serial = machine.read_serial()
             machine.close()
-            h.say(f"ISO, {name}: lookup {lookup['at'] - boot.started:.1f} s "
+            self.assertGreater(len(api.lookups()), before,
+                               f"{what}: QEMU stopped; the console ends:\n"
+                               f"{serial[-3000:]}")
+            lookup = api.lookups()[before]
+            h.say(f"{what}: lookup {lookup['at'] - boot.started:.1f} s "
                   f"after QEMU started, from {lookup['client']}")
             self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
             self.assertIn(f"BOOTIF={MAC} ip=:::::eth0:dhcp", serial)
