@@ -46,6 +46,8 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable
 
+import stage
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 
@@ -246,12 +248,8 @@ def digest(parts: Iterable[bytes]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: a file's sha256 (stage.py's, which the kernel's and the ISO's stages use)
+file_sha256 = stage.sha256
 
 
 def source_files(paths: list[str]) -> list[str]:
