@@ -152,7 +152,7 @@ def build(kernel: str, initramfs: str, params: str, cache: str,
         made["size"] = os.path.getsize(target)
 
     t0 = time.monotonic()
-    out = stage.run(
+    out = stage.build(
         cache, "iso",
         [f"iso {RECIPE} {epoch} {mirror}".encode(), stage.sha256(kernel)
          .encode(), stage.sha256(initramfs).encode(), params.encode(), me],

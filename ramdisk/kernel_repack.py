@@ -396,7 +396,7 @@ def repack(vmlinuz: str, deb: str, cache: str,
         made["size"] = len(contents["bzImage"])
 
     t0 = time.monotonic()
-    out = stage.run(
+    out = stage.build(
         cache, "repack",
         [f"repack {RECIPE} {version} {mirror}".encode(),
          hashlib.sha256(original).hexdigest().encode(), me],

@@ -39,7 +39,7 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def run(cache: str, name: str, key_parts: list[bytes], packages: list[str],
+def build(cache: str, name: str, key_parts: list[bytes], packages: list[str],
         files: Callable[[], dict[str, Content]],
         build_root: Callable[[list[str]], str],
         run_in_root: Callable[[str, list[str]], Any],

@@ -73,7 +73,7 @@ class StageTests(SynchronousTestCase):
 
     def build(self, fresh: bool = False, parts: list[bytes] | None = None
               ) -> str:
-        return stage.run(self.cache, "thing", parts or [b"one"], ["pkg"],
+        return stage.build(self.cache, "thing", parts or [b"one"], ["pkg"],
                          self.files, self.build_root, self.run_in_root,
                          self.collect, fresh=fresh)
 
@@ -133,7 +133,7 @@ class StageTests(SynchronousTestCase):
         def fails(packages: list[str]) -> str:
             raise SystemExit("ramdisk: mmdebstrap ... failed (1)")
         with self.assertRaises(stage.StageError) as e:
-            stage.run(self.cache, "thing", [b"one"], ["pkg=1.0"], self.files,
+            stage.build(self.cache, "thing", [b"one"], ["pkg=1.0"], self.files,
                       fails, self.run_in_root, self.collect)
         self.assertIn("pkg=1.0", str(e.exception))
         self.assertIn("mmdebstrap", str(e.exception))
