@@ -490,6 +490,16 @@ def kernel_deb(base: str) -> str:
                                if n.endswith(".deb")][0])
 
 
+def stage_roots(args: argparse.Namespace, cache: str
+                ) -> tuple[Callable[[list[str]], str],
+                           Callable[[str, list[str]], Any]]:
+    """What the stages of stage.py (the repacked kernel, the ISO) build
+    in: a Debian root of their packages, without the kernel .deb; their
+    script run in it, writable."""
+    return (lambda packages: build_base(args, cache, packages, kernel=False),
+            lambda root, argv: in_image(root, argv, writable=True))
+
+
 def repacked_kernel(args: argparse.Namespace, cache: str, base: str,
                     vmlinuz: str, fresh: bool = False) -> str:
     """Debian's kernel behind an lz4 decompressor (kernel_repack.py):
@@ -497,9 +507,7 @@ def repacked_kernel(args: argparse.Namespace, cache: str, base: str,
     import kernel_repack
     try:
         return kernel_repack.repack(
-            vmlinuz, kernel_deb(base), cache,
-            lambda packages: build_base(args, cache, packages, kernel=False),
-            lambda root, argv: in_image(root, argv, writable=True), say,
+            vmlinuz, kernel_deb(base), cache, *stage_roots(args, cache), say,
             mirror=args.mirror, fresh=fresh)
     except Exception as e:
         raise SystemExit(f"ramdisk: repacking the kernel failed: {e}\n"
@@ -514,10 +522,8 @@ def build_iso(args: argparse.Namespace, cache: str, result: str,
         return iso.build(
             os.path.join(result, "ipa-twisted.kernel"),
             os.path.join(result, "ipa-twisted.initramfs"), args.iso_params,
-            cache, lambda packages: build_base(args, cache, packages,
-                                               kernel=False),
-            lambda root, argv: in_image(root, argv, writable=True), say,
-            args.epoch, mirror=args.mirror, fresh=fresh)
+            cache, *stage_roots(args, cache), say, args.epoch,
+            mirror=args.mirror, fresh=fresh)
     except Exception as e:
         raise SystemExit(f"ramdisk: making the ISO failed: {e}")
 
