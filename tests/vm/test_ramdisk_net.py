@@ -218,6 +218,15 @@ class RamdiskNetworkTests(SynchronousTestCase):
         machine.power_on(from_network=False)
         return machine
 
+    def ovmf(self) -> list[str]:
+        """QEMU's arguments for OVMF: its code, and a fresh copy of its
+        NVRAM in the work directory."""
+        nvram = os.path.join(self.workdir, "OVMF_VARS.fd")
+        shutil.copy(uefi_vm.OVMF_VARS, nvram)
+        return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                          f"file={uefi_vm.OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={nvram}"]
+
     def first_lookup(self, machine: nb.Machine, api: LookupListener,
                      switch: VlanSwitch) -> dict[str, Any]:
         """The agent's first lookup (within 180 s), or a failure with what
@@ -283,19 +292,13 @@ class RamdiskNetworkTests(SynchronousTestCase):
             uefi_vm.require_qemu()
         except h.Unavailable as e:
             unavailable(e)
-        nvram = os.path.join(self.workdir, "OVMF_VARS.fd")
-        shutil.copy(uefi_vm.OVMF_VARS, nvram)
         switch = VlanSwitch(self.cleanups, self.netns, None)
         nb.start_dnsmasq(self.cleanups, self.netns, self.workdir,
                          os.path.join(self.workdir, "tftp"),
                          interface=HOST_TAP)
         api = LookupListener(self.cleanups, self.netns)
         machine = self.boot(self.default, switch, "ip=:::::eth0:dhcp",
-                            firmware=[
-                                "-drive", f"if=pflash,format=raw,unit=0,"
-                                f"readonly=on,file={uefi_vm.OVMF_CODE}",
-                                "-drive", f"if=pflash,format=raw,unit=1,"
-                                f"file={nvram}"])
+                            firmware=self.ovmf())
         lookup = self.first_lookup(machine, api, switch)
         self.assertRegex(lookup["client"], r"^192\.0\.2\.(1\d\d|200)$")
         serial = machine.read_serial()
@@ -330,15 +333,10 @@ class RamdiskNetworkTests(SynchronousTestCase):
                          os.path.join(self.workdir, "tftp"),
                          interface=HOST_TAP)
         api = LookupListener(self.cleanups, self.netns)
-        nvram = os.path.join(self.workdir, "OVMF_VARS.fd")
-        uefi = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
-                          f"file={uefi_vm.OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={nvram}"]
-        for name, firmware, medium in (("BIOS", [], "CD"),
-                                       ("UEFI", uefi, "CD"),
-                                       ("BIOS", [], "disk"),
-                                       ("UEFI", uefi, "disk")):
-            shutil.copy(uefi_vm.OVMF_VARS, nvram)   # no boot entry kept
+        for name, medium in (("BIOS", "CD"), ("UEFI", "CD"),
+                             ("BIOS", "disk"), ("UEFI", "disk")):
+            # a fresh NVRAM each time: no boot entry kept
+            firmware = self.ovmf() if name == "UEFI" else []
             before = len(api.lookups())
             machine = nb.Machine(
                 self.cleanups, self.netns, self.workdir, MAC,
